@@ -1,0 +1,72 @@
+"""Tables of the store (SQLAlchemy Core) and the schema version with its migrations."""
+
+from __future__ import annotations
+
+__all__ = ["SCHEMA_VERSION", "interactions", "items", "meta", "metadata", "users"]
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+#: Bump when the tables change and add a step to `MIGRATIONS` in store.py.
+SCHEMA_VERSION = 1
+
+metadata = MetaData()
+
+# BigInteger primary keys become plain INTEGER on SQLite so that they stay rowid aliases.
+_Id = BigInteger().with_variant(Integer(), "sqlite")
+
+meta = Table(
+    "lmrec_meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("ext_id", String(255), nullable=False, unique=True),
+    Column("attributes", JSON, nullable=False, default=dict),
+    Column("tags", JSON, nullable=False, default=list),
+    Column("created_at", Float, nullable=False),
+)
+
+items = Table(
+    "items",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("ext_id", String(255), nullable=False, unique=True),
+    Column("title", Text, nullable=False, default=""),
+    Column("description", Text, nullable=False, default=""),
+    Column("categories", JSON, nullable=False, default=list),
+    Column("attributes", JSON, nullable=False, default=dict),
+    Column("created_at", Float, nullable=False),
+)
+
+interactions = Table(
+    "interactions",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("user_id", _Id, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("item_id", _Id, ForeignKey("items.id", ondelete="CASCADE"), nullable=False),
+    Column("event", String(32), nullable=False),
+    Column("value", Float, nullable=True),
+    Column("ts", Float, nullable=False),
+    # The natural key: importing the same event twice adds nothing.
+    UniqueConstraint("user_id", "item_id", "event", "ts", name="uq_interaction"),
+    Index("ix_interactions_user_ts", "user_id", "ts"),
+    Index("ix_interactions_item", "item_id"),
+)

@@ -1,0 +1,118 @@
+"""The SQL store on SQLite and on a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sqlalchemy import text
+
+from lmrec.data import Dataset
+from lmrec.errors import StoreError
+from lmrec.store import SCHEMA_VERSION, Store
+
+
+def test_schema_created_and_versioned(store: Store) -> None:
+    assert store.schema_version() == SCHEMA_VERSION
+    assert store.counts() == {"users": 0, "items": 0, "interactions": 0}
+    # Opening again finds the schema and keeps the data.
+    with store.begin() as conn:
+        store.upsert(conn, "user", [{"ext_id": "u1", "attributes": {"age": 30}, "tags": ["jazz"]}])
+    again = Store(store.url)
+    assert again.counts()["users"] == 1
+    assert again.get("user", "u1")["tags"] == ["jazz"]
+    again.close()
+
+
+def test_upsert_updates_given_fields_only(store: Store) -> None:
+    with store.begin() as conn:
+        added, updated = store.upsert(
+            conn, "item", [{"ext_id": "i1", "title": "Alien", "categories": ["sci-fi"]}]
+        )
+        assert (added, updated) == (1, 0)
+        added, updated = store.upsert(conn, "item", [{"ext_id": "i1", "description": "In space"}])
+        assert (added, updated) == (0, 1)
+    row = store.get("item", "i1")
+    assert row["title"] == "Alien" and row["description"] == "In space"
+    assert row["categories"] == ["sci-fi"]
+
+
+def test_interactions_are_idempotent_and_deletes_cascade(store: Store) -> None:
+    with store.begin() as conn:
+        u = store.ensure(conn, "user", ["a", "b"])
+        i = store.ensure(conn, "item", ["x", "y"])
+        args = (
+            np.array([u["a"], u["a"], u["b"]]),
+            np.array([i["x"], i["y"], i["x"]]),
+            np.array(["view", "purchase", "view"], dtype=object),
+            np.array([np.nan, 19.9, np.nan]),
+            np.array([1.0, 2.0, 3.0]),
+        )
+        assert store.insert_interactions(conn, *args) == 3
+        assert store.insert_interactions(conn, *args) == 0
+    assert store.counts()["interactions"] == 3
+    arr = store.read_interactions(events=["purchase"])
+    assert arr.value.tolist() == [19.9]
+    assert store.delete("user", "a") is True
+    assert store.delete("user", "a") is False
+    assert store.counts() == {"users": 1, "items": 2, "interactions": 1}
+
+
+def test_failed_transaction_leaves_store_unchanged(store: Store) -> None:
+    with store.begin() as conn:
+        store.upsert(conn, "user", [{"ext_id": "keep"}])
+    with pytest.raises(RuntimeError), store.begin() as conn:
+        store.upsert(conn, "user", [{"ext_id": "gone"}])
+        raise RuntimeError("boom")
+    assert store.get("user", "gone") is None
+    assert store.counts()["users"] == 1
+
+
+def test_snapshot_round_trip(store: Store, tmp_path) -> None:
+    with store.begin() as conn:
+        store.upsert(conn, "user", [{"ext_id": "u1", "attributes": {"gender": "F"}}])
+        store.upsert(conn, "item", [{"ext_id": "i1", "title": "A"}, {"ext_id": "i2", "title": "B"}])
+        u = store.ensure(conn, "user", ["u1", "u2"])
+        i = store.ensure(conn, "item", ["i1", "i2"])
+        store.insert_interactions(
+            conn,
+            np.array([u["u1"], u["u1"], u["u2"]]),
+            np.array([i["i2"], i["i1"], i["i1"]]),
+            np.array(["click", "click", "view"], dtype=object),
+            np.array([np.nan] * 3),
+            np.array([5.0, 5.0, 1.0]),
+        )
+    ds = Dataset.from_store(store)
+    assert (ds.n_users, ds.n_items, ds.n_interactions) == (2, 2, 3)
+    # Equal timestamps keep storage order: u1 saw i2 then i1.
+    assert ds.items.ids_of(ds.sequence(ds.users.index("u1"))) == ["i2", "i1"]
+    assert ds.user_features.attributes[ds.users.index("u1")] == {"gender": "F"}
+    assert ds.item_features.title == ["A", "B"]
+    clicks = Dataset.from_store(store, events=["click"])
+    assert clicks.n_interactions == 2
+
+
+def test_not_an_lmrec_database(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'other.db'}"
+    s = Store(url)
+    with s.engine.begin() as conn:
+        conn.execute(text("DROP TABLE lmrec_meta"))
+    s.close()
+    with pytest.raises(StoreError, match="not an lmrec store"):
+        Store(url)
+
+
+def test_newer_schema_is_refused(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    s = Store(url)
+    with s.engine.begin() as conn:
+        conn.execute(text("UPDATE lmrec_meta SET value='999' WHERE key='schema_version'"))
+    s.close()
+    with pytest.raises(StoreError, match="newer"):
+        Store(url)
+
+
+def test_bad_urls_are_explained() -> None:
+    with pytest.raises(StoreError, match=r"unsupported database|cannot use"):
+        Store("mysql://x@localhost/db")
+    with pytest.raises(StoreError, match="cannot open store"):
+        Store("postgresql://nobody@127.0.0.1:1/none")
