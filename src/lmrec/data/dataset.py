@@ -8,7 +8,7 @@ user and item features and texts. A dataset saves to `.npz` + JSON and loads wit
 
 from __future__ import annotations
 
-__all__ = ["Dataset", "ItemFeatures", "UserFeatures"]
+__all__ = ["Dataset", "ItemFeatures", "UserFeatures", "csr_dedup"]
 
 import json
 from collections.abc import Mapping, Sequence
@@ -69,6 +69,28 @@ class ItemFeatures:
             [self.attributes[i] for i in idx],
             self.created_at[idx],
         )
+
+
+def csr_dedup(
+    rows: np.ndarray,
+    cols: np.ndarray,
+    vals: np.ndarray,
+    shape: tuple[int, int],
+    keep: Literal["max", "last"] = "max",
+) -> sp.csr_matrix:
+    """A float32 CSR matrix with one entry per (row, col): the largest value, or the last one
+    in the given order."""
+    rows = np.asarray(rows, np.int64)
+    cols = np.asarray(cols, np.int64)
+    vals = np.asarray(vals, np.float32)
+    lin = rows * shape[1] + cols
+    # Within a pair, the kept entry comes last: the largest value, or the latest given.
+    order = np.lexsort((vals, lin)) if keep == "max" else np.argsort(lin, kind="stable")
+    lin_s = lin[order]
+    last = np.ones(len(lin_s), dtype=bool)
+    last[:-1] = lin_s[1:] != lin_s[:-1]
+    sel = order[last]
+    return sp.csr_matrix((vals[sel], (rows[sel], cols[sel])), shape=shape, dtype=np.float32)
 
 
 class Dataset:
@@ -201,7 +223,6 @@ class Dataset:
             w = w * np.nan_to_num(self.value, nan=1.0)
         keep = w != 0
         rows, cols, w = self.user[keep], self.item[keep], w[keep]
-        lin = rows.astype(np.int64) * self.n_items + cols
         if aggregate == "sum":
             m = sp.csr_matrix(
                 (w, (rows, cols)), shape=(self.n_users, self.n_items), dtype=np.float32
@@ -213,17 +234,7 @@ class Dataset:
                 dtype=np.float32,
             )
         elif aggregate in ("max", "last"):
-            # Within a pair, the kept entry comes last: the largest weight, or the latest event.
-            order = np.lexsort((w, lin)) if aggregate == "max" else np.argsort(lin, kind="stable")
-            lin_s = lin[order]
-            last = np.ones(len(lin_s), dtype=bool)
-            last[:-1] = lin_s[1:] != lin_s[:-1]
-            sel = order[last]
-            m = sp.csr_matrix(
-                (w[sel], (rows[sel], cols[sel])),
-                shape=(self.n_users, self.n_items),
-                dtype=np.float32,
-            )
+            m = csr_dedup(rows, cols, w, (self.n_users, self.n_items), keep=aggregate)
         else:
             raise ValueError(f"aggregate must be max, sum, last or count, not {aggregate!r}")
         m.sort_indices()

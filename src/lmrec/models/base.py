@@ -1,0 +1,362 @@
+"""The recommender contract that every lmrec model follows.
+
+A model is configured by a validated `ModelConfig` (pydantic, unknown fields refused), learns
+from a `Dataset` in `fit`, and answers a `Query` (a known user and/or recent items, attributes,
+tags, free text) in `recommend`. Internally every model implements one method, `score`, over a
+batch of `History` rows; ranking, exclusion of seen items, candidate restriction, fallbacks and
+persistence live here, once. Artifacts are a JSON config plus `.npz` arrays: never pickle.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "History",
+    "ModelConfig",
+    "Query",
+    "Recommendations",
+    "Recommender",
+    "top_k",
+]
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+import scipy.sparse as sp
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from lmrec.data import Dataset, Vocabulary
+from lmrec.data.dataset import csr_dedup
+from lmrec.errors import LmrecError
+
+ARTIFACT_FORMAT = "lmrec.model"
+ARTIFACT_VERSION = 1
+
+
+class ModelConfig(BaseModel):
+    """Base of every model's hyperparameters: typed, validated, unknown names refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class Query:
+    """What a model answers: a user id, and/or what they just did, and/or who they are.
+
+    `items` is the recent history, oldest first; `events`, `timestamps` and `values` (ratings)
+    run parallel to it when given. A query with a known `user` adds its stored history.
+    """
+
+    user: str | None = None
+    items: Sequence[str] = ()
+    events: Sequence[str] | None = None
+    timestamps: Sequence[float] | None = None
+    values: Sequence[float] | None = None
+    attributes: Mapping[str, Any] | None = None
+    tags: Sequence[str] = ()
+    text: str | None = None
+
+
+@dataclass(frozen=True)
+class Recommendations:
+    """Ranked item ids with scores; `fallback` names what answered when the model could not."""
+
+    items: list[str]
+    scores: list[float]
+    fallback: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+@dataclass
+class History:
+    """A batch of B users as models see them.
+
+    users: (B,) user indices in the model's vocabulary, -1 for unknown or anonymous users.
+    matrix: (B, n_items) CSR of the interaction weights of each row's history.
+    sequences: B arrays of item indices in time order (for sequence models).
+    queries: the queries behind the rows when they came from `recommend` (attributes, text).
+    """
+
+    users: np.ndarray
+    matrix: sp.csr_matrix
+    sequences: list[np.ndarray]
+    queries: list[Query | None] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    @classmethod
+    def from_dataset(cls, dataset: Dataset, users: np.ndarray | Sequence[int]) -> History:
+        """The histories of these users (indices into dataset.users) as stored in `dataset`."""
+        users = np.asarray(users, dtype=np.int64)
+        return cls(
+            users=users,
+            matrix=dataset.matrix()[users],
+            sequences=[dataset.sequence(int(u)) for u in users],
+            queries=[None] * len(users),
+        )
+
+
+def top_k(
+    scores: np.ndarray, k: int, exclude: sp.csr_matrix | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k best columns of each row, best first, after setting `exclude`d cells to -inf.
+
+    scores: (B, n_items); exclude: (B, n_items) sparse, nonzero = not recommendable.
+    Returns (indices (B, k'), scores (B, k')) with k' = min(k, n_items); cells that are -inf
+    (excluded) come back as index -1.
+    """
+    scores = np.array(scores, dtype=np.float32, copy=True)
+    if exclude is not None and exclude.nnz:
+        ex = exclude.tocsr()
+        rows = np.repeat(np.arange(ex.shape[0]), np.diff(ex.indptr))
+        scores[rows, ex.indices] = -np.inf
+    k = min(k, scores.shape[1])
+    if k <= 0:
+        return np.zeros((len(scores), 0), np.int64), np.zeros((len(scores), 0), np.float32)
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    # Best first; equal scores by item index, so results are deterministic.
+    order = np.lexsort((part, -part_scores), axis=1)
+    idx = np.take_along_axis(part, order, axis=1)
+    val = np.take_along_axis(part_scores, order, axis=1)
+    idx = np.where(np.isneginf(val), -1, idx)
+    return idx.astype(np.int64), val
+
+
+class Recommender(ABC):
+    """Base class: subclasses set `name` and `config_class` and implement `_fit` and `score`.
+
+    Learned state is plain arrays, returned by `_state()` and restored by `_set_state()`.
+    """
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[ModelConfig]] = ModelConfig
+
+    def __init__(self, config: ModelConfig | Mapping[str, Any] | None = None, **params: Any):
+        if isinstance(config, ModelConfig):
+            if params:
+                config = config.model_copy(update=params)
+        else:
+            try:
+                config = self.config_class(**{**dict(config or {}), **params})
+            except ValidationError as exc:
+                raise LmrecError(f"invalid parameters for model {self.name!r}: {exc}") from None
+        self.config = config
+        self.users: Vocabulary | None = None
+        self.items: Vocabulary | None = None
+        self.event_weights: dict[str, float] | None = None
+        self.popularity: np.ndarray | None = None
+        self.history: Dataset | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config!r})"
+
+    # -- training ----------------------------------------------------------------------------
+
+    def fit(self, dataset: Dataset) -> Self:
+        """Learn from the dataset; its interactions also serve as users' stored histories."""
+        if dataset.n_items == 0:
+            raise LmrecError("cannot fit a model on a dataset without items")
+        self.users, self.items = dataset.users, dataset.items
+        self.event_weights = dataset.event_weights
+        self.popularity = dataset.item_counts().astype(np.float32)
+        self.history = dataset
+        self._fit(dataset)
+        return self
+
+    @abstractmethod
+    def _fit(self, dataset: Dataset) -> None: ...
+
+    @abstractmethod
+    def score(self, history: History) -> np.ndarray:
+        """Scores (B, n_items) float32 for each history row; higher is better."""
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.items is not None
+
+    def _check_fitted(self) -> None:
+        if not self.is_fitted:
+            raise LmrecError(f"model {self.name!r} is not fitted: call fit(dataset) or load()")
+
+    # -- answering ---------------------------------------------------------------------------
+
+    def history_of(self, queries: Sequence[Query]) -> History:
+        """Build the History batch of queries: the stored history of a known user followed by
+        the query's own items (unknown item ids are ignored)."""
+        self._check_fitted()
+        assert self.items is not None and self.users is not None
+        n = len(self.items)
+        rows, cols, vals, seqs = [], [], [], []
+        users = np.full(len(queries), -1, np.int64)
+        weights = self.event_weights
+        stored = self.history.matrix() if self.history is not None else None
+        for r, q in enumerate(queries):
+            seq: list[np.ndarray] = []
+            if q.user is not None:
+                u = self.users.get(q.user)
+                users[r] = u
+                if u >= 0 and self.history is not None and stored is not None:
+                    row = stored[u]
+                    rows.extend([r] * row.nnz)
+                    cols.extend(row.indices.tolist())
+                    vals.extend(row.data.tolist())
+                    seq.append(self.history.sequence(u))
+            if q.items:
+                idx = self.items.indices(list(q.items))
+                ok = idx >= 0
+                w = np.ones(len(idx), np.float32)
+                if weights and q.events is not None:
+                    w = np.array([weights.get(e, 0.0) for e in q.events], np.float32)
+                ok &= w != 0
+                rows.extend([r] * int(ok.sum()))
+                cols.extend(idx[ok].tolist())
+                vals.extend(w[ok].tolist())
+                seq.append(idx[ok])
+            seqs.append(np.concatenate(seq).astype(np.int64) if seq else np.zeros(0, np.int64))
+        m = csr_dedup(np.array(rows), np.array(cols), np.array(vals), (len(queries), n))
+        return History(users=users, matrix=m, sequences=seqs, queries=list(queries))
+
+    def _fallback_scores(self, history: History, scores: np.ndarray) -> list[str | None]:
+        """Rows with neither a known user nor any history get popularity scores."""
+        assert self.popularity is not None
+        used: list[str | None] = [None] * len(history)
+        empty = (history.users < 0) & (np.diff(history.matrix.indptr) == 0)
+        for r in np.flatnonzero(empty):
+            q = history.queries[r] if history.queries else None
+            if q is not None and (q.attributes or q.tags or q.text) and self.uses_side_information:
+                continue
+            scores[r] = self.popularity
+            used[r] = "popularity"
+        return used
+
+    #: Models that read attributes, tags or text of a query set this, so that such queries are
+    #: not sent to the popularity fallback.
+    uses_side_information: ClassVar[bool] = False
+
+    def recommend(
+        self,
+        query: Query | str,
+        n: int = 10,
+        *,
+        exclude_seen: bool = True,
+        candidates: Sequence[str] | None = None,
+    ) -> Recommendations:
+        """The top-n items for one query (a user id string is a query for that user)."""
+        return self.recommend_many([query], n, exclude_seen=exclude_seen, candidates=candidates)[0]
+
+    def recommend_many(
+        self,
+        queries: Sequence[Query | str],
+        n: int = 10,
+        *,
+        exclude_seen: bool = True,
+        candidates: Sequence[str] | None = None,
+        batch_size: int = 512,
+    ) -> list[Recommendations]:
+        """Top-n items for each query; the same answers as calling `recommend` one by one."""
+        self._check_fitted()
+        assert self.items is not None
+        qs = [Query(user=q) if isinstance(q, str) else q for q in queries]
+        cand_mask = None
+        if candidates is not None:
+            cidx = self.items.indices(list(candidates))
+            cand_mask = np.zeros(len(self.items), bool)
+            cand_mask[cidx[cidx >= 0]] = True
+        out: list[Recommendations] = []
+        for start in range(0, len(qs), batch_size):
+            hist = self.history_of(qs[start : start + batch_size])
+            scores = np.asarray(self.score(hist), dtype=np.float32)
+            used = self._fallback_scores(hist, scores)
+            if cand_mask is not None:
+                scores[:, ~cand_mask] = -np.inf
+            exclude = hist.matrix if exclude_seen else None
+            idx, val = top_k(scores, n, exclude)
+            for r in range(len(hist)):
+                keep = idx[r] >= 0
+                out.append(
+                    Recommendations(
+                        self.items.ids_of(idx[r][keep]),
+                        val[r][keep].astype(float).tolist(),
+                        used[r],
+                    )
+                )
+        return out
+
+    def similar_items(self, item: str, n: int = 10) -> Recommendations:
+        """Items most like `item`: by default, those a one-item history scores highest."""
+        self._check_fitted()
+        assert self.items is not None
+        if item not in self.items:
+            raise LmrecError(f"unknown item {item!r}")
+        return self.recommend(Query(items=[item]), n, exclude_seen=True)
+
+    # -- persistence -------------------------------------------------------------------------
+
+    def _state(self) -> dict[str, np.ndarray]:
+        """Learned arrays to save (besides vocabularies and popularity)."""
+        return {}
+
+    def _set_state(self, state: Mapping[str, np.ndarray]) -> None:  # noqa: B027 - optional hook
+        """Restore what `_state` returned."""
+
+    def save(self, path: str | Path) -> Path:
+        """Write config.json + state.npz (+ the training history, for fold-in of known users)."""
+        self._check_fitted()
+        assert self.items is not None and self.users is not None and self.popularity is not None
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "format": ARTIFACT_FORMAT,
+            "version": ARTIFACT_VERSION,
+            "model": self.name,
+            "config": self.config.model_dump(mode="json"),
+        }
+        state = {f"state__{k}": v for k, v in self._state().items()}
+        np.savez(
+            path / "state.npz",
+            user_ids=self.users.ids,
+            item_ids=self.items.ids,
+            popularity=self.popularity,
+            **state,
+        )
+        if self.history is not None:
+            self.history.save(path / "history")
+        (path / "config.json").write_text(json.dumps(meta, indent=2))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Recommender:
+        """Load any saved model (the class is chosen by the registry from config.json)."""
+        from lmrec.models import get_model_class
+
+        path = Path(path)
+        try:
+            meta = json.loads((path / "config.json").read_text())
+        except FileNotFoundError:
+            raise LmrecError(f"{path} is not a saved lmrec model (no config.json)") from None
+        if meta.get("format") != ARTIFACT_FORMAT or meta.get("version", 0) > ARTIFACT_VERSION:
+            raise LmrecError(f"{path}/config.json: not a model artifact this lmrec can read")
+        klass = get_model_class(meta["model"])
+        if cls is not Recommender and not issubclass(klass, cls):
+            raise LmrecError(f"{path} holds a {meta['model']!r} model, not {cls.name!r}")
+        model = klass(meta["config"])
+        with np.load(path / "state.npz", allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        model.users = Vocabulary(arrays["user_ids"])
+        model.items = Vocabulary(arrays["item_ids"])
+        model.popularity = arrays["popularity"]
+        if (path / "history").exists():
+            model.history = Dataset.load(path / "history")
+            model.event_weights = model.history.event_weights
+        model._set_state(
+            {k[len("state__") :]: v for k, v in arrays.items() if k.startswith("state__")}
+        )
+        return model
