@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = ["main"]
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -190,13 +191,13 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Nam
     s.add_argument("--json", action="store_true", help="print JSON")
     cmds["stats"] = cmd_stats
 
-    for register in _EXTENSIONS:
-        register(sub, cmds)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub, cmds)
     return p, cmds
 
 
-#: Functions (subparsers, commands) that add subcommands; later modules append here.
-_EXTENSIONS: list[Callable[[Any, dict[str, Callable[[argparse.Namespace], int]]], None]] = []
+#: Modules with `register(subparsers, commands)` that add more subcommands (lmrec.commands).
+COMMAND_MODULES: list[str] = []
 
 
 def main(argv: Sequence[str] | None = None) -> int:
