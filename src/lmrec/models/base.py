@@ -273,12 +273,7 @@ class Recommender(ABC):
         out: list[Recommendations] = []
         for start in range(0, len(qs), batch_size):
             hist = self.history_of(qs[start : start + batch_size])
-            scores = np.asarray(self.score(hist), dtype=np.float32)
-            used = self._fallback_scores(hist, scores)
-            if cand_mask is not None:
-                scores[:, ~cand_mask] = -np.inf
-            exclude = hist.matrix if exclude_seen else None
-            idx, val = top_k(scores, n, exclude)
+            idx, val, used = self.rank(hist, n, exclude_seen=exclude_seen, candidates=cand_mask)
             for r in range(len(hist)):
                 keep = idx[r] >= 0
                 out.append(
@@ -289,6 +284,27 @@ class Recommender(ABC):
                     )
                 )
         return out
+
+    def rank(
+        self,
+        history: History,
+        k: int,
+        *,
+        exclude_seen: bool = True,
+        candidates: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+        """Top-k item indices and scores for a History batch: score, fall back, mask, rank.
+
+        `candidates` is a boolean mask over items (only those may be recommended). Returns
+        (indices (B, k), scores (B, k), fallback used per row); index -1 pads short rows.
+        The single place where ranking happens: `recommend` and the evaluation both use it.
+        """
+        scores = np.array(self.score(history), dtype=np.float32)
+        used = self._fallback_scores(history, scores)
+        if candidates is not None:
+            scores[:, ~candidates] = -np.inf
+        idx, val = top_k(scores, k, history.matrix if exclude_seen else None)
+        return idx, val, used
 
     def similar_items(self, item: str, n: int = 10) -> Recommendations:
         """Items most like `item`: by default, those a one-item history scores highest."""
