@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-__all__ = ["SCHEMA_VERSION", "interactions", "items", "meta", "metadata", "users"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "interactions",
+    "items",
+    "meta",
+    "metadata",
+    "text_embeddings",
+    "users",
+]
 
 from sqlalchemy import (
     JSON,
@@ -12,6 +20,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -20,7 +29,7 @@ from sqlalchemy import (
 )
 
 #: Bump when the tables change and add a step to `MIGRATIONS` in store.py.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = MetaData()
 
@@ -69,4 +78,16 @@ interactions = Table(
     UniqueConstraint("user_id", "item_id", "event", "ts", name="uq_interaction"),
     Index("ix_interactions_user_ts", "user_id", "ts"),
     Index("ix_interactions_item", "item_id"),
+)
+
+# Version 2: cached text vectors, keyed by encoder version and the hash of the encoded text, so
+# that a second run encodes only new or changed texts.
+text_embeddings = Table(
+    "text_embeddings",
+    metadata,
+    Column("encoder", String(255), primary_key=True),
+    Column("text_hash", String(64), primary_key=True),
+    Column("dim", Integer, nullable=False),
+    Column("vector", LargeBinary, nullable=False),  # float32, little-endian
+    Column("created_at", Float, nullable=False),
 )

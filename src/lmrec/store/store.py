@@ -11,7 +11,7 @@ __all__ = ["DEFAULT_URL", "Store", "resolve_url"]
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,12 +32,29 @@ from sqlalchemy import (
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from lmrec.errors import StoreError
-from lmrec.store.schema import SCHEMA_VERSION, interactions, items, meta, metadata, users
+from lmrec.store.schema import (
+    SCHEMA_VERSION,
+    interactions,
+    items,
+    meta,
+    metadata,
+    text_embeddings,
+    users,
+)
 
 DEFAULT_URL = "sqlite:///lmrec.db"
 
-# version -> list of SQL statements that bring a store from version-1 to version.
-MIGRATIONS: dict[int, list[str]] = {}
+def _create_tables(*names: str) -> Callable[[Connection], None]:
+    def step(conn: Connection) -> None:
+        metadata.create_all(conn, tables=[metadata.tables[n] for n in names])
+
+    return step
+
+
+# version -> the step that brings a store from version-1 to version.
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {
+    2: _create_tables("text_embeddings"),
+}
 
 
 def resolve_url(url: str | None = None) -> str:
@@ -127,8 +144,7 @@ class Store:
                     "upgrade lmrec"
                 )
             for v in range(version + 1, SCHEMA_VERSION + 1):
-                for stmt in MIGRATIONS.get(v, []):
-                    conn.exec_driver_sql(stmt)
+                MIGRATIONS[v](conn)
                 conn.execute(
                     meta.update().where(meta.c.key == "schema_version").values(value=str(v))
                 )
@@ -362,3 +378,45 @@ class Store:
         with self.engine.connect() as conn:
             row = conn.execute(select(table).where(table.c.ext_id == ext_id)).mappings().first()
         return dict(row) if row else None
+
+    # -- text vector cache -------------------------------------------------------------------
+
+    def get_vectors(self, encoder: str, hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        """Cached vectors of `encoder` for these text hashes (those present)."""
+        t = text_embeddings
+        out: dict[str, np.ndarray] = {}
+        wanted = list(dict.fromkeys(hashes))
+        with self.engine.connect() as conn:
+            for start in range(0, len(wanted), 900):
+                chunk = wanted[start : start + 900]
+                rows = conn.execute(
+                    select(t.c.text_hash, t.c.vector).where(
+                        (t.c.encoder == encoder) & t.c.text_hash.in_(chunk)
+                    )
+                )
+                for h, blob in rows:
+                    out[h] = np.frombuffer(blob, dtype="<f4").copy()
+        return out
+
+    def put_vectors(self, encoder: str, vectors: dict[str, np.ndarray]) -> int:
+        """Store vectors of `encoder` by text hash (existing ones are kept). Returns added."""
+        if not vectors:
+            return 0
+        t = text_embeddings
+        now = time.time()
+        with self.begin() as conn:
+            have = set(self.get_vectors(encoder, list(vectors)))
+            rows = [
+                {
+                    "encoder": encoder,
+                    "text_hash": h,
+                    "dim": int(v.shape[0]),
+                    "vector": np.asarray(v, dtype="<f4").tobytes(),
+                    "created_at": now,
+                }
+                for h, v in vectors.items()
+                if h not in have
+            ]
+            if rows:
+                conn.execute(t.insert(), rows)
+        return len(rows)
