@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from lmrec.store import Store
 
 FORMAT_VERSION = 1
+_ARRAYS = ("user_ids", "item_ids", "user", "item", "event", "value", "ts", "item_created_at")
 Aggregate = Literal["max", "sum", "last", "count"]
 
 
@@ -196,6 +197,8 @@ class Dataset:
 
     def sequences(self) -> list[np.ndarray]:
         """Every user's time-ordered item sequence."""
+        if self.n_users == 0:
+            return []
         return np.split(self.item, self.user_ptr[1:-1])
 
     def matrix(
@@ -238,6 +241,8 @@ class Dataset:
         else:
             raise ValueError(f"aggregate must be max, sum, last or count, not {aggregate!r}")
         m.sort_indices()
+        for a in (m.data, m.indices, m.indptr):  # shared through the cache: read-only
+            a.setflags(write=False)
         self._matrix_cache[key] = m
         return m
 
@@ -282,7 +287,9 @@ class Dataset:
         return self._replace(mask, name=self.name if name is None else name)
 
     def concat(self, other: Dataset, name: str | None = None) -> Dataset:
-        """Interactions of both datasets (which must share vocabularies and event names)."""
+        """Interactions of both datasets (which must share vocabularies and event names).
+
+        Equal timestamps of a user keep `self`'s interactions before `other`'s."""
         if self.users != other.users or self.items != other.items:
             raise ValueError("datasets must share user and item vocabularies")
         if self.event_names != other.event_names:
@@ -331,13 +338,24 @@ class Dataset:
     def reindex(
         self, user_idx: np.ndarray, item_idx: np.ndarray, mask: np.ndarray | None = None
     ) -> Dataset:
-        """A dataset restricted to these users and items (new, smaller vocabularies)."""
+        """A dataset restricted to these users and items (new, smaller vocabularies, in the
+        order given) and to the interactions in `mask` (bool per interaction) among theirs."""
+        user_idx = np.asarray(user_idx, dtype=np.int64)
+        item_idx = np.asarray(item_idx, dtype=np.int64)
         umap = np.full(self.n_users, -1, np.int64)
         umap[user_idx] = np.arange(len(user_idx))
         imap = np.full(self.n_items, -1, np.int64)
         imap[item_idx] = np.arange(len(item_idx))
-        keep = np.ones(self.n_interactions, bool) if mask is None else mask.copy()
+        if mask is None:
+            keep = np.ones(self.n_interactions, bool)
+        else:
+            keep = np.asarray(mask, dtype=bool).copy()
+            if len(keep) != self.n_interactions:
+                raise ValueError("mask must have one entry per interaction")
         keep &= (umap[self.user] >= 0) & (imap[self.item] >= 0)
+        # New user indices keep the (user, time) order only if user_idx is increasing;
+        # otherwise the constructor re-sorts (stably, so equal timestamps keep their order).
+        increasing = bool(np.all(np.diff(user_idx) > 0))
         return Dataset(
             Vocabulary(self.users.ids[user_idx]),
             Vocabulary(self.items.ids[item_idx]),
@@ -351,7 +369,7 @@ class Dataset:
             item_features=self.item_features.take(item_idx),
             event_weights=self.event_weights,
             name=self.name,
-            _sorted=True,
+            _sorted=increasing,
         )
 
     # -- construction ------------------------------------------------------------------------
@@ -432,11 +450,31 @@ class Dataset:
         first appearance). Missing optional columns get defaults."""
         import pandas as pd
 
+        for col in (user, item):
+            if col not in frame:
+                raise LmrecError(
+                    f"from_frame: no column {col!r}; columns are {', '.join(map(str, frame))}"
+                )
+            if frame[col].isna().any():
+                row = int(np.flatnonzero(frame[col].isna().to_numpy())[0])
+                raise LmrecError(f"from_frame: column {col!r} is empty at row {row}")
+        if ts and ts in frame:
+            ts_arr = pd.to_numeric(frame[ts], errors="coerce").to_numpy(np.float64)
+            if not np.isfinite(ts_arr).all():
+                row = int(np.flatnonzero(~np.isfinite(ts_arr))[0])
+                raise LmrecError(
+                    f"from_frame: column {ts!r} must hold finite numbers; row {row} has "
+                    f"{frame[ts].iloc[row]!r}"
+                )
         users = pd.unique(frame[user].astype(str))
         items = pd.unique(frame[item].astype(str))
         uv, iv = Vocabulary(users), Vocabulary(items)
         if event and event in frame:
             ev_names, codes = np.unique(frame[event].astype(str).to_numpy(), return_inverse=True)
+            if len(ev_names) > 127:
+                raise LmrecError(
+                    f"from_frame: too many distinct event types ({len(ev_names)}); at most 127"
+                )
         else:
             ev_names, codes = np.array(["interaction"]), np.zeros(len(frame), np.int8)
         return cls(
@@ -446,7 +484,7 @@ class Dataset:
             iv.indices(frame[item].astype(str).tolist()),
             event=codes,
             value=frame[value].to_numpy(np.float32) if value and value in frame else None,
-            ts=frame[ts].to_numpy(np.float64) if ts and ts in frame else None,
+            ts=ts_arr if ts and ts in frame else None,
             event_names=[str(e) for e in ev_names],
             name=name,
         )
@@ -503,10 +541,22 @@ class Dataset:
             raise LmrecError(f"{path} is not a saved lmrec dataset (no dataset.json)") from None
         if meta.get("format") != "lmrec.dataset" or meta.get("version", 0) > FORMAT_VERSION:
             raise LmrecError(f"{path}/dataset.json: unsupported format {meta.get('format')!r}")
-        with np.load(path / "arrays.npz", allow_pickle=False) as z:
-            a = {k: z[k] for k in z.files}
-        u = json.loads((path / "users.json").read_text())
-        it = json.loads((path / "items.json").read_text())
+        try:
+            with np.load(path / "arrays.npz", allow_pickle=False) as z:
+                a = {k: z[k] for k in z.files}
+            u = json.loads((path / "users.json").read_text())
+            it = json.loads((path / "items.json").read_text())
+        except (OSError, ValueError) as e:
+            raise LmrecError(f"{path}: cannot read the saved dataset: {e}") from None
+        missing = sorted(set(_ARRAYS) - set(a))
+        if missing:
+            raise LmrecError(f"{path}/arrays.npz: missing arrays {', '.join(missing)}")
+        sizes = (len(a["user_ids"]), len(a["item_ids"]), len(a["user"]))
+        if sizes != (meta.get("n_users"), meta.get("n_items"), meta.get("n_interactions")):
+            raise LmrecError(
+                f"{path}: arrays do not match dataset.json (users, items, interactions: "
+                f"{sizes} vs {(meta.get('n_users'), meta.get('n_items'), meta.get('n_interactions'))})"
+            )
         return cls(
             Vocabulary(a["user_ids"]),
             Vocabulary(a["item_ids"]),
@@ -527,6 +577,39 @@ class Dataset:
             event_weights=meta.get("event_weights"),
             name=meta.get("name", ""),
             _sorted=True,
+        )
+
+    # -- comparison --------------------------------------------------------------------------
+
+    def equals(self, other: Dataset) -> bool:
+        """Whether both hold the same vocabularies, interactions, events, features and name."""
+        if not isinstance(other, Dataset):
+            return False
+        uf, of = self.user_features, other.user_features
+        itf, otf = self.item_features, other.item_features
+        return (
+            self.users == other.users
+            and self.items == other.items
+            and self.event_names == other.event_names
+            and self.event_weights == other.event_weights
+            and self.name == other.name
+            and all(
+                np.array_equal(a, b)
+                for a, b in (
+                    (self.user, other.user),
+                    (self.item, other.item),
+                    (self.event, other.event),
+                    (self.ts, other.ts),
+                )
+            )
+            and np.array_equal(self.value, other.value, equal_nan=True)
+            and uf.attributes == of.attributes
+            and uf.tags == of.tags
+            and itf.title == otf.title
+            and itf.description == otf.description
+            and itf.categories == otf.categories
+            and itf.attributes == otf.attributes
+            and np.array_equal(itf.created_at, otf.created_at, equal_nan=True)
         )
 
     # -- description -------------------------------------------------------------------------

@@ -12,6 +12,8 @@ import numpy as np
 class Vocabulary:
     """An ordered, immutable set of external ids; index i names `ids[i]`.
 
+    Ids are kept as a numpy str array, so trailing NUL characters of an id are not kept.
+
     >>> v = Vocabulary(["u7", "u3"])
     >>> v.index("u3"), v.id(0), v.indices(["u3", "nobody"]).tolist()
     (1, 'u7', [1, -1])
@@ -20,6 +22,8 @@ class Vocabulary:
     __slots__ = ("_ids", "_index")
 
     def __init__(self, ids: Iterable[str]):
+        if isinstance(ids, np.ndarray) and ids.ndim != 1:
+            raise ValueError("Vocabulary ids must be one-dimensional")
         arr = np.asarray([str(x) for x in ids], dtype=str)
         if arr.ndim != 1:
             raise ValueError("Vocabulary ids must be one-dimensional")
@@ -27,7 +31,11 @@ class Vocabulary:
         self._ids.setflags(write=False)
         self._index: dict[str, int] | None = None
         if len(set(arr.tolist())) != len(arr):
-            raise ValueError("Vocabulary ids must be unique")
+            uniq, counts = np.unique(arr, return_counts=True)
+            dup = uniq[counts > 1]
+            raise ValueError(
+                f"Vocabulary ids must be unique; {len(dup)} repeated, e.g. {str(dup[0])!r}"
+            )
 
     @property
     def ids(self) -> np.ndarray:
@@ -65,6 +73,7 @@ class Vocabulary:
             raise KeyError(f"unknown id {ext_id!r}") from None
 
     def get(self, ext_id: str, default: int = -1) -> int:
+        """Index of an external id, or `default` if it is unknown."""
         return self._map().get(str(ext_id), default)
 
     def indices(self, ext_ids: Sequence[str]) -> np.ndarray:
@@ -73,7 +82,9 @@ class Vocabulary:
         return np.fromiter((m.get(str(x), -1) for x in ext_ids), dtype=np.int64, count=len(ext_ids))
 
     def id(self, index: int) -> str:
+        """The external id at an index."""
         return str(self._ids[index])
 
     def ids_of(self, indices: Sequence[int] | np.ndarray) -> list[str]:
+        """The external ids at many indices."""
         return self._ids[np.asarray(indices, dtype=np.int64)].tolist()
