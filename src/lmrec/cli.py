@@ -197,7 +197,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Nam
 
 
 #: Modules with `register(subparsers, commands)` that add more subcommands (lmrec.commands).
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["lmrec.commands.models"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

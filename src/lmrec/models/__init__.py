@@ -19,6 +19,12 @@ if TYPE_CHECKING:
 REGISTRY: dict[str, str] = {
     "popularity": "lmrec.models.popularity:Popularity",
     "random": "lmrec.models.popularity:Random",
+    "itemknn": "lmrec.models.knn:ItemKNN",
+    "userknn": "lmrec.models.knn:UserKNN",
+    "ease": "lmrec.models.ease:EASE",
+    "als": "lmrec.models.mf:ALS",
+    "bpr": "lmrec.models.mf:BPR",
+    "tfidf": "lmrec.models.content:TfidfContent",
 }
 
 

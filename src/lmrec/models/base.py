@@ -15,6 +15,9 @@ __all__ = [
     "Query",
     "Recommendations",
     "Recommender",
+    "recency_weighted",
+    "sparse_from_state",
+    "sparse_state",
     "top_k",
 ]
 
@@ -40,7 +43,7 @@ ARTIFACT_VERSION = 1
 class ModelConfig(BaseModel):
     """Base of every model's hyperparameters: typed, validated, unknown names refused."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,59 @@ def top_k(
     return idx.astype(np.int64), val
 
 
+def recency_weighted(
+    history: History, half_life: float | None, matrix: sp.csr_matrix | None = None
+) -> sp.csr_matrix:
+    """`matrix` (default history.matrix) with each item's weight times
+    0.5 ** (steps from the end / half_life).
+
+    Steps count back from the newest item of the row's sequence (the newest is 0; a repeated
+    item counts at its last position); items missing from the sequence keep their weight.
+    """
+    m = (history.matrix if matrix is None else matrix).tocsr()
+    if half_life is None or m.nnz == 0:
+        return m
+    lens = np.fromiter((len(s) for s in history.sequences), np.int64, len(history.sequences))
+    if lens.sum() == 0:
+        return m
+    rows = np.repeat(np.arange(len(lens)), lens)
+    cols = np.concatenate(history.sequences).astype(np.int64)
+    ends = np.cumsum(lens)
+    steps = np.repeat(ends, lens) - 1 - np.arange(lens.sum())
+    decay = csr_dedup(rows, cols, np.power(0.5, steps / half_life), m.shape, keep="max")
+    decay.sort_indices()
+    m = m.copy()
+    m.sort_indices()
+    m_rows = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
+    lin_m = m_rows * m.shape[1] + m.indices
+    d_rows = np.repeat(np.arange(decay.shape[0]), np.diff(decay.indptr))
+    lin_d = d_rows * decay.shape[1] + decay.indices
+    pos = np.searchsorted(lin_d, lin_m)
+    found = pos < len(lin_d)
+    found[found] = lin_d[pos[found]] == lin_m[found]
+    m.data[found] *= decay.data[pos[found]]
+    return m
+
+
+def sparse_state(name: str, m: sp.spmatrix) -> dict[str, np.ndarray]:
+    """A CSR matrix as plain arrays `name.data`, `name.indices`, `name.indptr`, `name.shape`."""
+    m = sp.csr_matrix(m)
+    return {
+        f"{name}.data": m.data,
+        f"{name}.indices": m.indices,
+        f"{name}.indptr": m.indptr,
+        f"{name}.shape": np.asarray(m.shape, np.int64),
+    }
+
+
+def sparse_from_state(state: Mapping[str, np.ndarray], name: str) -> sp.csr_matrix:
+    """The CSR matrix that `sparse_state(name, m)` stored."""
+    shape = tuple(int(x) for x in state[f"{name}.shape"])
+    return sp.csr_matrix(
+        (state[f"{name}.data"], state[f"{name}.indices"], state[f"{name}.indptr"]), shape=shape
+    )
+
+
 class Recommender(ABC):
     """Base class: subclasses set `name` and `config_class` and implement `_fit` and `score`.
 
@@ -147,7 +203,11 @@ class Recommender(ABC):
             try:
                 config = self.config_class(**{**dict(config or {}), **params})
             except ValidationError as exc:
-                raise LmrecError(f"invalid parameters for model {self.name!r}: {exc}") from None
+                why = "; ".join(
+                    f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
+                    for e in exc.errors()
+                )
+                raise LmrecError(f"invalid parameters for model {self.name!r}: {why}") from None
         self.config = config
         self.users: Vocabulary | None = None
         self.items: Vocabulary | None = None
@@ -240,6 +300,9 @@ class Recommender(ABC):
     #: Models that read attributes, tags or text of a query set this, so that such queries are
     #: not sent to the popularity fallback.
     uses_side_information: ClassVar[bool] = False
+
+    #: False for models whose answer does not depend on the history (popularity, random).
+    personalized: ClassVar[bool] = True
 
     def recommend(
         self,

@@ -22,6 +22,7 @@ class Popularity(Recommender):
 
     name = "popularity"
     config_class = PopularityConfig
+    personalized = False
     config: PopularityConfig
 
     def _fit(self, dataset: Dataset) -> None:
@@ -43,6 +44,7 @@ class Popularity(Recommender):
 
 class RandomConfig(ModelConfig):
     seed: int = 0
+    """Random seed (with the user, it fixes the scores)."""
 
 
 class Random(Recommender):
@@ -50,6 +52,7 @@ class Random(Recommender):
 
     name = "random"
     config_class = RandomConfig
+    personalized = False
     config: RandomConfig
 
     def _fit(self, dataset: Dataset) -> None:

@@ -1,0 +1,275 @@
+"""`lmrec train`, `recommend`, `similar` and `tune`: fit, query and tune the registered models."""
+
+from __future__ import annotations
+
+__all__ = ["leave_one_out_metrics", "parse_params", "register"]
+
+import argparse
+import itertools
+import json
+import random
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmrec.errors import LmrecError
+
+
+def _value(text: str) -> Any:
+    """A parameter value from the command line: JSON if it parses (numbers, true, null)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_params(pairs: Sequence[str] | None, *, where: str = "--param") -> dict[str, Any]:
+    """`k=v` strings -> {k: value}; values are JSON when they parse, else strings."""
+    out: dict[str, Any] = {}
+    for p in pairs or []:
+        key, sep, val = p.partition("=")
+        if not sep or not key.strip():
+            raise LmrecError(f"{where} expects NAME=VALUE, got {p!r}")
+        out[key.strip()] = _value(val.strip())
+    return out
+
+
+def leave_one_out_metrics(
+    model: Any, split: Any, on: str = "test", k: int = 10
+) -> dict[str, float]:
+    """Full-ranking NDCG@k and Recall@k of a fitted model on a leave-one-out split.
+
+    valid: history = train; test: history = train + valid. History items are excluded and
+    every other item of the catalogue is ranked.
+    """
+    from lmrec.models.base import History
+
+    if on not in ("valid", "test"):
+        raise LmrecError(f"on must be 'valid' or 'test', not {on!r}")
+    target = split.test if on == "test" else split.valid
+    hist = split.train_valid() if on == "test" else split.train
+    users, items = np.asarray(target.user), np.asarray(target.item)
+    ndcg = np.zeros(len(users))
+    hit = np.zeros(len(users))
+    for s in range(0, len(users), 1024):
+        idx, _, _ = model.rank(History.from_dataset(hist, users[s : s + 1024]), k)
+        match = idx == items[s : s + 1024, None]
+        found = match.any(axis=1)
+        pos = match.argmax(axis=1)
+        ndcg[s : s + 1024] = np.where(found, 1.0 / np.log2(pos + 2), 0.0)
+        hit[s : s + 1024] = found
+    return {f"ndcg@{k}": float(ndcg.mean()), f"recall@{k}": float(hit.mean()), "users": len(users)}
+
+
+def _snapshot(args: argparse.Namespace):
+    from lmrec.data import Dataset
+    from lmrec.store import Store
+
+    with Store(args.db) as store:
+        ds = Dataset.from_store(store)
+    if ds.n_interactions == 0:
+        raise LmrecError(f"the store {args.db_shown} holds no interactions: import data first")
+    return ds
+
+
+def _loo(ds):
+    from lmrec.data.split import leave_one_out
+
+    return leave_one_out(ds)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from lmrec.models import create_model
+
+    model = create_model(args.model, **parse_params(args.param))
+    ds = _snapshot(args)
+    data = _loo(ds).train if args.protocol == "loo" else ds
+    t0 = time.perf_counter()
+    model.fit(data)
+    fit_s = time.perf_counter() - t0
+    model.save(args.out)
+    out: dict[str, Any] = {
+        "model": args.model,
+        "params": model.config.model_dump(mode="json"),
+        "fit_seconds": round(fit_s, 3),
+        "trained_on": "loo train split" if args.protocol == "loo" else "store snapshot",
+        "interactions": data.n_interactions,
+        "out": str(args.out),
+    }
+    if args.protocol == "loo":
+        split = _loo(ds)
+        out["valid"] = leave_one_out_metrics(model, split, "valid")
+        out["test"] = leave_one_out_metrics(model, split, "test")
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(
+            f"trained {args.model} on {out['interactions']} interactions ({out['trained_on']}) "
+            f"in {fit_s:.2f} s; saved to {args.out}"
+        )
+        for part in ("valid", "test"):
+            if part in out:
+                m = out[part]
+                print(f"  {part:5s} NDCG@10 {m['ndcg@10']:.4f}  Recall@10 {m['recall@10']:.4f}")
+    return 0
+
+
+def _titles(model: Any, ids: list[str]) -> list[str]:
+    ds = model.history
+    if ds is None:
+        return [""] * len(ids)
+    idx = ds.items.indices(ids)
+    return [ds.item_features.title[i] if i >= 0 else "" for i in idx]
+
+
+def _print_recs(model: Any, recs: Any, as_json: bool, head: str) -> None:
+    titles = _titles(model, recs.items)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "items": [
+                        {"item": i, "score": s, "title": t}
+                        for i, s, t in zip(recs.items, recs.scores, titles, strict=True)
+                    ],
+                    "fallback": recs.fallback,
+                },
+                indent=2,
+            )
+        )
+        return
+    print(head + (f" (fallback: {recs.fallback})" if recs.fallback else ""))
+    for r, (i, s, t) in enumerate(zip(recs.items, recs.scores, titles, strict=True), 1):
+        print(f"{r:3d}. {i:>8s}  {s:9.4f}  {t}")
+
+
+def _load(path: str):
+    from lmrec.models.base import Recommender
+
+    if not Path(path).exists():
+        raise LmrecError(f"no saved model at {path}")
+    return Recommender.load(path)
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from lmrec.models.base import Query
+
+    if args.user is None and not args.items:
+        raise LmrecError("give --user ID and/or --items A,B,...")
+    model = _load(args.model)
+    items = [x.strip() for x in (args.items or "").split(",") if x.strip()]
+    unknown = [i for i in items if i not in model.items]
+    if unknown:
+        raise LmrecError(f"unknown item ids in --items: {', '.join(unknown)}")
+    recs = model.recommend(Query(user=args.user, items=items), n=args.n)
+    who = f"user {args.user}" if args.user is not None else "the given items"
+    _print_recs(model, recs, args.json, f"top {args.n} for {who} ({model.name})")
+    return 0
+
+
+def cmd_similar(args: argparse.Namespace) -> int:
+    model = _load(args.model)
+    recs = model.similar_items(args.item, n=args.n)
+    _print_recs(model, recs, args.json, f"items similar to {args.item} ({model.name})")
+    return 0
+
+
+def _grid(specs: Sequence[str] | None) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for spec in specs or []:
+        key, sep, vals = spec.partition("=")
+        values = [_value(v.strip()) for v in vals.split(",") if v.strip()]
+        if not sep or not key.strip() or not values:
+            raise LmrecError(f"--grid expects NAME=V1,V2,..., got {spec!r}")
+        out[key.strip()] = values
+    return out
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from lmrec.models import create_model
+
+    grid = _grid(args.grid)
+    fixed = parse_params(args.param)
+    keys = list(grid)
+    combos = [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*grid.values())]
+    if args.trials and args.trials < len(combos):
+        combos = random.Random(args.seed).sample(combos, args.trials)
+    for c in combos:  # validate every combination before spending time on any
+        create_model(args.model, **fixed, **c)
+    split = _loo(_snapshot(args))
+    rows = []
+    for c in combos:
+        model = create_model(args.model, **fixed, **c)
+        t0 = time.perf_counter()
+        model.fit(split.train)
+        fit_s = time.perf_counter() - t0
+        m = leave_one_out_metrics(model, split, "valid")
+        rows.append({"params": c, **m, "fit_seconds": round(fit_s, 3)})
+        if not args.json:
+            print(
+                f"  {json.dumps(c):60s} NDCG@10 {m['ndcg@10']:.4f}  "
+                f"Recall@10 {m['recall@10']:.4f}  fit {fit_s:.2f} s",
+                flush=True,
+            )
+    best = max(rows, key=lambda r: r["ndcg@10"])
+    best_model = create_model(args.model, **fixed, **best["params"]).fit(split.train)
+    best["test"] = leave_one_out_metrics(best_model, split, "test")
+    result = {"model": args.model, "metric": "valid ndcg@10", "trials": rows, "best": best}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        t = best["test"]
+        print(
+            f"best {args.model} {json.dumps({**fixed, **best['params']})}: valid NDCG@10 "
+            f"{best['ndcg@10']:.4f}; test NDCG@10 {t['ndcg@10']:.4f} Recall@10 {t['recall@10']:.4f}"
+        )
+    return 0
+
+
+def register(
+    sub: argparse._SubParsersAction, cmds: dict[str, Callable[[argparse.Namespace], int]]
+) -> None:
+    """Add train, recommend, similar and tune to the `lmrec` parser."""
+    from lmrec.models import model_names
+
+    names = ", ".join(model_names())
+    s = sub.add_parser("train", help="fit a model on the stored data and save it")
+    s.add_argument("--model", required=True, help=f"model name ({names})")
+    s.add_argument("--param", action="append", metavar="NAME=VALUE", help="a hyperparameter")
+    s.add_argument("--out", required=True, help="directory to save the model into")
+    s.add_argument(
+        "--protocol",
+        choices=["loo"],
+        help="fit on the leave-one-out train split and report valid/test NDCG@10, Recall@10",
+    )
+    s.add_argument("--json", action="store_true", help="print JSON")
+    cmds["train"] = cmd_train
+
+    s = sub.add_parser("recommend", help="top-n items for a user and/or recent items")
+    s.add_argument("--model", required=True, help="directory of a saved model")
+    s.add_argument("--user", help="user id")
+    s.add_argument("--items", help="comma-separated recent item ids, oldest first")
+    s.add_argument("-n", type=int, default=10, help="how many items (default 10)")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    cmds["recommend"] = cmd_recommend
+
+    s = sub.add_parser("similar", help="items most similar to an item")
+    s.add_argument("--model", required=True, help="directory of a saved model")
+    s.add_argument("--item", required=True, help="item id")
+    s.add_argument("-n", type=int, default=10, help="how many items (default 10)")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    cmds["similar"] = cmd_similar
+
+    s = sub.add_parser("tune", help="grid or random search on the leave-one-out validation split")
+    s.add_argument("--model", required=True, help=f"model name ({names})")
+    s.add_argument(
+        "--grid", action="append", metavar="NAME=V1,V2", help="values to try for a parameter"
+    )
+    s.add_argument("--param", action="append", metavar="NAME=VALUE", help="a fixed parameter")
+    s.add_argument("--trials", type=int, help="sample this many combinations at random")
+    s.add_argument("--seed", type=int, default=0, help="seed of the random sample")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    cmds["tune"] = cmd_tune

@@ -1,0 +1,564 @@
+"""Recommenders built on a pretrained text encoder (default: the bundled all-MiniLM-L6-v2).
+
+- `lmcontent`: content-based; the user's interest vector is the recency-, rating- and
+  event-weighted mean of the history items' text vectors and/or the user-text vector.
+- `lmmf`: LM-enhanced factorisation; item factors are a learned projection of the text
+  vectors plus a regularised free offset (FISM-style user tower: the mean of the history's
+  input factors), so a new item gets factors from its text alone (Kabbur et al., KDD 2013;
+  text-tied factors as in CTR, Wang & Blei, KDD 2011).
+- `coldstart_user`: users known by attributes and interest tags only; score(u, i) = sum over
+  attribute-similar users v of sim(u, v) * r(v, i), blended with popularity and content.
+
+Text vectors come from `lmrec.text.encode_cached`, in-process at fit time (or from a store's
+vector cache, `cache_db`). Artifacts hold the vectors, so loading needs no encoder until a
+query brings new text.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ColdStartUser",
+    "ColdStartUserConfig",
+    "LMContent",
+    "LMContentConfig",
+    "LMMF",
+    "LMMFConfig",
+]
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import scipy.sparse as sp
+from pydantic import Field
+
+from lmrec.data import Dataset
+from lmrec.errors import LmrecError
+from lmrec.models.base import (
+    History,
+    ModelConfig,
+    Recommender,
+    recency_weighted,
+    sparse_from_state,
+    sparse_state,
+)
+from lmrec.text.encoders import TextEncoder, TfidfEncoder, load_encoder, normalize
+from lmrec.text.templates import item_texts, user_text, user_texts
+
+
+class _TextConfig(ModelConfig):
+    encoder: str = "minilm"
+    """Text encoder spec: 'minilm', 'tfidf[:DIM]', 'st:PATH' or a fine-tuned encoder directory."""
+    item_template: str | None = None
+    """str.format template of item text (title, description, categories, attributes)."""
+    user_fields: list[str] | None = None
+    """User attributes that make up the user text, in order (None: all of them)."""
+    cache_db: str | None = None
+    """Store URL whose text-vector cache is read and filled at fit time (None: in-process)."""
+
+
+class _TextModel(Recommender):
+    """Shared text side: the encoder, item vectors and user-text vectors."""
+
+    config: Any
+
+    def __init__(self, config: Any = None, **params: Any):
+        super().__init__(config, **params)
+        self._encoder: TextEncoder | None = None
+        self._tfidf_state: dict[str, np.ndarray] | None = None
+
+    # -- encoding ------------------------------------------------------------------------------
+
+    def encoder(self) -> TextEncoder:
+        """The text encoder (loaded on first use; a TF-IDF encoder from the fitted state)."""
+        if self._encoder is None:
+            enc = load_encoder(self.config.encoder)
+            if isinstance(enc, TfidfEncoder):
+                if self._tfidf_state is None:
+                    raise LmrecError(f"model {self.name!r}: the TF-IDF encoder is not fitted")
+                enc.set_state(self._tfidf_state)
+            self._encoder = enc
+        return self._encoder
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit vectors of texts through the encoder and the text-vector caches."""
+        from lmrec.text.cache import encode_cached
+
+        enc = self.encoder()
+        if self.config.cache_db:
+            from lmrec.store import Store
+
+            with Store(self.config.cache_db) as store:
+                return encode_cached(enc, texts, store)
+        return encode_cached(enc, texts)
+
+    def _fit_text(self, dataset: Dataset, *, users: bool) -> None:
+        texts = item_texts(dataset, template=self.config.item_template)
+        self._encoder = None
+        self._tfidf_state = None
+        enc = load_encoder(self.config.encoder)
+        if isinstance(enc, TfidfEncoder):
+            enc.fit(texts)
+            self._tfidf_state = enc.state()
+        self._encoder = enc
+        self.item_vectors = self.encode(texts)
+        if users:
+            self.user_texts = user_texts(dataset, fields=self.config.user_fields)
+            has = np.array([bool(t) for t in self.user_texts])
+            self.user_vectors = np.zeros((dataset.n_users, self.item_vectors.shape[1]), np.float32)
+            if has.any():
+                self.user_vectors[has] = self.encode([t for t in self.user_texts if t])
+            self.has_user_text = has
+
+    def _row_user_vectors(self, history: History) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per row: the user-text vector (query attributes/tags/text first, else the stored
+        user's), whether there is one, and whether it came from tags or free text."""
+        b, d = len(history), self.item_vectors.shape[1]
+        out = np.zeros((b, d), np.float32)
+        has = np.zeros(b, bool)
+        told = np.zeros(b, bool)
+        texts: dict[int, str] = {}
+        for r in range(b):
+            q = history.queries[r] if history.queries else None
+            if q is not None and (q.attributes or q.tags or q.text):
+                t = user_text(q.attributes, q.tags, q.text, fields=self.config.user_fields)
+                if t:
+                    texts[r] = t
+                    told[r] = bool(q.tags or q.text)
+                    continue
+            u = int(history.users[r])
+            if u >= 0 and u < len(self.has_user_text) and self.has_user_text[u]:
+                out[r] = self.user_vectors[u]
+                has[r] = True
+        if texts:
+            rows = list(texts)
+            out[rows] = self.encode([texts[r] for r in rows])
+            has[rows] = True
+        return out, has, told
+
+    def _text_state(self) -> dict[str, np.ndarray]:
+        state = {"item_vectors": self.item_vectors}
+        if self._tfidf_state is not None:
+            state.update({f"tfidf.{k}": v for k, v in self._tfidf_state.items()})
+        if hasattr(self, "user_vectors"):
+            state["user_vectors"] = self.user_vectors
+            state["has_user_text"] = self.has_user_text
+        return state
+
+    def _set_text_state(self, state: Mapping[str, np.ndarray]) -> None:
+        self.item_vectors = state["item_vectors"]
+        tf = {k[6:]: v for k, v in state.items() if k.startswith("tfidf.")}
+        self._tfidf_state = tf or None
+        self._encoder = None
+        if "user_vectors" in state:
+            self.user_vectors = state["user_vectors"]
+            self.has_user_text = state["has_user_text"].astype(bool)
+
+
+def _value_matrix(dataset: Dataset) -> sp.csr_matrix:
+    """(n_users, n_items) CSR of the last rating per pair; explicit zeros where no value."""
+    ok = ~np.isnan(dataset.value)
+    m = sp.csr_matrix(
+        (dataset.value[ok], (dataset.user[ok], dataset.item[ok])),
+        shape=(dataset.n_users, dataset.n_items),
+        dtype=np.float32,
+    )
+    if m.nnz:  # repeated ratings of a pair: keep the last one
+        from lmrec.data.dataset import csr_dedup
+
+        m = csr_dedup(dataset.user[ok], dataset.item[ok], dataset.value[ok], m.shape, keep="last")
+    m.sort_indices()
+    return m
+
+
+def _normalize_rows(x: np.ndarray) -> np.ndarray:
+    """Each row scaled to max 1 (rows whose max is <= 0 unchanged)."""
+    top = x.max(axis=1, keepdims=True)
+    return np.divide(x, top, out=x.copy(), where=top > 0)
+
+
+# -- LM content --------------------------------------------------------------------------------
+
+
+class LMContentConfig(_TextConfig):
+    half_life: float | None = Field(3.0, gt=0)
+    """Weigh history items by 0.5 ** (steps back from the newest / half_life); None: equal."""
+    rating_weight: Literal["none", "linear", "centered"] = "centered"
+    """How ratings weigh history items: none, r / max, or (r - mid) / (max - mid) (dislikes < 0)."""
+    user_text_weight: float = Field(0.0, ge=0)
+    """Weight of the user-text vector beside the history (alone it is used for empty histories)."""
+    scoring: Literal["cosine", "dot"] = "cosine"
+    """cosine: unit interest vector (scores in [-1, 1]); dot: the raw weighted sum."""
+    threshold: float | None = None
+    """Items whose cosine similarity is below this are never recommended."""
+
+
+class LMContent(_TextModel):
+    """Content recommender over language-model text vectors of items and users."""
+
+    name = "lmcontent"
+    config_class = LMContentConfig
+    config: LMContentConfig
+    uses_side_information = True
+
+    def _fit(self, dataset: Dataset) -> None:
+        self._fit_text(dataset, users=True)
+        self.values = _value_matrix(dataset)
+        vals = dataset.value[~np.isnan(dataset.value)]
+        self.max_value = float(vals.max()) if len(vals) else 1.0
+        self.min_value = float(vals.min()) if len(vals) else 0.0
+
+    def _weights(self, history: History) -> sp.csr_matrix:
+        """History weights (event weights x rating factor x recency)."""
+        m = sp.csr_matrix(history.matrix, dtype=np.float32, copy=True)
+        m.sort_indices()
+        if self.config.rating_weight != "none" and m.nnz:
+            factor = np.ones(m.nnz, np.float32)
+            rows = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
+            vals = np.full(m.nnz, np.nan, np.float32)
+            known = history.users >= 0
+            if known.any() and self.values.nnz:
+                stored = self.values[np.maximum(history.users, 0)]
+                stored = stored.multiply(known[:, None].astype(np.float32)).tocsr()
+                stored.sort_indices()
+                lin_s = np.repeat(np.arange(stored.shape[0]), np.diff(stored.indptr))
+                lin_s = lin_s * m.shape[1] + stored.indices
+                lin_m = rows * m.shape[1] + m.indices
+                pos = np.searchsorted(lin_s, lin_m)
+                ok = pos < len(lin_s)
+                ok[ok] = lin_s[pos[ok]] == lin_m[ok]
+                vals[ok] = stored.data[pos[ok]]
+            for r, q in enumerate(history.queries or []):
+                if q is None or q.values is None or not q.items:
+                    continue
+                idx = self.items.indices(list(q.items)) if self.items is not None else []
+                lo, hi = m.indptr[r], m.indptr[r + 1]
+                cols = m.indices[lo:hi]
+                for i, v in zip(idx, q.values, strict=False):
+                    if i >= 0 and v is not None and not np.isnan(v):
+                        vals[lo + np.searchsorted(cols, i)] = v
+            has = ~np.isnan(vals)
+            top, low = self.max_value, self.min_value
+            if self.config.rating_weight == "linear":
+                factor[has] = vals[has] / top if top > 0 else 1.0
+            else:
+                mid = (top + low) / 2
+                factor[has] = (vals[has] - mid) / (top - mid) if top > mid else 1.0
+            m.data *= factor
+        return recency_weighted(history, self.config.half_life, m)
+
+    def interest_vectors(self, history: History) -> tuple[np.ndarray, np.ndarray]:
+        """(B, dim) interest vectors and whether each row has one."""
+        w = self._weights(history)
+        p = np.asarray(w @ self.item_vectors, np.float32)
+        total = np.asarray(np.abs(w).sum(axis=1)).ravel()
+        p = p / np.where(total > 0, total, 1.0)[:, None]
+        has_hist = np.diff(w.indptr) > 0
+        uvec, has_text, _ = self._row_user_vectors(history)
+        alone = has_text & ~has_hist
+        both = has_text & has_hist
+        p[alone] = uvec[alone]
+        if self.config.user_text_weight > 0:
+            p[both] = p[both] + self.config.user_text_weight * uvec[both]
+        return p, has_hist | has_text
+
+    def score(self, history: History) -> np.ndarray:
+        p, has = self.interest_vectors(history)
+        if self.config.scoring == "cosine" or self.config.threshold is not None:
+            p_unit = normalize(p)
+        s = (p_unit if self.config.scoring == "cosine" else p) @ self.item_vectors.T
+        s = np.asarray(s, np.float32)
+        if self.config.threshold is not None:
+            cos = s if self.config.scoring == "cosine" else p_unit @ self.item_vectors.T
+            s[(cos < self.config.threshold) & has[:, None]] = -np.inf
+        # Ties (e.g. rows without any signal) are broken by popularity.
+        assert self.popularity is not None
+        pop = self.popularity / max(float(self.popularity.max()), 1.0)
+        return s + np.float32(1e-6) * pop[None, :]
+
+    def _state(self) -> dict[str, np.ndarray]:
+        return {
+            **self._text_state(),
+            **sparse_state("values", self.values),
+            "value_range": np.array([self.min_value, self.max_value], np.float32),
+        }
+
+    def _set_state(self, state: Mapping[str, np.ndarray]) -> None:
+        self._set_text_state(state)
+        self.values = sparse_from_state(state, "values")
+        self.min_value, self.max_value = (float(x) for x in state["value_range"])
+
+
+# -- LM-enhanced matrix factorisation ------------------------------------------------------------
+
+
+class LMMFConfig(_TextConfig):
+    embedding_size: int = Field(64, ge=1)
+    """Dimension of the collaborative factors."""
+    epochs: int = Field(20, ge=1)
+    """Passes over the training interactions."""
+    batch_size: int = Field(1024, ge=1)
+    """Interactions per gradient step."""
+    learning_rate: float = Field(3e-3, gt=0)
+    """Adam learning rate."""
+    reg: float = Field(1e-4, ge=0)
+    """Weight decay of the text projections."""
+    offset_reg: float = Field(1e-2, ge=0)
+    """Weight decay of the free per-item offsets (pulls factors towards the text projection)."""
+    use_offset: bool = True
+    """Learn a free offset per item besides the text projection (False: text alone)."""
+    loss: Literal["softmax", "bpr"] = "softmax"
+    """softmax over all trained items, or BPR with one uniform negative per positive."""
+    half_life: float | None = Field(None, gt=0)
+    """At answer time, weigh history items by recency (None: equal)."""
+    user_text: bool = False
+    """Add a learned projection of the user-text vector to the user factor."""
+    seed: int = 0
+    """Seed of initialisation and shuffling."""
+
+
+class LMMF(_TextModel):
+    """Factorisation with item factors = text x W + offset; users = mean of history factors."""
+
+    name = "lmmf"
+    config_class = LMMFConfig
+    config: LMMFConfig
+
+    @property
+    def uses_side_information(self) -> bool:  # type: ignore[override]
+        return self.config.user_text
+
+    def _fit(self, dataset: Dataset) -> None:
+        import torch
+
+        c = self.config
+        self._fit_text(dataset, users=c.user_text)
+        torch.manual_seed(c.seed)
+        rng = np.random.default_rng(c.seed)
+        m = dataset.matrix().tocsr()
+        m.data = np.abs(m.data)
+        n, d = m.shape[1], self.item_vectors.shape[1]
+        k = c.embedding_size
+        text = torch.from_numpy(self.item_vectors)  # (n, d)
+        active = np.diff(m.tocsc().indptr) > 0
+        self.active = active
+        params: dict[str, torch.Tensor] = {
+            "wq": torch.nn.init.xavier_uniform_(torch.empty(d, k)),
+            "we": torch.nn.init.xavier_uniform_(torch.empty(d, k)),
+            "wb": torch.zeros(d),
+            "oq": torch.zeros(n, k),
+            "oe": torch.zeros(n, k),
+            "ob": torch.zeros(n),
+        }
+        if c.user_text:
+            params["wu"] = torch.zeros(d, k)
+        for p in params.values():
+            p.requires_grad_(True)
+        proj = [params[x] for x in ("wq", "we", "wb", "wu") if x in params]
+        groups: list[dict[str, Any]] = [{"params": proj, "weight_decay": c.reg}]
+        if c.use_offset:
+            groups.append(
+                {"params": [params["oq"], params["oe"], params["ob"]], "weight_decay": c.offset_reg}
+            )
+        opt = torch.optim.AdamW(groups, lr=c.learning_rate)
+        coo = m.tocoo()
+        pu, pi, pw = coo.row.astype(np.int64), coo.col.astype(np.int64), coo.data
+        user_vecs = torch.from_numpy(self.user_vectors) if c.user_text else None
+        mask = torch.from_numpy(~active)
+        act_idx = np.flatnonzero(active)
+        self.losses: list[float] = []
+        t0 = time.perf_counter()
+        for _ in range(c.epochs):
+            order = rng.permutation(len(pu))
+            total = 0.0
+            for s in range(0, len(order), c.batch_size):
+                sel = order[s : s + c.batch_size]
+                u, i, w = pu[sel], pi[sel], pw[sel]
+                rows = m[u].tocoo()
+                x = torch.sparse_coo_tensor(
+                    np.vstack([rows.row, rows.col]), rows.data, (len(sel), n), dtype=torch.float32
+                )
+                q = text @ params["wq"] + params["oq"]  # (n, k)
+                e = text @ params["we"] + params["oe"]  # (n, k)
+                b = text @ params["wb"] + params["ob"]  # (n,)
+                ti = torch.from_numpy(i)
+                tw = torch.from_numpy(w.astype(np.float32))
+                # The user's history without the target item (FISM: no self-prediction).
+                hsum = torch.sparse.mm(x, e) - tw[:, None] * e[ti]  # (B, k)
+                cnt = torch.from_numpy(np.asarray(m[u].sum(axis=1)).ravel() - w).float()
+                uvec = hsum / cnt.clamp(min=1.0)[:, None]
+                if user_vecs is not None:
+                    uvec = uvec + user_vecs[torch.from_numpy(u)] @ params["wu"]
+                if c.loss == "softmax":
+                    logits = uvec @ q.T + b  # (B, n)
+                    logits = logits.masked_fill(mask, float("-inf"))
+                    loss = torch.nn.functional.cross_entropy(logits, ti)
+                else:
+                    neg = torch.from_numpy(rng.choice(act_idx, len(sel)))
+                    sp_ = (uvec * q[ti]).sum(1) + b[ti]
+                    sn = (uvec * q[neg]).sum(1) + b[neg]
+                    loss = -torch.nn.functional.logsigmoid(sp_ - sn).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                total += float(loss) * len(sel)
+            self.losses.append(total / max(len(pu), 1))
+        self.train_seconds = time.perf_counter() - t0
+        with torch.no_grad():
+            w = {x: p.detach().numpy().astype(np.float32) for x, p in params.items()}
+        if not c.use_offset:
+            for x in ("oq", "oe", "ob"):
+                w[x][:] = 0
+        w["oq"][~active] = 0  # items without training data: factors from text alone
+        w["oe"][~active] = 0
+        w["ob"][~active] = 0
+        self.proj = {x: w[x] for x in ("wq", "we", "wb", "wu") if x in w}
+        self.item_factors = self.item_vectors @ w["wq"] + w["oq"]
+        self.history_factors = self.item_vectors @ w["we"] + w["oe"]
+        self.item_bias = self.item_vectors @ w["wb"] + w["ob"]
+
+    def factors_from_text(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Factors (N, k) and biases (N,) of new items from their text alone."""
+        self._check_fitted()
+        v = self.encode(texts)
+        return v @ self.proj["wq"], v @ self.proj["wb"]
+
+    def user_vectors_of(self, history: History) -> np.ndarray:
+        """(B, k) user factors: the weighted mean of the history's input factors."""
+        h = recency_weighted(history, self.config.half_life)
+        h = sp.csr_matrix(h, dtype=np.float32)
+        h.data = np.abs(h.data)
+        total = np.asarray(h.sum(axis=1)).ravel()
+        u = np.asarray(h @ self.history_factors) / np.where(total > 0, total, 1.0)[:, None]
+        if "wu" in self.proj:
+            uvec, has, _ = self._row_user_vectors(history)
+            u = u + (uvec * has[:, None]) @ self.proj["wu"]
+        return u.astype(np.float32)
+
+    def score(self, history: History) -> np.ndarray:
+        u = self.user_vectors_of(history)
+        return (u @ self.item_factors.T + self.item_bias[None, :]).astype(np.float32)
+
+    def _state(self) -> dict[str, np.ndarray]:
+        return {
+            **self._text_state(),
+            **{f"proj.{x}": v for x, v in self.proj.items()},
+            "item_factors": self.item_factors,
+            "history_factors": self.history_factors,
+            "item_bias": self.item_bias,
+            "active": self.active,
+        }
+
+    def _set_state(self, state: Mapping[str, np.ndarray]) -> None:
+        self._set_text_state(state)
+        self.proj = {k[5:]: v for k, v in state.items() if k.startswith("proj.")}
+        self.item_factors = state["item_factors"]
+        self.history_factors = state["history_factors"]
+        self.item_bias = state["item_bias"]
+        self.active = state["active"].astype(bool)
+
+
+# -- cold-start users --------------------------------------------------------------------------
+
+
+class ColdStartUserConfig(_TextConfig):
+    n_neighbors: int = Field(50, ge=1)
+    """How many similar users vote."""
+    neighbor_power: float = Field(1.0, gt=0)
+    """Similarities are raised to this power (higher: the closest users count more)."""
+    popularity_weight: float = Field(0.5, ge=0)
+    """Weight of popularity (max-normalised) beside the neighbours' votes."""
+    content_weight: float = Field(0.5, ge=0)
+    """Weight of the text match of the chosen items, tags or free text with item text."""
+    history_weight: float = Field(1.0, ge=0)
+    """Weight of history overlap beside attribute similarity when finding similar users."""
+
+
+class ColdStartUser(_TextModel):
+    """Users known by attributes, interest tags or a handful of chosen items (onboarding)."""
+
+    name = "coldstart_user"
+    config_class = ColdStartUserConfig
+    config: ColdStartUserConfig
+    uses_side_information = True
+
+    def _fit(self, dataset: Dataset) -> None:
+        self._fit_text(dataset, users=True)
+        m = dataset.matrix().tocsr().astype(np.float32)
+        m.data = np.abs(m.data)
+        self.neighbors = np.flatnonzero(np.diff(m.indptr) > 0)  # users with training data
+        self.votes = m[self.neighbors]
+        binary = self.votes.copy()
+        binary.data[:] = 1.0
+        norms = np.sqrt(np.asarray(binary.sum(axis=1)).ravel())
+        self.vote_norms = np.where(norms > 0, norms, 1.0).astype(np.float32)
+
+    def _similarities(self, history: History) -> np.ndarray:
+        """(B, n_neighbors_total) similarity of each row to each user with training data."""
+        uvec, has_text, _ = self._row_user_vectors(history)
+        nb_text = self.user_vectors[self.neighbors]
+        sim = np.zeros((len(history), len(self.neighbors)), np.float32)
+        if has_text.any():
+            sim[has_text] = uvec[has_text] @ nb_text.T
+        hw = self.config.history_weight
+        if hw > 0 and history.matrix.nnz:
+            h = sp.csr_matrix(history.matrix, dtype=np.float32, copy=True)
+            h.data[:] = 1.0
+            hn = np.sqrt(np.asarray(h.sum(axis=1)).ravel())
+            b = self.votes.copy()
+            b.data[:] = 1.0
+            overlap = np.asarray((h @ b.T).todense(), np.float32)
+            overlap /= np.where(hn > 0, hn, 1.0)[:, None] * self.vote_norms[None, :]
+            sim += hw * overlap
+        # A known user never votes for themselves.
+        pos = np.searchsorted(self.neighbors, history.users)
+        self_rows = np.flatnonzero(
+            (history.users >= 0) & (pos < len(self.neighbors))
+        )
+        self_rows = self_rows[self.neighbors[pos[self_rows]] == history.users[self_rows]]
+        sim[self_rows, pos[self_rows]] = -np.inf
+        return sim
+
+    def score(self, history: History) -> np.ndarray:
+        c = self.config
+        b = len(history)
+        n = len(self.item_vectors)
+        out = np.zeros((b, n), np.float32)
+        if len(self.neighbors):
+            sim = self._similarities(history)
+            k = min(c.n_neighbors, sim.shape[1])
+            top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+            w = np.clip(np.take_along_axis(sim, top, axis=1), 0, None) ** c.neighbor_power
+            weights = sp.csr_matrix(
+                (w.ravel(), (np.repeat(np.arange(b), k), top.ravel())),
+                shape=(b, len(self.neighbors)),
+            )
+            out += _normalize_rows(np.asarray((weights @ self.votes).todense(), np.float32))
+        assert self.popularity is not None
+        out += c.popularity_weight * (self.popularity / max(float(self.popularity.max()), 1.0))
+        if c.content_weight > 0:
+            uvec, _, told = self._row_user_vectors(history)
+            h = sp.csr_matrix(history.matrix, dtype=np.float32)
+            h.data = np.abs(h.data)
+            p = np.asarray(h @ self.item_vectors, np.float32)
+            p[told] += uvec[told]
+            has = (np.diff(h.indptr) > 0) | told
+            if has.any():
+                cos = normalize(p[has]) @ self.item_vectors.T
+                out[has] += c.content_weight * _normalize_rows(np.clip(cos, 0, None))
+        return out
+
+    def _state(self) -> dict[str, np.ndarray]:
+        return {
+            **self._text_state(),
+            "neighbors": self.neighbors,
+            **sparse_state("votes", self.votes),
+            "vote_norms": self.vote_norms,
+        }
+
+    def _set_state(self, state: Mapping[str, np.ndarray]) -> None:
+        self._set_text_state(state)
+        self.neighbors = state["neighbors"]
+        self.votes = sparse_from_state(state, "votes")
+        self.vote_norms = state["vote_norms"]

@@ -1,0 +1,78 @@
+"""`lmrec train`, `recommend`, `similar` and `tune` on the ML-100K sample in a SQLite store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lmrec.cli import main
+from lmrec.commands.models import parse_params
+from lmrec.errors import LmrecError
+
+
+@pytest.fixture(scope="module")
+def db(ml100k_dir, tmp_path_factory) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('cli') / 'ml.db'}"
+    assert main(["--db", url, "sample", "ml-100k"]) == 0
+    return url
+
+
+def test_parse_params() -> None:
+    assert parse_params(["reg=2", "half_life=null", "similarity=cosine", "binary=false"]) == {
+        "reg": 2,
+        "half_life": None,
+        "similarity": "cosine",
+        "binary": False,
+    }
+    with pytest.raises(LmrecError, match="NAME=VALUE"):
+        parse_params(["reg"])
+
+
+def test_train_recommend_similar(db: str, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "ease"
+    assert (
+        main(["--db", db, "train", "--model", "ease", "--param", "reg=8", "--out", str(out)]) == 0
+    )
+    assert "trained ease on 100000 interactions" in capsys.readouterr().out
+    assert main(["recommend", "--model", str(out), "--user", "1", "-n", "10", "--json"]) == 0
+    recs = json.loads(capsys.readouterr().out)
+    assert len(recs["items"]) == 10 and recs["fallback"] is None
+    assert all(r["title"] for r in recs["items"])
+    assert main(["recommend", "--model", str(out), "--items", "50,172,181", "-n", "3"]) == 0
+    text = capsys.readouterr().out
+    assert "Raiders of the Lost Ark" in text or "Indiana Jones" in text, text
+    assert main(["recommend", "--model", str(out), "--user", "nobody", "-n", "3"]) == 0
+    assert "fallback: popularity" in capsys.readouterr().out
+    assert main(["similar", "--model", str(out), "--item", "50", "-n", "5"]) == 0
+    assert "Empire Strikes Back" in capsys.readouterr().out
+
+
+def test_train_with_protocol_reports_metrics(db: str, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "knn"
+    args = ["--db", db, "train", "--model", "itemknn", "--protocol", "loo", "--out", str(out)]
+    assert main([*args, "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["trained_on"] == "loo train split" and res["interactions"] == 100000 - 2 * 943
+    assert res["test"]["ndcg@10"] > 0.0629 and res["valid"]["users"] == 943
+
+
+def test_tune_grid(db: str, capsys) -> None:
+    args = ["--db", db, "tune", "--model", "ease", "--grid", "reg=2,8", "--param", "half_life=5"]
+    assert main([*args, "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert [t["params"] for t in res["trials"]] == [{"reg": 2}, {"reg": 8}]
+    best = max(res["trials"], key=lambda t: t["ndcg@10"])
+    assert res["best"]["params"] == best["params"] and "test" in res["best"]
+
+
+def test_errors_are_messages(db: str, tmp_path: Path, capsys) -> None:
+    assert main(["train", "--model", "nope", "--out", str(tmp_path / "x")]) == 1
+    assert "unknown model 'nope'" in capsys.readouterr().err
+    assert main(["train", "--model", "ease", "--param", "regg=1", "--out", str(tmp_path)]) == 1
+    assert "regg" in capsys.readouterr().err
+    assert main(["recommend", "--model", str(tmp_path / "missing"), "--user", "1"]) == 1
+    assert "no saved model" in capsys.readouterr().err
+    assert main(["--db", db, "tune", "--model", "ease", "--grid", "reg"]) == 1
+    assert "--grid expects" in capsys.readouterr().err
