@@ -116,3 +116,109 @@ def test_bad_urls_are_explained() -> None:
         Store("mysql://x@localhost/db")
     with pytest.raises(StoreError, match="cannot open store"):
         Store("postgresql://nobody@127.0.0.1:1/none")
+
+
+def _ids(store: Store, conn, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    u = store.ensure(conn, "user", [f"u{k}" for k in range(n_users)])
+    i = store.ensure(conn, "item", [f"i{k}" for k in range(n_items)])
+    return (
+        np.array([u[f"u{k}"] for k in range(n_users)]),
+        np.array([i[f"i{k}"] for k in range(n_items)]),
+    )
+
+
+def test_ensure_creates_bare_rows_with_defaults(store: Store) -> None:
+    with store.begin() as conn:
+        ids = store.ensure(conn, "item", ["a", "b", "a"])
+        assert sorted(ids) == ["a", "b"]
+        assert store.ensure(conn, "item", ["b", "c"])["b"] == ids["b"]
+        store.ensure(conn, "user", ["x"])
+    item = store.get("item", "c")
+    assert (item["title"], item["description"], item["categories"]) == ("", "", [])
+    assert (
+        store.read_table("user")[0]["tags"] == []
+        and store.read_table("user")[0]["attributes"] == {}
+    )
+    with pytest.raises(ValueError, match="kind must be"), store.begin() as conn:
+        store.ensure(conn, "users", ["x"])
+
+
+def test_insert_interactions_events_values_and_filters(store: Store) -> None:
+    with store.begin() as conn:
+        u, i = _ids(store, conn, 3, 3)
+        # One event type (written as an SQL literal, so a quote must survive) ...
+        n = store.insert_interactions(
+            conn,
+            u[[0, 1]],
+            i[[0, 1]],
+            np.array(["it's", "it's"], dtype=object),
+            np.array([np.nan, 2.5]),
+            np.array([10.0, 20.0]),
+        )
+        assert n == 2
+        # ... and several, in one call.
+        n = store.insert_interactions(
+            conn,
+            u[[2, 2, 0]],
+            i[[0, 1, 0]],
+            np.array(["view", "buy", "it's"], dtype=object),
+            np.array([1.0, np.nan, np.nan]),
+            np.array([30.0, 40.0, 10.0]),
+        )
+        assert n == 2  # the last row is already there
+    arr = store.read_interactions()
+    assert sorted(arr.event.tolist()) == ["buy", "it's", "it's", "view"]
+    got = store.read_interactions(since=20.0, until=40.0)
+    assert sorted(got.ts.tolist()) == [20.0, 30.0]
+    got = store.read_interactions(events=["buy", "it's"], since=15)
+    assert sorted(got.ts.tolist()) == [20.0, 40.0]
+    buy = store.read_interactions(events=["buy"])
+    assert np.isnan(buy.value).all() and buy.user_id.tolist() == [u[2]]
+
+
+def test_bulk_load_rebuilds_indexes_and_dedups(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lmrec.store.store as store_module
+
+    monkeypatch.setattr(store_module, "BULK_REBUILD_ROWS", 100)
+    rng = np.random.default_rng(0)
+    n = 2000
+    with store.begin(foreign_keys=False) as conn:
+        u, i = _ids(store, conn, 50, 40)
+        uu, ii = u[rng.integers(0, 50, n)], i[rng.integers(0, 40, n)]
+        ts = rng.integers(0, 5, n).astype(float)
+        ev = np.full(n, "click", dtype=object)
+        expected = len({(a, b, c) for a, b, c in zip(uu, ii, ts, strict=True)})
+        assert store.insert_interactions(conn, uu, ii, ev, np.ones(n), ts) == expected
+        assert store.insert_interactions(conn, uu, ii, ev, np.ones(n), ts) == 0
+    assert store.counts()["interactions"] == expected
+    ds = Dataset.from_store(store)
+    assert ds.n_interactions == expected
+    if store.dialect == "sqlite":
+        with store.engine.connect() as conn:
+            names = {r[0] for r in conn.exec_driver_sql("SELECT name FROM sqlite_master")}
+            assert "ix_interactions_item" in names
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+
+
+def test_failed_bulk_load_keeps_indexes(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    import lmrec.store.store as store_module
+
+    monkeypatch.setattr(store_module, "BULK_REBUILD_ROWS", 10)
+    with pytest.raises(RuntimeError), store.begin(foreign_keys=False) as conn:
+        u, i = _ids(store, conn, 20, 20)
+        store.insert_interactions(
+            conn,
+            np.repeat(u, 20),
+            np.tile(i, 20),
+            np.full(400, "v", dtype=object),
+            np.full(400, np.nan),
+            np.zeros(400),
+        )
+        raise RuntimeError("killed")
+    assert store.counts() == {"users": 0, "items": 0, "interactions": 0}
+    if store.dialect == "sqlite":
+        with store.engine.connect() as conn:
+            names = {r[0] for r in conn.exec_driver_sql("SELECT name FROM sqlite_master")}
+        assert "ix_interactions_item" in names

@@ -54,6 +54,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from lmrec.io.importers import ImportOptions, import_files
 
     opts = ImportOptions(
@@ -68,10 +70,24 @@ def cmd_import(args: argparse.Namespace) -> int:
         default_event=args.event,
         time_unit=args.time_unit,
     )
+    item_opts = replace(opts, mapping=_parse_mapping(args.item_map)) if args.item_map else None
+    user_opts = replace(opts, mapping=_parse_mapping(args.user_map)) if args.user_map else None
+
+    def progress(msg: str) -> None:
+        if not args.quiet:
+            print(f"lmrec import: {msg}", file=sys.stderr, flush=True)
+
     t0 = time.perf_counter()
     with _store(args) as store:
         report = import_files(
-            store, interactions=args.interactions, items=args.items, users=args.users, options=opts
+            store,
+            interactions=args.interactions,
+            items=args.items,
+            users=args.users,
+            options=opts,
+            item_options=item_opts,
+            user_options=user_opts,
+            progress=progress,
         )
         c = store.counts()
     dt = time.perf_counter() - t0
@@ -163,6 +179,18 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Nam
         help="column names, e.g. user=visitorid,item=itemid,value=stars,ts=time",
     )
     s.add_argument(
+        "--item-map",
+        action="append",
+        metavar="FIELD=COLUMN",
+        help="column names of the items file, e.g. ext_id=sku,title=name (default: --map)",
+    )
+    s.add_argument(
+        "--user-map",
+        action="append",
+        metavar="FIELD=COLUMN",
+        help="column names of the users file, e.g. ext_id=customer,tags=likes (default: --map)",
+    )
+    s.add_argument(
         "--format", choices=["csv", "tsv", "parquet", "atomic"], help="default: from the extension"
     )
     s.add_argument("--sep", help="field separator of text files")
@@ -184,6 +212,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Nam
         help="fail on interactions naming unknown users or items (default: create them)",
     )
     s.add_argument("--json", action="store_true", help="print the report as JSON")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     cmds["import"] = cmd_import
 
     s = sub.add_parser("stats", help="counts, sparsity and distributions of the stored data")

@@ -29,9 +29,9 @@ class Problem:
         where = self.file
         if self.line is not None:
             where += f":{self.line}"
-        col = f" column '{self.column}'" if self.column else ""
+        col = f" column '{self.column}':" if self.column else ""
         val = f" (got {self.value!r})" if self.value is not None else ""
-        return f"{where}:{col} {self.message}{val}".replace(": ", ": ", 1)
+        return f"{where}:{col} {self.message}{val}"
 
 
 class DataError(LmrecError):

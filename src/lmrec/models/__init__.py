@@ -25,6 +25,9 @@ REGISTRY: dict[str, str] = {
     "als": "lmrec.models.mf:ALS",
     "bpr": "lmrec.models.mf:BPR",
     "tfidf": "lmrec.models.content:TfidfContent",
+    "lmcontent": "lmrec.models.lm:LMContent",
+    "lmmf": "lmrec.models.lm:LMMF",
+    "coldstart_user": "lmrec.models.lm:ColdStartUser",
 }
 
 

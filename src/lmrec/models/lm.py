@@ -17,11 +17,11 @@ query brings new text.
 from __future__ import annotations
 
 __all__ = [
+    "LMMF",
     "ColdStartUser",
     "ColdStartUserConfig",
     "LMContent",
     "LMContentConfig",
-    "LMMF",
     "LMMFConfig",
 ]
 
@@ -182,16 +182,19 @@ def _normalize_rows(x: np.ndarray) -> np.ndarray:
 
 
 class LMContentConfig(_TextConfig):
-    half_life: float | None = Field(3.0, gt=0)
+    half_life: float | None = Field(1.0, gt=0)
     """Weigh history items by 0.5 ** (steps back from the newest / half_life); None: equal."""
-    rating_weight: Literal["none", "linear", "centered"] = "centered"
+    rating_weight: Literal["none", "linear", "centered"] = "none"
     """How ratings weigh history items: none, r / max, or (r - mid) / (max - mid) (dislikes < 0)."""
     user_text_weight: float = Field(0.0, ge=0)
     """Weight of the user-text vector beside the history (alone it is used for empty histories)."""
-    scoring: Literal["cosine", "dot"] = "cosine"
-    """cosine: unit interest vector (scores in [-1, 1]); dot: the raw weighted sum."""
+    scoring: Literal["kernel", "cosine", "dot"] = "kernel"
+    """kernel: sum over history items of weight * exp((cos - 1) / temperature); cosine: with the
+    unit interest vector (mean of the history's vectors); dot: with the raw weighted sum."""
+    temperature: float = Field(0.03, gt=0)
+    """Sharpness of the kernel (small: the closest history item decides)."""
     threshold: float | None = None
-    """Items whose cosine similarity is below this are never recommended."""
+    """Items whose cosine similarity to the interest vector is below this are never recommended."""
 
 
 class LMContent(_TextModel):
@@ -264,11 +267,12 @@ class LMContent(_TextModel):
         return p, has_hist | has_text
 
     def score(self, history: History) -> np.ndarray:
+        c = self.config
         p, has = self.interest_vectors(history)
-        if self.config.scoring == "cosine" or self.config.threshold is not None:
-            p_unit = normalize(p)
-        s = (p_unit if self.config.scoring == "cosine" else p) @ self.item_vectors.T
-        s = np.asarray(s, np.float32)
+        p_unit = normalize(p)
+        s = np.asarray((p_unit if c.scoring != "dot" else p) @ self.item_vectors.T, np.float32)
+        if c.scoring == "kernel":
+            s = self._kernel_scores(history, s)
         if self.config.threshold is not None:
             cos = s if self.config.scoring == "cosine" else p_unit @ self.item_vectors.T
             s[(cos < self.config.threshold) & has[:, None]] = -np.inf
@@ -276,6 +280,27 @@ class LMContent(_TextModel):
         assert self.popularity is not None
         pop = self.popularity / max(float(self.popularity.max()), 1.0)
         return s + np.float32(1e-6) * pop[None, :]
+
+    def _kernel_scores(self, history: History, cosine: np.ndarray) -> np.ndarray:
+        """Rows with a history: sum_j w_j exp((cos(j, i) - 1) / T); others keep `cosine` (the
+        user-text match, plus user_text_weight times it beside a history)."""
+        w = sp.csr_matrix(self._weights(history))
+        w.eliminate_zeros()
+        has_hist = np.diff(w.indptr) > 0
+        if not has_hist.any():
+            return cosine
+        used = np.unique(w.indices)
+        sims = self.item_vectors[used] @ self.item_vectors.T  # (U, n)
+        kern = np.exp((sims - 1.0) / self.config.temperature)
+        total = np.asarray(np.abs(w).sum(axis=1)).ravel()
+        s = np.asarray(w[:, used] @ kern, np.float32) / np.where(total > 0, total, 1.0)[:, None]
+        out = cosine.copy()
+        out[has_hist] = s[has_hist]
+        if self.config.user_text_weight > 0:
+            uvec, has_text, _ = self._row_user_vectors(history)
+            both = has_hist & has_text
+            out[both] += self.config.user_text_weight * (uvec[both] @ self.item_vectors.T)
+        return out
 
     def _state(self) -> dict[str, np.ndarray]:
         return {

