@@ -23,6 +23,13 @@ demo: $(STAMP)
 	mkdir -p artifacts
 	$(BIN)/lmrec --db $(DEMO_DB) sample ml-100k
 	$(BIN)/lmrec --db $(DEMO_DB) stats
+	@echo "== train ALS (the best classic model under defaults, benchmarks/models.md) on all data"
+	$(BIN)/lmrec --db $(DEMO_DB) train --model als --out artifacts/demo-als
+	@for u in 1 2 3; do $(BIN)/lmrec recommend --model artifacts/demo-als --user $$u -n 10; done
+	@echo "== leave-one-out by time, full ranking of the catalogue (history excluded), k=10"
+	$(BIN)/lmrec --db $(DEMO_DB) evaluate --models popularity,itemknn,ease,als --protocol loo \
+	  --k 10 --metrics ndcg,recall,mrr,coverage,novelty,diversity,personalization \
+	  --json artifacts/demo-eval.json --csv artifacts/demo-eval.csv --plots artifacts/demo-plots
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

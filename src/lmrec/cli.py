@@ -11,6 +11,7 @@ __all__ = ["main"]
 import argparse
 import importlib
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -226,7 +227,12 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Nam
 
 
 #: Modules with `register(subparsers, commands)` that add more subcommands (lmrec.commands).
-COMMAND_MODULES: list[str] = ["lmrec.commands.models"]
+COMMAND_MODULES: list[str] = [
+    "lmrec.commands.models",
+    "lmrec.commands.evaluate",
+    "lmrec.commands.serve",
+    "lmrec.commands.text",
+]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -253,6 +259,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    except BrokenPipeError:
+        # The reader went away (`lmrec stats | head`): not an error of ours. Point stdout at
+        # devnull so that the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

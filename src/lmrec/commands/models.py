@@ -13,8 +13,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from lmrec.errors import LmrecError
 
 
@@ -40,28 +38,14 @@ def parse_params(pairs: Sequence[str] | None, *, where: str = "--param") -> dict
 def leave_one_out_metrics(
     model: Any, split: Any, on: str = "test", k: int = 10
 ) -> dict[str, float]:
-    """Full-ranking NDCG@k and Recall@k of a fitted model on a leave-one-out split.
+    """Full-ranking NDCG@k and Recall@k of a fitted model on a split (`lmrec.evaluation`).
 
     valid: history = train; test: history = train + valid. History items are excluded and
     every other item of the catalogue is ranked.
     """
-    from lmrec.models.base import History
+    from lmrec.evaluation import evaluate
 
-    if on not in ("valid", "test"):
-        raise LmrecError(f"on must be 'valid' or 'test', not {on!r}")
-    target = split.test if on == "test" else split.valid
-    hist = split.train_valid() if on == "test" else split.train
-    users, items = np.asarray(target.user), np.asarray(target.item)
-    ndcg = np.zeros(len(users))
-    hit = np.zeros(len(users))
-    for s in range(0, len(users), 1024):
-        idx, _, _ = model.rank(History.from_dataset(hist, users[s : s + 1024]), k)
-        match = idx == items[s : s + 1024, None]
-        found = match.any(axis=1)
-        pos = match.argmax(axis=1)
-        ndcg[s : s + 1024] = np.where(found, 1.0 / np.log2(pos + 2), 0.0)
-        hit[s : s + 1024] = found
-    return {f"ndcg@{k}": float(ndcg.mean()), f"recall@{k}": float(hit.mean()), "users": len(users)}
+    return evaluate(model, split, on=on, k=k, metrics=("ndcg", "recall")).summary()
 
 
 def _snapshot(args: argparse.Namespace):
@@ -125,25 +109,28 @@ def _titles(model: Any, ids: list[str]) -> list[str]:
     return [ds.item_features.title[i] if i >= 0 else "" for i in idx]
 
 
-def _print_recs(model: Any, recs: Any, as_json: bool, head: str) -> None:
+def _print_recs(
+    model: Any, recs: Any, as_json: bool, head: str, explanations: list | None = None
+) -> None:
     titles = _titles(model, recs.items)
     if as_json:
-        print(
-            json.dumps(
-                {
-                    "items": [
-                        {"item": i, "score": s, "title": t}
-                        for i, s, t in zip(recs.items, recs.scores, titles, strict=True)
-                    ],
-                    "fallback": recs.fallback,
-                },
-                indent=2,
-            )
-        )
+        rows = [
+            {"item": i, "score": s, "title": t}
+            for i, s, t in zip(recs.items, recs.scores, titles, strict=True)
+        ]
+        for row, e in zip(rows, explanations or [], strict=False):
+            row["explanation"] = {
+                "sentence": e.sentence,
+                "method": e.method,
+                "reasons": e.to_dict()["reasons"],
+            }
+        print(json.dumps({"items": rows, "fallback": recs.fallback}, indent=2))
         return
     print(head + (f" (fallback: {recs.fallback})" if recs.fallback else ""))
     for r, (i, s, t) in enumerate(zip(recs.items, recs.scores, titles, strict=True), 1):
         print(f"{r:3d}. {i:>8s}  {s:9.4f}  {t}")
+        if explanations:
+            print(f"{'':15s}{explanations[r - 1].sentence}")
 
 
 def _load(path: str):
@@ -164,10 +151,46 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     unknown = [i for i in items if i not in model.items]
     if unknown:
         raise LmrecError(f"unknown item ids in --items: {', '.join(unknown)}")
-    recs = model.recommend(Query(user=args.user, items=items), n=args.n)
+    query = Query(user=args.user, items=items)
+    ranker = _reranked(model, args)
+    recs = ranker.recommend(query, n=args.n)
     who = f"user {args.user}" if args.user is not None else "the given items"
-    _print_recs(model, recs, args.json, f"top {args.n} for {who} ({model.name})")
+    how = f"{model.name}" if ranker is model else f"{model.name}, {ranker.reranker!r}"
+    explanations = None
+    if args.explain:
+        from lmrec.explain import explain
+
+        explanations = explain(model, query, recs.items) if recs.items else []
+    _print_recs(model, recs, args.json, f"top {args.n} for {who} ({how})", explanations)
     return 0
+
+
+def _csv(text: str | None) -> list[str]:
+    return [x.strip() for x in (text or "").split(",") if x.strip()]
+
+
+def _reranked(model: Any, args: argparse.Namespace) -> Any:
+    """The model, or the model behind diversity re-ranking and filters (`lmrec.rerank`)."""
+    from lmrec.rerank import Filters, diversify
+
+    filters = Filters(
+        exclude_items=_csv(args.exclude_items),
+        include_items=_csv(args.include_items) or None,
+        exclude_categories=_csv(args.exclude_categories),
+        include_categories=_csv(args.include_categories) or None,
+        min_score=args.min_score,
+    )
+    if not args.diversity and args.max_per_category is None and filters.empty:
+        return model
+    return diversify(
+        model,
+        args.method,
+        args.diversity,
+        similarity=args.similarity,
+        pool=args.pool,
+        max_per_category=args.max_per_category,
+        filters=filters,
+    )
 
 
 def cmd_similar(args: argparse.Namespace) -> int:
@@ -254,6 +277,37 @@ def register(
     s.add_argument("--items", help="comma-separated recent item ids, oldest first")
     s.add_argument("-n", type=int, default=10, help="how many items (default 10)")
     s.add_argument("--json", action="store_true", help="print JSON")
+    s.add_argument(
+        "--diversity",
+        type=float,
+        default=0.0,
+        metavar="D",
+        help="diversity weight in [0, 1] of the re-ranking (default 0: the model's order)",
+    )
+    s.add_argument(
+        "--method",
+        choices=["mmr", "maxsum", "dpp"],
+        default="maxsum",
+        help="diversity re-ranking method (default maxsum)",
+    )
+    s.add_argument(
+        "--similarity",
+        choices=["categories", "text"],
+        default="categories",
+        help="item similarity for diversity (default categories)",
+    )
+    s.add_argument("--pool", type=int, default=50, help="candidates re-ranked (default 50)")
+    s.add_argument(
+        "--max-per-category", type=int, help="at most this many items sharing a category"
+    )
+    s.add_argument("--exclude-items", metavar="A,B", help="item ids never to recommend")
+    s.add_argument("--include-items", metavar="A,B", help="recommend only among these item ids")
+    s.add_argument("--exclude-categories", metavar="C,D", help="leave out items of these")
+    s.add_argument("--include-categories", metavar="C,D", help="only items of these categories")
+    s.add_argument("--min-score", type=float, help="leave out items the model scores below this")
+    s.add_argument(
+        "--explain", action="store_true", help="say why each item is recommended (true reasons)"
+    )
     cmds["recommend"] = cmd_recommend
 
     s = sub.add_parser("similar", help="items most similar to an item")

@@ -34,7 +34,9 @@ def cmd_encode(args: argparse.Namespace) -> int:
     with Store(args.db) as store:
         ds = Dataset.from_store(store)
         if ds.n_items == 0 and ds.n_users == 0:
-            raise LmrecError(f"the store {args.db_shown} holds no items or users: import data first")
+            raise LmrecError(
+                f"the store {args.db_shown} holds no items or users: import data first"
+            )
         enc = load_encoder(args.encoder)
         items = item_texts(ds, template=args.item_template)
         if isinstance(enc, TfidfEncoder):
@@ -58,7 +60,9 @@ def cmd_encode(args: argparse.Namespace) -> int:
                 stats=stats,
             )
             enc_s = stats.get("seconds", 0.0)
-            stats["texts_per_second"] = stats["encoded"] / enc_s if stats["encoded"] and enc_s else None
+            stats["texts_per_second"] = (
+                stats["encoded"] / enc_s if stats["encoded"] and enc_s else None
+            )
             report[kind] = stats
             if not args.json:
                 rate = stats["texts_per_second"]
@@ -124,7 +128,9 @@ def register(
         description="Texts whose vectors are cached already (same encoder, same text) are not "
         "encoded again.",
     )
-    s.add_argument("--encoder", default="minilm", help="minilm (default), tfidf[:DIM], st:PATH or DIR")
+    s.add_argument(
+        "--encoder", default="minilm", help="minilm (default), tfidf[:DIM], st:PATH or DIR"
+    )
     s.add_argument("--what", default="items,users", help="comma list of items, users, behaviour")
     s.add_argument("--batch-size", type=int, default=64, help="texts per encoder batch")
     s.add_argument("--max-items", type=int, default=20, help="history items in behaviour text")

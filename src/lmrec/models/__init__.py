@@ -28,6 +28,9 @@ REGISTRY: dict[str, str] = {
     "lmcontent": "lmrec.models.lm:LMContent",
     "lmmf": "lmrec.models.lm:LMMF",
     "coldstart_user": "lmrec.models.lm:ColdStartUser",
+    "sasrec": "lmrec.models.sequential:SASRec",
+    "bert4rec": "lmrec.models.sequential:BERT4Rec",
+    "xlnet": "lmrec.models.sequential:XLNet",
 }
 
 

@@ -125,6 +125,19 @@ def top_k(
         return np.zeros((len(scores), 0), np.int64), np.zeros((len(scores), 0), np.float32)
     part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     part_scores = np.take_along_axis(scores, part, axis=1)
+    # argpartition keeps an arbitrary subset of the items tied at the k-th score; rows with
+    # such a tie take the lowest item indices among the tied, so that the top k does not
+    # depend on k (the top 10 is the head of the top 50).
+    kth = part_scores.min(axis=1)
+    tied = np.flatnonzero((scores >= kth[:, None]).sum(axis=1) > k)
+    if len(tied):
+        sub, t = scores[tied], kth[tied, None]
+        above = sub > t
+        eq = sub == t
+        room = k - above.sum(axis=1, keepdims=True)
+        keep = above | (eq & (np.cumsum(eq, axis=1) <= room))
+        part[tied] = np.nonzero(keep)[1].reshape(len(tied), k)
+        part_scores[tied] = np.take_along_axis(sub, part[tied], axis=1)
     # Best first; equal scores by item index, so results are deterministic.
     order = np.lexsort((part, -part_scores), axis=1)
     idx = np.take_along_axis(part, order, axis=1)

@@ -61,7 +61,7 @@ class EASE(Recommender):
         b = -p / np.diag(p)[None, :]
         b[np.diag_indices(n)] = 0.0
         self.lam = lam
-        self.weights = b.astype(np.float32)
+        self.weights = np.ascontiguousarray(b, dtype=np.float32)  # C order: fast h @ W
 
     def score(self, history: History) -> np.ndarray:
         h = history.matrix.astype(np.float32, copy=True)
@@ -74,5 +74,5 @@ class EASE(Recommender):
         return {"weights": self.weights, "lambda": np.asarray(self.lam)}
 
     def _set_state(self, state: Mapping[str, np.ndarray]) -> None:
-        self.weights = state["weights"]
+        self.weights = np.ascontiguousarray(state["weights"], dtype=np.float32)
         self.lam = float(state["lambda"])

@@ -6,12 +6,13 @@
   vectors plus a regularised free offset (FISM-style user tower: the mean of the history's
   input factors), so a new item gets factors from its text alone (Kabbur et al., KDD 2013;
   text-tied factors as in CTR, Wang & Blei, KDD 2011).
-- `coldstart_user`: users known by attributes and interest tags only; score(u, i) = sum over
-  attribute-similar users v of sim(u, v) * r(v, i), blended with popularity and content.
+- `coldstart_user`: users known by attributes and interest tags only (or a few chosen items):
+  a ridge map from the user-text vector to the items (starting from popularity), plus the
+  votes of attribute-similar users, score(u, i) = sum_v sim(u, v) r(v, i), plus content.
 
 Text vectors come from `lmrec.text.encode_cached`, in-process at fit time (or from a store's
-vector cache, `cache_db`). Artifacts hold the vectors, so loading needs no encoder until a
-query brings new text.
+vector cache, `cache_db`). Artifacts hold the vectors and record the encoder version
+(`encoder_version`); loading checks that the encoder is still there and unchanged.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ __all__ = [
 
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -56,6 +58,19 @@ class _TextConfig(ModelConfig):
     """User attributes that make up the user text, in order (None: all of them)."""
     cache_db: str | None = None
     """Store URL whose text-vector cache is read and filled at fit time (None: in-process)."""
+    encoder_version: str | None = None
+    """Set by `fit`: the versioned name (with content fingerprint) of the encoder the vectors
+    came from. Loading a saved model refuses an `encoder` that is missing or now differs."""
+
+
+def _resolve_spec(spec: str) -> str:
+    """An encoder spec with a directory made absolute, so a saved model finds it from any cwd."""
+    low = spec.strip().lower()
+    if low in ("minilm", "default", "all-minilm-l6-v2") or low.split(":")[0] == "tfidf":
+        return spec
+    prefix = "st:" if low.startswith("st:") else ""
+    path = Path(spec.strip()[len(prefix) :]).expanduser()
+    return prefix + str(path.resolve()) if path.is_dir() else spec
 
 
 class _TextModel(Recommender):
@@ -102,6 +117,10 @@ class _TextModel(Recommender):
             enc.fit(texts)
             self._tfidf_state = enc.state()
         self._encoder = enc
+        # Record which encoder version made the vectors (path + fingerprint), for `load`.
+        self.config = self.config.model_copy(
+            update={"encoder": _resolve_spec(self.config.encoder), "encoder_version": enc.name}
+        )
         self.item_vectors = self.encode(texts)
         if users:
             self.user_texts = user_texts(dataset, fields=self.config.user_fields)
@@ -137,6 +156,30 @@ class _TextModel(Recommender):
             has[rows] = True
         return out, has, told
 
+    def _check_encoder(self) -> None:
+        """Refuse a loaded model whose encoder is missing or is no longer the version that
+        made its vectors (new texts would land in another vector space)."""
+        c = self.config
+        trained = f"encoder {c.encoder!r}" + (
+            f" (version {c.encoder_version})" if c.encoder_version else ""
+        )
+        try:
+            enc = self.encoder()
+        except LmrecError as exc:
+            raise LmrecError(
+                f"model {self.name!r} was trained with {trained}, which cannot be loaded: {exc}"
+            ) from None
+        if c.encoder_version is not None and enc.name != c.encoder_version:
+            raise LmrecError(
+                f"model {self.name!r} was trained with {trained}, but {c.encoder!r} is now "
+                f"version {enc.name}; refit the model or restore that encoder"
+            )
+        if enc.dim != self.item_vectors.shape[1]:
+            raise LmrecError(
+                f"model {self.name!r}: encoder {enc.name} gives {enc.dim}-dimensional vectors, "
+                f"the saved item vectors have {self.item_vectors.shape[1]}"
+            )
+
     def _text_state(self) -> dict[str, np.ndarray]:
         state = {"item_vectors": self.item_vectors}
         if self._tfidf_state is not None:
@@ -151,6 +194,7 @@ class _TextModel(Recommender):
         tf = {k[6:]: v for k, v in state.items() if k.startswith("tfidf.")}
         self._tfidf_state = tf or None
         self._encoder = None
+        self._check_encoder()
         if "user_vectors" in state:
             self.user_vectors = state["user_vectors"]
             self.has_user_text = state["has_user_text"].astype(bool)
@@ -402,7 +446,11 @@ class LMMF(_TextModel):
                 u, i, w = pu[sel], pi[sel], pw[sel]
                 rows = m[u].tocoo()
                 x = torch.sparse_coo_tensor(
-                    np.vstack([rows.row, rows.col]), rows.data, (len(sel), n), dtype=torch.float32
+                    np.vstack([rows.row, rows.col]),
+                    rows.data,
+                    (len(sel), n),
+                    dtype=torch.float32,
+                    check_invariants=False,
                 )
                 q = text @ params["wq"] + params["oq"]  # (n, k)
                 e = text @ params["we"] + params["oe"]  # (n, k)
@@ -427,7 +475,7 @@ class LMMF(_TextModel):
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                total += float(loss) * len(sel)
+                total += loss.item() * len(sel)
             self.losses.append(total / max(len(pu), 1))
         self.train_seconds = time.perf_counter() - t0
         with torch.no_grad():
@@ -488,20 +536,36 @@ class LMMF(_TextModel):
 
 
 class ColdStartUserConfig(_TextConfig):
-    n_neighbors: int = Field(50, ge=1)
+    reg: float = Field(3.0, gt=0)
+    """Ridge penalty of the text-to-items map, relative to the mean eigenvalue of the centred
+    Gram matrix of the users' text vectors (so it does not depend on the number of users)."""
+    neighbor_weight: float = Field(0.5, ge=0)
+    """Weight of the similar users' votes beside the text-to-items map."""
+    n_neighbors: int = Field(200, ge=1)
     """How many similar users vote."""
     neighbor_power: float = Field(1.0, gt=0)
     """Similarities are raised to this power (higher: the closest users count more)."""
-    popularity_weight: float = Field(0.5, ge=0)
-    """Weight of popularity (max-normalised) beside the neighbours' votes."""
+    history_weight: float = Field(1.0, ge=0)
+    """Weight of history overlap beside user-text similarity when finding similar users."""
     content_weight: float = Field(0.5, ge=0)
     """Weight of the text match of the chosen items, tags or free text with item text."""
-    history_weight: float = Field(1.0, ge=0)
-    """Weight of history overlap beside attribute similarity when finding similar users."""
+    popularity_weight: float = Field(0.0, ge=0)
+    """Extra weight of popularity (max-normalised); the map already starts from it."""
 
 
 class ColdStartUser(_TextModel):
-    """Users known by attributes, interest tags or a handful of chosen items (onboarding)."""
+    """Users known by attributes, interest tags or a handful of chosen items (onboarding).
+
+    score(u, .) = norm(p + (x_u - x_mean) W) + neighbor_weight * norm(sum_v s(u, v)^a r_v)
+                  + content_weight * norm(cos(q_u, item texts)) + popularity_weight * norm(p)
+    where x_u is the user-text vector (attributes, tags, free text), p the training
+    interaction rate of each item (popularity), W the ridge map from centred user-text vectors
+    to centred interaction rows, W = (Xc^T Xc + reg * tr(Xc^T Xc) / d * I)^-1 Xc^T (R - p)
+    (attribute-to-feature mapping for cold start, Gantner et al., ICDM 2010), s(u, v) the
+    text cosine plus history_weight times the history overlap (cosine of binary rows) over the
+    n_neighbors most similar training users v, q_u the chosen items' and the tags' or free
+    text's vectors, and norm scales a row to maximum 1 (negative parts clipped).
+    """
 
     name = "coldstart_user"
     config_class = ColdStartUserConfig
@@ -518,10 +582,26 @@ class ColdStartUser(_TextModel):
         binary.data[:] = 1.0
         norms = np.sqrt(np.asarray(binary.sum(axis=1)).ravel())
         self.vote_norms = np.where(norms > 0, norms, 1.0).astype(np.float32)
+        n, d = dataset.n_items, self.item_vectors.shape[1]
+        # Interaction rate of each item among users with training data (the popularity prior).
+        self.rate = np.zeros(n, np.float32)
+        if binary.shape[0]:
+            self.rate = np.asarray(binary.mean(axis=0), np.float32).ravel()
+        self.text_mean = np.zeros(d, np.float32)
+        self.text_map = np.zeros((d, n), np.float32)
+        with_text = self.has_user_text[self.neighbors]
+        if with_text.any():
+            x = self.user_vectors[self.neighbors[with_text]].astype(np.float64)
+            self.text_mean = x.mean(axis=0).astype(np.float32)
+            xc = x - x.mean(axis=0)
+            gram = xc.T @ xc  # (d, d)
+            lam = self.config.reg * max(float(np.trace(gram)) / d, 1e-12)
+            # Xc^T (R - 1 p^T) = Xc^T R, since the columns of Xc sum to zero.
+            rhs = np.asarray((binary[with_text].T @ xc).T, np.float64)  # (d, n)
+            self.text_map = np.linalg.solve(gram + lam * np.eye(d), rhs).astype(np.float32)
 
-    def _similarities(self, history: History) -> np.ndarray:
+    def _similarities(self, history: History, uvec: np.ndarray, has_text: np.ndarray) -> np.ndarray:
         """(B, n_neighbors_total) similarity of each row to each user with training data."""
-        uvec, has_text, _ = self._row_user_vectors(history)
         nb_text = self.user_vectors[self.neighbors]
         sim = np.zeros((len(history), len(self.neighbors)), np.float32)
         if has_text.any():
@@ -538,9 +618,7 @@ class ColdStartUser(_TextModel):
             sim += hw * overlap
         # A known user never votes for themselves.
         pos = np.searchsorted(self.neighbors, history.users)
-        self_rows = np.flatnonzero(
-            (history.users >= 0) & (pos < len(self.neighbors))
-        )
+        self_rows = np.flatnonzero((history.users >= 0) & (pos < len(self.neighbors)))
         self_rows = self_rows[self.neighbors[pos[self_rows]] == history.users[self_rows]]
         sim[self_rows, pos[self_rows]] = -np.inf
         return sim
@@ -549,9 +627,14 @@ class ColdStartUser(_TextModel):
         c = self.config
         b = len(history)
         n = len(self.item_vectors)
-        out = np.zeros((b, n), np.float32)
-        if len(self.neighbors):
-            sim = self._similarities(history)
+        uvec, has_text, told = self._row_user_vectors(history)
+        # The text-to-items map (popularity where there is no user text).
+        mapped = np.tile(self.rate, (b, 1))
+        if has_text.any():
+            mapped[has_text] += (uvec[has_text] - self.text_mean) @ self.text_map
+        out = _normalize_rows(np.clip(mapped, 0, None))
+        if len(self.neighbors) and c.neighbor_weight > 0:
+            sim = self._similarities(history, uvec, has_text)
             k = min(c.n_neighbors, sim.shape[1])
             top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
             w = np.clip(np.take_along_axis(sim, top, axis=1), 0, None) ** c.neighbor_power
@@ -559,11 +642,12 @@ class ColdStartUser(_TextModel):
                 (w.ravel(), (np.repeat(np.arange(b), k), top.ravel())),
                 shape=(b, len(self.neighbors)),
             )
-            out += _normalize_rows(np.asarray((weights @ self.votes).todense(), np.float32))
-        assert self.popularity is not None
-        out += c.popularity_weight * (self.popularity / max(float(self.popularity.max()), 1.0))
+            votes = np.asarray((weights @ self.votes).todense(), np.float32)
+            out += c.neighbor_weight * _normalize_rows(votes)
+        if c.popularity_weight > 0:
+            assert self.popularity is not None
+            out += c.popularity_weight * (self.popularity / max(float(self.popularity.max()), 1.0))
         if c.content_weight > 0:
-            uvec, _, told = self._row_user_vectors(history)
             h = sp.csr_matrix(history.matrix, dtype=np.float32)
             h.data = np.abs(h.data)
             p = np.asarray(h @ self.item_vectors, np.float32)
@@ -572,6 +656,7 @@ class ColdStartUser(_TextModel):
             if has.any():
                 cos = normalize(p[has]) @ self.item_vectors.T
                 out[has] += c.content_weight * _normalize_rows(np.clip(cos, 0, None))
+        assert out.shape == (b, n)
         return out
 
     def _state(self) -> dict[str, np.ndarray]:
@@ -580,6 +665,9 @@ class ColdStartUser(_TextModel):
             "neighbors": self.neighbors,
             **sparse_state("votes", self.votes),
             "vote_norms": self.vote_norms,
+            "rate": self.rate,
+            "text_mean": self.text_mean,
+            "text_map": self.text_map,
         }
 
     def _set_state(self, state: Mapping[str, np.ndarray]) -> None:
@@ -587,3 +675,6 @@ class ColdStartUser(_TextModel):
         self.neighbors = state["neighbors"]
         self.votes = sparse_from_state(state, "votes")
         self.vote_norms = state["vote_norms"]
+        self.rate = state["rate"]
+        self.text_mean = state["text_mean"]
+        self.text_map = state["text_map"]

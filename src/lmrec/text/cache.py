@@ -96,7 +96,9 @@ def encode_cached(
             _remember(name, got)
         missing = [h for h in missing if h not in got]
     if missing:
-        vecs = encoder.encode([unique[h] for h in missing], batch_size=batch_size, progress=progress)
+        vecs = encoder.encode(
+            [unique[h] for h in missing], batch_size=batch_size, progress=progress
+        )
         new = {h: np.asarray(vecs[i], np.float32) for i, h in enumerate(missing)}
         found.update(new)
         if memo:

@@ -155,9 +155,11 @@ class SentenceTransformerEncoder:
     def dim(self) -> int:
         if self._dim is None:
             pooling = self.path / "1_Pooling" / "config.json"
-            modules = json.loads((self.path / "modules.json").read_text()) if (
-                self.path / "modules.json"
-            ).exists() else []
+            modules = (
+                json.loads((self.path / "modules.json").read_text())
+                if (self.path / "modules.json").exists()
+                else []
+            )
             dense = any("Dense" in m.get("type", "") for m in modules)
             if pooling.exists() and not dense:
                 self._dim = int(json.loads(pooling.read_text())["word_embedding_dimension"])
@@ -227,7 +229,11 @@ class TfidfEncoder:
         if k >= 1:
             svd = TruncatedSVD(n_components=k, algorithm="arpack", random_state=self.seed)
             svd.fit(x)
-            comp = svd.components_.astype(np.float32)
+            # Directions of (near) zero singular value are an arbitrary basis of the null
+            # space (a corpus of rank < k): drop them, so that refits agree.
+            s = svd.singular_values_
+            comp = svd.components_[s > 1e-6 * s.max()].astype(np.float32)
+            k = len(comp)
             # arpack's signs are arbitrary: fix them so refits give identical vectors.
             signs = np.sign(comp[np.arange(k), np.abs(comp).argmax(axis=1)])
             comp *= signs[:, None]
@@ -252,7 +258,8 @@ class TfidfEncoder:
         h = hashlib.sha256()
         h.update("\n".join(self.terms.tolist()).encode())
         h.update(self.idf.tobytes())
-        h.update(self.components.tobytes())
+        # Rounded: BLAS rounding noise of a refit must not change the name (the cache key).
+        h.update((np.round(self.components, 5) + 0.0).tobytes())
         self._name = f"tfidf-{self.components.shape[0]}@{h.hexdigest()[:12]}"
 
     @property
@@ -353,7 +360,19 @@ def _load_version(path: Path, device: str) -> TextEncoder:
         )
         return base
     if kind == "head":
-        base = load_encoder(meta["base"], device=device)
+        try:
+            base = load_encoder(meta["base"], device=device)
+        except LmrecError as exc:
+            raise LmrecError(
+                f"{path}: the base encoder {meta['base']!r} of this projection head cannot be "
+                f"loaded: {exc}"
+            ) from None
+        want = meta.get("base_name")
+        if want is not None and base.name != want:
+            raise LmrecError(
+                f"{path}: this projection head was trained on encoder {want}, but "
+                f"{meta['base']!r} is now {base.name}; fine-tune the head again"
+            )
         try:
             with np.load(path / "head.npz", allow_pickle=False) as z:
                 weight, bias = z["weight"], z["bias"]

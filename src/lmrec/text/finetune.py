@@ -30,6 +30,7 @@ from lmrec.text.encoders import (
     ENCODER_FORMAT,
     ProjectedEncoder,
     SentenceTransformerEncoder,
+    TfidfEncoder,
     load_encoder,
 )
 from lmrec.text.templates import behaviour_text, item_texts
@@ -74,10 +75,14 @@ def _write_version(out: Path, meta: dict, write: callable) -> None:  # type: ign
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         write(tmp)
-        (tmp / ENCODER_FILE).write_text(json.dumps({"format": ENCODER_FORMAT, "version": 1, **meta}, indent=2))
+        (tmp / ENCODER_FILE).write_text(
+            json.dumps({"format": ENCODER_FORMAT, "version": 1, **meta}, indent=2)
+        )
         if out.exists():
             if not (out / ENCODER_FILE).exists() and any(out.iterdir()):
-                raise LmrecError(f"{out} exists and is not an lmrec encoder directory; not replaced")
+                raise LmrecError(
+                    f"{out} exists and is not an lmrec encoder directory; not replaced"
+                )
             shutil.rmtree(out)
         tmp.replace(out)
     finally:
@@ -121,6 +126,13 @@ def finetune(
     base = load_encoder(encoder)
     if isinstance(base, ProjectedEncoder):
         raise LmrecError(f"finetune: {encoder!r} already has a head; start from its base encoder")
+    if isinstance(base, TfidfEncoder):
+        raise LmrecError(
+            "finetune: a TF-IDF encoder is fitted per corpus and cannot be fine-tuned; "
+            "use 'minilm' or a sentence-transformers model"
+        )
+    if Path(encoder).expanduser().is_dir():  # the version must find its base from any cwd
+        encoder = str(Path(encoder).expanduser().resolve())
     if not hasattr(base, "model") and mode == "full":
         raise LmrecError("finetune: mode 'full' needs a sentence-transformers encoder")
     users, pos, targets = next_item_pairs(dataset, max_history=max_history)
@@ -164,7 +176,10 @@ def _finetune_head(
     valid = hist_pos >= user_lo
     hist = np.where(valid, dataset.item[np.clip(hist_pos, 0, None)], 0)
     logw = np.where(valid, -(offs[None, :] - 1) / half_life * math.log(2), -np.inf)
-    hist_t, logw_t = torch.from_numpy(hist.astype(np.int64)), torch.from_numpy(logw.astype(np.float32))
+    hist_t, logw_t = (
+        torch.from_numpy(hist.astype(np.int64)),
+        torch.from_numpy(logw.astype(np.float32)),
+    )
     tgt_t = torch.from_numpy(targets)
     n_batches = math.ceil(len(targets) / batch_size)
     total_steps = epochs * n_batches if steps is None else min(steps, epochs * n_batches)
@@ -193,7 +208,7 @@ def _finetune_head(
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(b)
+            total += loss.item() * len(b)
             count += len(b)
             done += 1
             bar.update(1)
@@ -207,6 +222,7 @@ def _finetune_head(
         "kind": "head",
         "name": enc.name,
         "base": spec,
+        "base_name": base.name,
         "dim": int(d),
         "trained_on": dataset.name,
         "pairs": len(targets),
@@ -258,14 +274,19 @@ def _finetune_full(
             emb = []
             for side in (q, k):
                 feats = model.tokenize(side)
-                feats = {key: v.to(model.device) for key, v in feats.items()}
-                emb.append(torch.nn.functional.normalize(model(feats)["sentence_embedding"], dim=-1))
+                feats = {
+                    key: v.to(model.device) if isinstance(v, torch.Tensor) else v
+                    for key, v in feats.items()
+                }
+                emb.append(
+                    torch.nn.functional.normalize(model(feats)["sentence_embedding"], dim=-1)
+                )
             logits = emb[0] @ emb[1].T / temperature
             loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(b)))
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
     finally:
         model.eval()
 

@@ -194,6 +194,17 @@ def _num(v: float) -> str:
     return f"{v:g}"
 
 
+def _value(v: Any) -> float | None:
+    """A rating as a float, or None when missing (None or NaN of any float type)."""
+    if v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
 def behaviour_text(
     titles: Sequence[str],
     events: Sequence[str] | None = None,
@@ -218,28 +229,36 @@ def behaviour_text(
     if (events is not None and len(events) != n) or (values is not None and len(values) != n):
         raise LmrecError("behaviour text: titles, events and values must have the same length")
     verbs = {**EVENT_VERBS, **(verbs or {})}
-    idx = list(range(max(0, n - max_items), n))
-    if order == "newest_first":
-        idx.reverse()
-    groups: list[tuple[str, str, list[str]]] = []  # (verb, rating suffix, titles)
-    for i in idx:
+    parts: list[tuple[str, str, str]] = []  # (verb, rating suffix, title), oldest first
+    for i in range(max(0, n - max_items), n):
         ev = events[i] if events is not None else "interaction"
         verb = verbs.get(str(ev), str(ev).replace("_", " "))
-        v = values[i] if values is not None else None
-        has_value = v is not None and not (isinstance(v, float) and math.isnan(v))
-        if has_value:
+        v = _value(values[i]) if values is not None else None
+        if v is not None:
             if verb == "watched":
                 verb = "rated"
-            suffix = f" {_num(float(v))} of {_num(max_value)}" if max_value else f" {_num(float(v))}"
+            suffix = f" {_num(v)} of {_num(max_value)}" if max_value else f" {_num(v)}"
         else:
             suffix = ""
-        title = str(titles[i]).strip() or "an item"
-        if groups and groups[-1][0] == verb and groups[-1][1] == suffix:
-            groups[-1][2].append(title)
-        else:
-            groups.append((verb, suffix, [title]))
-    text = "; ".join(f"{verb} {_join(ts)}{suffix}" for verb, suffix, ts in groups)
-    return _clip(text, max_chars)
+        parts.append((verb, suffix, " ".join(str(titles[i]).split()) or "an item"))
+
+    def render(kept: list[tuple[str, str, str]]) -> str:
+        seq = kept[::-1] if order == "newest_first" else kept
+        groups: list[tuple[str, str, list[str]]] = []
+        for verb, suffix, title in seq:
+            if groups and groups[-1][0] == verb and groups[-1][1] == suffix:
+                groups[-1][2].append(title)
+            else:
+                groups.append((verb, suffix, [title]))
+        return "; ".join(f"{verb} {_join(ts)}{suffix}" for verb, suffix, ts in groups)
+
+    # Too long for max_chars: drop the oldest items first (in either order), so the newest
+    # always survive; only a single item that is still too long is cut.
+    text = render(parts)
+    while max_chars is not None and len(text) > max_chars and len(parts) > 1:
+        parts = parts[1:]
+        text = render(parts)
+    return text[:max_chars] if max_chars is not None else text
 
 
 def behaviour_texts(

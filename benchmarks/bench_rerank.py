@@ -1,0 +1,274 @@
+"""Diversity re-ranking on ML-100K: the accuracy / diversity trade-off and DPP speed.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_rerank.py [--model ease] [--quick]
+
+1. Trade-off. Leave-one-out by time; the model is fitted on split.train. Every setting
+   (method x diversity weight d x pool size) is measured on the validation part (history =
+   train); the setting is chosen there: the largest genre diversity (ILD@10, 1 - cosine of the
+   genre sets) among settings whose validation NDCG@10 is at least 96% of the model's own (one
+   point of margin under the 5% budget, for the validation-to-test noise). Then the model and the
+   chosen setting are measured on the test part (history = train + valid), with a paired
+   Wilcoxon test on the per-user NDCG@10. ILD@10 is reported with both genre distances:
+   1 - cosine (the re-rankers' own similarity) and 1 - Jaccard (`lmrec.evaluation`'s
+   diversity@10). Writes benchmarks/rerank_tradeoff.png and prints a JSON summary.
+2. Speed. DPP (and MMR, max-sum) choosing 10 of a model's top 500 candidates for real users,
+   with genre features (19 dimensions) and text vectors (384, all-MiniLM-L6-v2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+HERE = Path(__file__).resolve().parent
+
+
+def load_ml100k():
+    from lmrec.data import Dataset
+    from lmrec.io.sample import import_sample
+    from lmrec.store import Store
+
+    with tempfile.TemporaryDirectory() as d, Store(f"sqlite:///{d}/ml.db") as s:
+        import_sample(s)
+        return Dataset.from_store(s, name="ml-100k")
+
+
+def genre_vectors(ds) -> np.ndarray:
+    from lmrec.evaluation.runner import item_category_matrix
+
+    return item_category_matrix(ds).toarray()
+
+
+def measure(model, split, on: str, gvec: np.ndarray):
+    from lmrec.evaluation import evaluate
+
+    res = evaluate(
+        model,
+        split,
+        on=on,
+        k=10,
+        metrics=["ndcg", "recall", "diversity", "diversity_emb", "coverage"],
+        item_vectors=gvec,
+    )
+    s = res.summary()
+    row = {
+        "ndcg": s["ndcg@10"],
+        "recall": s["recall@10"],
+        "ild_cos": s["diversity_emb@10"],
+        "ild_jac": s["diversity@10"],
+        "coverage": s["coverage@10"],
+    }
+    return row, res
+
+
+def tradeoff(args, ds) -> dict:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lmrec.data.split import leave_one_out
+    from lmrec.evaluation import bootstrap_ci, paired_test
+    from lmrec.models import create_model
+    from lmrec.rerank import diversify, item_similarity
+
+    split = leave_one_out(ds)
+    gvec = genre_vectors(ds)
+    model = create_model(args.model).fit(split.train)
+    sim = item_similarity(model, "categories")
+    grid_d = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5] if not args.quick else [0.2, 0.4]
+    pools = [30, 50, 100] if not args.quick else [50]
+    methods = ["mmr", "maxsum", "dpp"]
+    settings = [(m, d, p, True) for m in methods for d in grid_d for p in pools]
+    # The published (undiscounted) greedy of each method, at one pool size, for comparison.
+    settings += [(m, d, 50, False) for m in methods for d in grid_d]
+
+    base_v, _ = measure(model, split, "valid", gvec)
+    rows = []
+    t0 = time.perf_counter()
+    for method, d, pool, disc in settings:
+        rr = diversify(model, method, d, similarity=sim, pool=pool, discount=disc)
+        v, _ = measure(rr, split, "valid", gvec)
+        rows.append({"method": method, "d": d, "pool": pool, "discount": disc, "valid": v})
+        print(
+            f"valid {method:6s} d={d:.2f} pool={pool:3d} disc={int(disc)}  NDCG "
+            f"{v['ndcg']:.4f} ({v['ndcg'] / base_v['ndcg'] - 1:+.1%})  ILDcos {v['ild_cos']:.4f} "
+            f"({v['ild_cos'] / base_v['ild_cos'] - 1:+.1%})  ILDjac {v['ild_jac']:.4f}",
+            flush=True,
+        )
+    sweep_s = time.perf_counter() - t0
+
+    # Rule B: the budget as the issue states it (valid NDCG@10 >= 95% of the model's); reported
+    # beside the chosen setting (rule A), with its test numbers.
+    ok_b = [r for r in rows if r["valid"]["ndcg"] >= 0.95 * base_v["ndcg"]]
+    best_b = max(ok_b, key=lambda r: r["valid"]["ild_cos"])
+    ok = [r for r in rows if r["valid"]["ndcg"] >= 0.96 * base_v["ndcg"]]
+    best = max(ok, key=lambda r: r["valid"]["ild_cos"])
+    chosen = diversify(
+        model,
+        best["method"],
+        best["d"],
+        similarity=sim,
+        pool=best["pool"],
+        discount=best["discount"],
+    )
+    base_t, res_base = measure(model, split, "test", gvec)
+    best_t, res_best = measure(chosen, split, "test", gvec)
+    chosen_b = diversify(
+        model,
+        best_b["method"],
+        best_b["d"],
+        similarity=sim,
+        pool=best_b["pool"],
+        discount=best_b["discount"],
+    )
+    best_b_t, res_b = measure(chosen_b, split, "test", gvec)
+    test_b = paired_test(res_base, res_b, metric="ndcg@10", test="wilcoxon")
+    test = paired_test(res_base, res_best, metric="ndcg@10", test="wilcoxon")
+    diff = res_best.per_user["ndcg@10"] - res_base.per_user["ndcg@10"]
+    ci = bootstrap_ci(diff, n_boot=2000, seed=0)
+    # Test points of every setting, for the plot only (the choice above used validation).
+    for r in rows:
+        if r["discount"] and r["pool"] == best["pool"]:
+            rr = diversify(model, r["method"], r["d"], similarity=sim, pool=r["pool"])
+            r["test"], _ = measure(rr, split, "test", gvec)
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    colors = {"mmr": "tab:blue", "maxsum": "tab:green", "dpp": "tab:red"}
+    for ax, part, base in ((axes[0], "valid", base_v), (axes[1], "test", base_t)):
+        ax.scatter([base["ild_cos"]], [base["ndcg"]], c="k", marker="s", zorder=3, label="model")
+        for m in methods:
+            pts = [
+                r
+                for r in rows
+                if r["method"] == m and r["discount"] and r["pool"] == best["pool"] and part in r
+            ]
+            pts.sort(key=lambda r: r["d"])
+            ax.plot(
+                [base["ild_cos"]] + [r[part]["ild_cos"] for r in pts],
+                [base["ndcg"]] + [r[part]["ndcg"] for r in pts],
+                "o-",
+                color=colors[m],
+                label=f"{m} (pool {best['pool']})",
+                ms=4,
+            )
+            if part == "valid":
+                und = sorted(
+                    (r for r in rows if r["method"] == m and not r["discount"]),
+                    key=lambda r: r["d"],
+                )
+                ax.plot(
+                    [base["ild_cos"]] + [r["valid"]["ild_cos"] for r in und],
+                    [base["ndcg"]] + [r["valid"]["ndcg"] for r in und],
+                    "x:",
+                    color=colors[m],
+                    alpha=0.6,
+                    label=f"{m}, no slot discount (pool 50)",
+                )
+        pt = best[part] if part == "valid" else best_t
+        ax.scatter(
+            [pt["ild_cos"]],
+            [pt["ndcg"]],
+            s=160,
+            facecolors="none",
+            edgecolors="k",
+            zorder=4,
+            label="chosen on validation",
+        )
+        ax.axhline(0.95 * base["ndcg"], color="grey", lw=0.8, ls="--")
+        ax.axvline(1.2 * base["ild_cos"], color="grey", lw=0.8, ls="--")
+        ax.set_title(f"{args.model} on ML-100K, {part} (leave-one-out)")
+        ax.set_xlabel("genre ILD@10 (mean pairwise 1 - cosine)")
+        ax.set_ylabel("NDCG@10")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    png = HERE / f"rerank_tradeoff{'' if args.model == 'ease' else '_' + args.model}.png"
+    fig.savefig(png, dpi=120)
+
+    def rel(a, b):
+        return {k: round(a[k] / b[k] - 1, 4) for k in ("ndcg", "recall", "ild_cos", "ild_jac")}
+
+    return {
+        "model": args.model,
+        "chosen": {k: best[k] for k in ("method", "d", "pool", "discount")},
+        "valid": {"model": base_v, "chosen": best["valid"], "change": rel(best["valid"], base_v)},
+        "test": {"model": base_t, "chosen": best_t, "change": rel(best_t, base_t)},
+        "test_ndcg_paired": test,
+        "rule_b_95pct": {
+            "chosen": {k: best_b[k] for k in ("method", "d", "pool", "discount")},
+            "valid_change": rel(best_b["valid"], base_v),
+            "test": best_b_t,
+            "test_change": rel(best_b_t, base_t),
+            "test_ndcg_paired": test_b,
+        },
+        "test_ndcg_diff_ci95": [float(ci[0]), float(ci[1])],
+        "sweep_seconds": round(sweep_s, 1),
+        "settings": len(rows),
+        "png": str(png.relative_to(HERE.parent)),
+    }
+
+
+def speed(args, ds) -> dict:
+    from lmrec.data.split import leave_one_out
+    from lmrec.models import create_model
+    from lmrec.models.base import History
+    from lmrec.rerank import ItemSimilarity, dpp, maxsum, mmr
+
+    split = leave_one_out(ds)
+    model = create_model(args.model).fit(split.train)
+    rng = np.random.default_rng(0)
+    users = rng.choice(ds.n_users, size=200, replace=False)
+    idx, val, _ = model.rank(History.from_dataset(split.train, users), 500)
+    sims = {"genres (19-d)": ItemSimilarity.from_categories(ds.item_features.categories)}
+    if not args.quick:
+        t0 = time.perf_counter()
+        sims["text (384-d MiniLM)"] = ItemSimilarity.from_text(ds)
+        print(f"encoded {ds.n_items} item texts in {time.perf_counter() - t0:.1f} s", flush=True)
+    out = {}
+    for sname, sim in sims.items():
+        for fname, fn in (("dpp", dpp), ("mmr", mmr), ("maxsum", maxsum)):
+            times = []
+            for r in range(len(users)):
+                fn(idx[r], val[r], 10, sim, 0.3)  # warm
+                t = time.perf_counter()
+                fn(idx[r], val[r], 10, sim, 0.3)
+                times.append(time.perf_counter() - t)
+            ms = np.array(times) * 1e3
+            out[f"{fname}, {sname}"] = {
+                "median_ms": round(float(np.median(ms)), 3),
+                "p95_ms": round(float(np.percentile(ms, 95)), 3),
+                "max_ms": round(float(ms.max()), 3),
+            }
+            print(f"{fname:6s} {sname:20s} 500 -> 10: {out[f'{fname}, {sname}']}", flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="ease", help="model name (default ease)")
+    ap.add_argument("--quick", action="store_true", help="a small grid, genre features only")
+    ap.add_argument("--skip-tradeoff", action="store_true")
+    args = ap.parse_args()
+    try:
+        import torch
+
+        torch.set_num_threads(2)
+    except ImportError:  # pragma: no cover
+        pass
+    ds = load_ml100k()
+    result = {"speed": speed(args, ds)}
+    if not args.skip_tradeoff:
+        result["tradeoff"] = tradeoff(args, ds)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

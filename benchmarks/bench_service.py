@@ -1,0 +1,185 @@
+"""Load benchmark of the REST service on loopback: recommendation latency and feedback intake.
+
+Imports ML-100K into a fresh SQLite store, trains the given models on all of it, starts
+`lmrec serve` in a subprocess and drives it with an async httpx client pool:
+
+1. user recommendations (n=10, random ML-100K users) from `--clients` concurrent clients, a
+   bounded number of requests per model after a warm-up; p50/p90/p99 latency and throughput;
+2. feedback: single-event POST /feedback from the same number of clients, then POST
+   /feedback/batch (`--batch` events each); events/s; then the store's interaction count is
+   compared with what was acknowledged: every event must be there exactly once.
+
+    .venv/bin/python benchmarks/bench_service.py --models ease,itemknn --requests 5000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def drive(url: str, paths: list[str], clients: int, method: str = "GET", bodies=None):
+    """Send the requests from `clients` concurrent workers; returns (latencies s, wall s)."""
+    import httpx
+
+    lat = np.zeros(len(paths))
+    nxt = 0
+    errors = []
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as c:
+
+        async def worker() -> None:
+            nonlocal nxt
+            while nxt < len(paths):
+                i = nxt
+                nxt += 1
+                t0 = time.perf_counter()
+                if method == "GET":
+                    r = await c.get(paths[i])
+                else:
+                    r = await c.post(paths[i], json=bodies[i])
+                lat[i] = time.perf_counter() - t0
+                if r.status_code != 200:
+                    errors.append((r.status_code, r.text[:200]))
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        wall = time.perf_counter() - t0
+    if errors:
+        raise SystemExit(f"{len(errors)} failed requests, e.g. {errors[0]}")
+    return lat, wall
+
+
+def pct(lat: np.ndarray) -> dict[str, float]:
+    return {f"p{q}_ms": round(float(np.percentile(lat, q)) * 1000, 2) for q in (50, 90, 99)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--models", default="ease,itemknn")
+    p.add_argument("--clients", type=int, default=50)
+    p.add_argument("--requests", type=int, default=5000)
+    p.add_argument("--warmup", type=int, default=500)
+    p.add_argument("--feedback", type=int, default=5000, help="single-event requests")
+    p.add_argument("--batches", type=int, default=500, help="batch requests")
+    p.add_argument("--batch", type=int, default=100, help="events per batch request")
+    p.add_argument("--threads", type=int, default=1, help="BLAS threads of the server")
+    args = p.parse_args()
+
+    from lmrec.data import Dataset
+    from lmrec.io.sample import import_sample
+    from lmrec.models import create_model
+    from lmrec.store import Store
+
+    tmp = Path(tempfile.mkdtemp(prefix="lmrec-bench-service-"))
+    url = f"sqlite:///{tmp / 'ml.db'}"
+    with Store(url) as store:
+        import_sample(store)
+        ds = Dataset.from_store(store)
+    names = args.models.split(",")
+    for name in names:
+        create_model(name).fit(ds).save(tmp / name)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "lmrec.cli", "--db", url, "serve", "--no-auth", "--port",
+           str(port), "--threads", str(args.threads)]
+    for name in names:
+        cmd += ["--model", f"{name}={tmp / name}"]
+    server = subprocess.Popen(cmd, env=env)
+    try:
+        import httpx
+
+        for _ in range(6000):
+            try:
+                h = httpx.get(f"{base}/health").json()
+                # Measure once loading is over (the search index encodes every item's text).
+                if len(h["loaded"]) == len(names) and h["search_index"] == "ready":
+                    break
+            except (httpx.HTTPError, KeyError, ValueError):
+                pass
+            time.sleep(0.1)
+        rng = np.random.default_rng(0)
+        users = ds.users.ids
+        out: dict = {"clients": args.clients, "models": {}}
+        for name in names:
+            warm = [f"/users/{u}/recommendations?model={name}" for u in rng.choice(users, args.warmup)]
+            asyncio.run(drive(base, warm, args.clients))
+            paths = [
+                f"/users/{u}/recommendations?n=10&model={name}"
+                for u in rng.choice(users, args.requests)
+            ]
+            lat, wall = asyncio.run(drive(base, paths, args.clients))
+            out["models"][name] = {
+                "requests": len(paths),
+                **pct(lat),
+                "requests_per_s": round(len(paths) / wall, 1),
+            }
+            print(name, json.dumps(out["models"][name]), flush=True)
+
+        with Store(url) as store:
+            before = store.counts()["interactions"]
+        items = ds.items.ids
+        t0 = 1.9e9
+        singles = [
+            {"user": f"bench-{k % 1000}", "item": str(items[k % len(items)]), "event": "click",
+             "ts": t0 + k * 1e-3}
+            for k in range(args.feedback)
+        ]
+        lat, wall = asyncio.run(drive(base, ["/feedback"] * len(singles), args.clients, "POST", singles))
+        out["feedback_single"] = {
+            "events": len(singles),
+            **pct(lat),
+            "events_per_s": round(len(singles) / wall, 1),
+        }
+        print("feedback single", json.dumps(out["feedback_single"]), flush=True)
+        off = args.feedback
+        batches = [
+            {"events": [
+                {"user": f"bench-{(off + b * args.batch + j) % 1000}",
+                 "item": str(items[(b * 7 + j) % len(items)]), "event": "view",
+                 "ts": t0 + (off + b * args.batch + j) * 1e-3}
+                for j in range(args.batch)
+            ]}
+            for b in range(args.batches)
+        ]
+        lat, wall = asyncio.run(
+            drive(base, ["/feedback/batch"] * len(batches), args.clients, "POST", batches)
+        )
+        n_batch = args.batches * args.batch
+        out["feedback_batch"] = {
+            "events": n_batch,
+            "events_per_request": args.batch,
+            **pct(lat),
+            "events_per_s": round(n_batch / wall, 1),
+        }
+        print("feedback batch", json.dumps(out["feedback_batch"]), flush=True)
+        with Store(url) as store:
+            after = store.counts()["interactions"]
+        sent = len(singles) + n_batch
+        out["count_check"] = {"sent": sent, "stored": after - before, "lost": sent - (after - before)}
+        print("count check", json.dumps(out["count_check"]), flush=True)
+        print(json.dumps(out, indent=2))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""`lmrec serve`: the REST recommendation service (FastAPI on uvicorn; docs at /docs)."""
+
+from __future__ import annotations
+
+__all__ = ["parse_keys", "register"]
+
+import argparse
+import os
+from collections.abc import Callable, Sequence
+
+from lmrec.errors import LmrecError
+
+
+def parse_keys(specs: Sequence[str]) -> dict[str, str]:
+    """'SCOPE:KEY' strings (also comma-separated) -> {key: scope}."""
+    out: dict[str, str] = {}
+    for spec in specs:
+        for part in spec.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            scope, sep, key = part.partition(":")
+            if not sep or scope not in ("read", "write", "admin") or not key:
+                raise LmrecError(
+                    f"API key {part[:12]!r}...: expected SCOPE:KEY with SCOPE read, write or admin"
+                )
+            out[key] = scope
+    return out
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+    from pydantic import ValidationError
+
+    from lmrec.service import Settings, create_app
+
+    keys = parse_keys([os.environ.get("LMREC_API_KEYS", ""), *(args.api_key or [])])
+    try:
+        settings = Settings(
+            db=args.db,
+            models=args.model or [],
+            models_dir=args.models_dir,
+            active=args.active,
+            api_keys=keys,
+            auth=not args.no_auth,
+            cors_origins=args.cors or [],
+            max_body_bytes=args.max_body,
+            index=args.index,
+            search_encoder=args.search_encoder,
+            threads=args.threads,
+        )
+    except ValidationError as exc:
+        why = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise LmrecError(f"invalid settings: {why}") from None
+    settings.check()
+    if not settings.auth and args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"lmrec serve: warning: serving without API keys on {args.host}", flush=True)
+    app = create_app(settings)
+    # Keep idle connections longer than uvicorn's 5 s: closing one while a client reuses it
+    # makes that request fail (seen under load as "server disconnected").
+    uvicorn.run(
+        app, host=args.host, port=args.port, log_level=args.log_level, timeout_keep_alive=75
+    )
+    return 0
+
+
+def register(
+    sub: argparse._SubParsersAction, cmds: dict[str, Callable[[argparse.Namespace], int]]
+) -> None:
+    """Add `serve` to the `lmrec` parser."""
+    s = sub.add_parser(
+        "serve",
+        help="run the REST recommendation service (OpenAPI docs at /docs)",
+        description="Serve saved models over HTTP: recommendations, similar items, search, "
+        "feedback (live, no retraining), items, users and model versions with hot swap.",
+    )
+    s.add_argument(
+        "--model", action="append", metavar="[NAME=]DIR", help="a saved model to load (repeat)"
+    )
+    s.add_argument("--models-dir", help="folder of model versions; retrained versions go here")
+    s.add_argument("--active", help="version answering by default (default: the first --model)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    s.add_argument(
+        "--api-key",
+        action="append",
+        metavar="SCOPE:KEY",
+        help="an API key with scope read, write or admin (repeat; also $LMREC_API_KEYS)",
+    )
+    s.add_argument(
+        "--no-auth", action="store_true", help="serve without API keys (local use only)"
+    )
+    s.add_argument("--cors", action="append", metavar="ORIGIN", help="allow a CORS origin")
+    s.add_argument(
+        "--max-body", type=int, default=1 << 20, help="largest request body in bytes (1 MiB)"
+    )
+    s.add_argument(
+        "--index",
+        choices=["auto", "flat", "hnsw", "ivf", "off"],
+        default="auto",
+        help="retrieval index of embedding models and search (auto: exact up to 50,000 items)",
+    )
+    s.add_argument("--search-encoder", help="text encoder of /search (default: the model's)")
+    s.add_argument("--threads", type=int, default=0, help="cap on BLAS/FAISS threads")
+    s.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
+    cmds["serve"] = cmd_serve

@@ -1,0 +1,531 @@
+"""The model-agnostic evaluation runner: rank in batches, measure, keep per-user values.
+
+Protocol (as RecBole and the SASRec/BERT4Rec replications report it): every user with at least
+one interaction in the target part (split.valid or split.test) gets a ranking of the whole
+catalogue, the items of their history excluded; all their target items are relevant. On
+"valid" the history is split.train; on "test" it is train + valid. A sampled protocol (the
+target among N sampled negatives) is available only on request and every result carries its
+label, because its numbers are not comparable with full ranking.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ACCURACY",
+    "BEYOND",
+    "EvalResult",
+    "evaluate",
+    "item_category_matrix",
+    "rating_metrics",
+]
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import scipy.sparse as sp
+
+from lmrec.data import Dataset
+from lmrec.errors import LmrecError
+from lmrec.evaluation import metrics as M
+
+#: Per-user accuracy metrics at k.
+ACCURACY = ("ndcg", "recall", "precision", "hr", "mrr", "map", "f1")
+#: Beyond-accuracy metrics at k: per-user (novelty, diversity, diversity_emb, arp) and over all
+#: lists (coverage, gini, personalization).
+BEYOND = ("coverage", "novelty", "diversity", "diversity_emb", "arp", "gini", "personalization")
+PER_USER_BEYOND = ("novelty", "diversity", "diversity_emb", "arp")
+DEFAULT_METRICS = (*ACCURACY, "coverage", "novelty", "diversity", "arp", "gini", "personalization")
+KNOWN = (*ACCURACY, "auc", *BEYOND)
+
+
+@dataclass
+class EvalResult:
+    """Per-user metric values of one model on one split part, plus list-level metrics.
+
+    users: (U,) user indices (of the split's vocabulary) that were evaluated, in order.
+    per_user: "metric@k" -> (U,) values aligned with `users` (NaN where undefined, e.g. the
+    diversity of a one-item list). overall: list-level metrics (coverage, gini, personalization).
+    sampled: None for full ranking, else a label such as "sampled: 100 negatives, uniform".
+    lists: (U, depth) recommended item indices (-1 pads), for further analysis.
+    hits, n_rel: (U, depth) relevance of each ranked item and (U,) number of relevant items,
+    from which `curve` computes accuracy metrics at any k <= depth without ranking again.
+    """
+
+    model: str
+    on: str
+    k: tuple[int, ...]
+    users: np.ndarray
+    per_user: dict[str, np.ndarray]
+    overall: dict[str, float] = field(default_factory=dict)
+    sampled: str | None = None
+    candidates: str = "all items"
+    n_candidates: int = 0
+    seconds: float = 0.0
+    fallback_users: int = 0
+    lists: np.ndarray | None = field(default=None, repr=False)
+    hits: np.ndarray | None = field(default=None, repr=False)
+    n_rel: np.ndarray | None = field(default=None, repr=False)
+
+    def curve(self, metric: str, ks: Iterable[int]) -> np.ndarray:
+        """Mean `metric` (one of ACCURACY) at each k of `ks` (each <= the ranking depth)."""
+        if self.hits is None or self.n_rel is None:
+            raise LmrecError("this result kept no hits (evaluate(..., keep_lists=False))")
+        ks = list(ks)
+        depth = self.hits.shape[1]
+        if max(ks) > depth:
+            raise LmrecError(f"curve up to k={max(ks)} needs evaluate(..., depth>={max(ks)})")
+        fn = _ACC_FN.get(metric)
+        if fn is None:
+            raise LmrecError(f"curve: {metric!r} is not one of {', '.join(ACCURACY)}")
+        return np.array([float(np.mean(fn(self.hits, self.n_rel, kk))) for kk in ks])
+
+    def summary(self) -> dict[str, float | int]:
+        """Mean of each per-user metric (NaN ignored), the list-level metrics and the number
+        of users, keyed "metric@k"."""
+        means: dict[str, float | int] = {}
+        for name, vals in self.per_user.items():
+            ok = vals[~np.isnan(vals)]
+            means[name] = float(ok.mean()) if len(ok) else float("nan")
+        means.update(self.overall)
+        # By k, then in the order the metrics were asked for.
+        order = {m: i for i, m in enumerate(KNOWN)}
+
+        def key(name: str) -> tuple[int, int]:
+            base, _, k = name.partition("@")
+            return (int(k) if k else 10**9, order.get(base, len(order)))
+
+        out: dict[str, float | int] = {n: means[n] for n in sorted(means, key=key)}
+        out["users"] = len(self.users)
+        return out
+
+    def to_dict(self, per_user: bool = False) -> dict[str, Any]:
+        """JSON-ready: protocol labels, the summary, and (optionally) the per-user arrays."""
+        d: dict[str, Any] = {
+            "model": self.model,
+            "on": self.on,
+            "k": list(self.k),
+            "ranking": self.sampled or "full",
+            "candidates": self.candidates,
+            "n_candidates": self.n_candidates,
+            "seconds": round(self.seconds, 4),
+            "fallback_users": self.fallback_users,
+            "metrics": {k: _json_num(v) for k, v in self.summary().items()},
+        }
+        if per_user:
+            d["users"] = self.users.tolist()
+            d["per_user"] = {k: [_json_num(x) for x in v] for k, v in self.per_user.items()}
+        return d
+
+
+_ACC_FN: dict[str, Callable[[np.ndarray, np.ndarray, int], np.ndarray]] = {
+    "ndcg": M.ndcg,
+    "recall": M.recall,
+    "precision": lambda h, n, k: M.precision(h, k),
+    "hr": lambda h, n, k: M.hit_rate(h, k),
+    "mrr": lambda h, n, k: M.mrr(h, k),
+    "map": M.map_at_k,
+    "f1": M.f1,
+}
+
+
+def _json_num(x: Any) -> Any:
+    if isinstance(x, (float, np.floating)):
+        return None if np.isnan(x) else float(x)
+    return int(x) if isinstance(x, (np.integer,)) else x
+
+
+def item_category_matrix(dataset: Dataset) -> sp.csr_matrix | None:
+    """(n_items, n_categories) binary CSR of the items' categories (ML-100K: genres), or None
+    when no item has any."""
+    cats = dataset.item_features.categories
+    vocab: dict[str, int] = {}
+    rows, cols = [], []
+    for i, cs in enumerate(cats):
+        for c in cs:
+            rows.append(i)
+            cols.append(vocab.setdefault(str(c), len(vocab)))
+    if not rows:
+        return None
+    data = np.ones(len(rows), np.float32)
+    m = sp.csr_matrix((data, (rows, cols)), shape=(len(cats), len(vocab)))
+    m.data[:] = 1.0  # a category repeated on one item counts once
+    return m
+
+
+def _ks(k: int | Iterable[int]) -> tuple[int, ...]:
+    ks = (k,) if isinstance(k, int | np.integer) else tuple(k)
+    if not ks or any(isinstance(x, bool) or not isinstance(x, int | np.integer) for x in ks):
+        raise LmrecError(f"k must be a positive integer or a list of them, got {k!r}")
+    if min(ks) < 1:
+        raise LmrecError(f"k must be >= 1, got {k!r}")
+    return tuple(sorted({int(x) for x in ks}))
+
+
+def _metric_names(metrics: Sequence[str] | None) -> tuple[str, ...]:
+    if metrics is None:
+        return DEFAULT_METRICS
+    names = []
+    for m in metrics:
+        base = m.split("@")[0].strip().lower()
+        base = {"hit": "hr", "hitrate": "hr", "personalisation": "personalization"}.get(base, base)
+        if base not in KNOWN:
+            raise LmrecError(f"unknown metric {m!r}; available: {', '.join(KNOWN)}")
+        if base not in names:
+            names.append(base)
+    return tuple(names)
+
+
+class _Aligner:
+    """Maps between the split's item/user indices and the model's (which differ only for a
+    model trained on another snapshot, e.g. loaded from disk)."""
+
+    def __init__(self, model: Any, ds: Dataset):
+        items = getattr(model, "items", None)
+        users = getattr(model, "users", None)
+        if items is None:
+            raise LmrecError(f"model {_name(model)} is not fitted: call fit(dataset) first")
+        self.same_items = items is ds.items or items == ds.items
+        self.same_users = users is None or users is ds.users or users == ds.users
+        self.n_model_items = len(items)
+        if not self.same_items:
+            self.to_model = items.indices(ds.items.ids.tolist())  # ds item -> model item
+            self.to_ds = ds.items.indices(items.ids.tolist())  # model item -> ds item
+            if (self.to_model >= 0).sum() == 0:
+                raise LmrecError(
+                    f"model {_name(model)} knows none of the split's items: wrong model or data"
+                )
+        if not self.same_users:
+            self.user_to_model = users.indices(ds.users.ids.tolist())
+
+    def matrix(self, m: sp.csr_matrix) -> sp.csr_matrix:
+        if self.same_items:
+            return m
+        coo = m.tocoo()
+        c = self.to_model[coo.col]
+        ok = c >= 0
+        return sp.csr_matrix(
+            (coo.data[ok], (coo.row[ok], c[ok])), shape=(m.shape[0], self.n_model_items)
+        )
+
+    def sequences(self, seqs: list[np.ndarray]) -> list[np.ndarray]:
+        if self.same_items:
+            return seqs
+        out = []
+        for s in seqs:
+            m = self.to_model[s]
+            out.append(m[m >= 0])
+        return out
+
+    def users(self, u: np.ndarray) -> np.ndarray:
+        return u if self.same_users else self.user_to_model[u]
+
+    def mask(self, mask: np.ndarray | None) -> np.ndarray | None:
+        if mask is None or self.same_items:
+            return mask
+        out = np.zeros(self.n_model_items, bool)
+        ok = self.to_ds >= 0
+        out[ok] = mask[self.to_ds[ok]]
+        return out
+
+    def lists(self, idx: np.ndarray) -> np.ndarray:
+        if self.same_items:
+            return idx
+        return np.where(idx >= 0, self.to_ds[np.maximum(idx, 0)], -1)
+
+
+def _name(model: Any) -> str:
+    return str(getattr(model, "name", type(model).__name__))
+
+
+def _history(model: Any, ds: Dataset, users: np.ndarray, al: _Aligner):
+    """The History rows of `users` in the model's index space; rows without any history get
+    user -1 (an unseen user, answered by the model's fallback) unless the model reads side
+    information (stored user attributes), which needs the user's index."""
+    from lmrec.models.base import History
+
+    h = History.from_dataset(ds, users)
+    mu = al.users(h.users.copy())
+    if not getattr(model, "uses_side_information", False):
+        mu[np.diff(h.matrix.indptr) == 0] = -1
+    return History(
+        users=mu,
+        matrix=al.matrix(h.matrix),
+        sequences=al.sequences(h.sequences),
+        queries=[None] * len(users),
+    )
+
+
+def _candidate_mask(candidates: Any, train: Dataset, n_items: int) -> tuple[np.ndarray | None, str]:
+    if candidates is None:
+        return None, "all items"
+    if isinstance(candidates, str):
+        if candidates != "cold":
+            raise LmrecError(
+                f"candidates must be None, 'cold' or a boolean mask, not {candidates!r}"
+            )
+        mask = train.item_counts() == 0
+        if not mask.any():
+            raise LmrecError("candidates='cold': every item occurs in split.train; no cold items")
+        return mask, "cold items (absent from train)"
+    mask = np.asarray(candidates)
+    if mask.dtype != bool or mask.shape != (n_items,):
+        raise LmrecError(
+            f"candidates mask must be a boolean array of length {n_items} (one per item), "
+            f"got dtype {mask.dtype} shape {mask.shape}"
+        )
+    if not mask.any():
+        raise LmrecError("the candidates mask selects no item")
+    return mask, "masked items"
+
+
+def _sample_negatives(
+    n: int,
+    seen: sp.csr_matrix,
+    eligible: np.ndarray,
+    weights: np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """(B, n_items) bool: n items per row drawn without replacement from the eligible items
+    not in the row of `seen`, with probability proportional to `weights` (Gumbel top-k,
+    Kool et al., ICML 2019). Rows with fewer eligible items get all of them."""
+    b, n_items = seen.shape
+    keys = np.log(np.maximum(weights, 1e-12))[None, :] + rng.gumbel(size=(b, n_items))
+    keys[:, ~eligible] = -np.inf
+    coo = seen.tocoo()
+    keys[coo.row, coo.col] = -np.inf
+    n = min(n, n_items)
+    top = np.argpartition(-keys, n - 1, axis=1)[:, :n]
+    out = np.zeros((b, n_items), bool)
+    rows = np.repeat(np.arange(b), n)
+    ok = np.isfinite(keys[rows, top.ravel()])
+    out[rows[ok], top.ravel()[ok]] = True
+    return out
+
+
+def evaluate(
+    model: Any,
+    split: Any,
+    on: Literal["valid", "test"] = "test",
+    k: int | Iterable[int] = 10,
+    metrics: Sequence[str] | None = None,
+    candidates: str | np.ndarray | None = None,
+    batch_size: int = 1024,
+    *,
+    sampled: int | None = None,
+    sampler: Literal["uniform", "popularity"] = "uniform",
+    seed: int = 0,
+    item_categories: sp.spmatrix | Literal["auto"] | None = "auto",
+    item_vectors: np.ndarray | None = None,
+    progress: bool | Callable[[int, int], None] = False,
+    name: str | None = None,
+    keep_lists: bool = True,
+    depth: int | None = None,
+) -> EvalResult:
+    """Rank, measure and keep per-user values of a fitted model on a split part.
+
+    model: anything with `rank(history, k, exclude_seen=True, candidates=mask)` (every
+    Recommender). on="valid": history = split.train, targets = split.valid; on="test":
+    history = train + valid, targets = split.test. k: one cut-off or several (all measured
+    from one ranking at max k). candidates: None (the whole catalogue), "cold" (only items
+    absent from split.train: item cold start) or a boolean mask over items. sampled=N: rank
+    the targets among N negatives per user, drawn (seeded) from the candidates the user has
+    not seen, uniformly or by training popularity; labelled in the result.
+    item_categories: (n_items, n_categories) binary matrix for category diversity ("auto":
+    from the dataset's item categories); item_vectors: (n_items, d) for embedding diversity.
+    progress: True for a tqdm bar on stderr, or a callback(done_users, total_users).
+    depth: rank this many items (default max k) and keep them for `EvalResult.curve`.
+    """
+    t0 = time.perf_counter()
+    if on not in ("valid", "test"):
+        raise LmrecError(f"on must be 'valid' or 'test', not {on!r}")
+    for part in ("train", "valid", "test"):
+        if not isinstance(getattr(split, part, None), Dataset):
+            raise LmrecError(f"evaluate needs a Split (train, valid, test), got {type(split)}")
+    if not callable(getattr(model, "rank", None)):
+        raise LmrecError(f"{type(model).__name__} has no rank(history, k, ...) method")
+    ks = _ks(k)
+    kmax = max(ks[-1], int(depth or 0))
+    names = _metric_names(metrics)
+    if batch_size < 1:
+        raise LmrecError(f"batch_size must be >= 1, got {batch_size}")
+    if sampled is not None and (isinstance(sampled, bool) or int(sampled) < 1):
+        raise LmrecError(f"sampled must be a positive number of negatives, got {sampled!r}")
+    if sampler not in ("uniform", "popularity"):
+        raise LmrecError(f"sampler must be 'uniform' or 'popularity', got {sampler!r}")
+
+    target = split.test if on == "test" else split.valid
+    hist = split.train_valid() if on == "test" else split.train
+    n_items = hist.n_items
+    if target.n_interactions == 0:
+        raise LmrecError(f"split {getattr(split, 'name', '')!r} has no {on} interactions")
+    rel_all = sp.csr_matrix(
+        (np.ones(target.n_interactions, np.float32), (target.user, target.item)),
+        shape=(target.n_users, n_items),
+    )
+    rel_all.data[:] = 1.0
+    users = np.flatnonzero(np.diff(rel_all.indptr) > 0)
+    cand, cand_label = _candidate_mask(candidates, split.train, n_items)
+    n_cand = int(cand.sum()) if cand is not None else n_items
+    al = _Aligner(model, hist)
+    pop = hist.item_counts().astype(np.float64)
+    n_hist_users = int((np.diff(hist.user_ptr) > 0).sum())
+    need_full = sampled is not None or "auc" in names
+
+    cats = None
+    if "diversity" in names:
+        cats = item_category_matrix(hist) if item_categories == "auto" else item_categories
+        if cats is not None and cats.shape[0] != n_items:
+            raise LmrecError(f"item_categories has {cats.shape[0]} rows for {n_items} items")
+    if "diversity_emb" in names:
+        if item_vectors is None:
+            raise LmrecError("metric 'diversity_emb' needs item_vectors (n_items, d)")
+        if len(item_vectors) != n_items:
+            raise LmrecError(f"item_vectors has {len(item_vectors)} rows for {n_items} items")
+
+    bar = None
+    if progress is True:
+        from tqdm import tqdm
+
+        bar = tqdm(  # disable=None: no bar when stderr is not a terminal (logs, make)
+            total=len(users),
+            desc=f"evaluate {name or _name(model)}",
+            unit="user",
+            leave=False,
+            disable=None,
+        )
+    rng = np.random.default_rng(seed)
+    hist_m = hist.matrix()
+    weights = pop if sampler == "popularity" else np.ones(n_items)
+    eligible = cand if cand is not None else np.ones(n_items, bool)
+    lists = np.full((len(users), kmax), -1, np.int64)
+    auc_vals = np.full(len(users), np.nan)
+    fallback = 0
+    for s in range(0, len(users), batch_size):
+        bu = users[s : s + batch_size]
+        h = _history(model, hist, bu, al)
+        rel = rel_all[bu]
+        if not need_full:
+            idx, _, used = model.rank(h, kmax, exclude_seen=True, candidates=al.mask(cand))
+            top = al.lists(np.asarray(idx))
+        else:
+            idx, _, used = model.rank(
+                h, al.n_model_items, exclude_seen=True, candidates=al.mask(cand)
+            )
+            full = al.lists(np.asarray(idx))  # (B, n) every rankable item, best first
+            if sampled is not None:
+                neg = _sample_negatives(int(sampled), hist_m[bu] + rel, eligible, weights, rng)
+                keep = neg | (rel.toarray() > 0)
+                rows = np.arange(len(bu))[:, None]
+                inset = (full >= 0) & keep[rows, np.maximum(full, 0)]
+                order = np.argsort(~inset, axis=1, kind="stable")
+                full = np.where(
+                    np.take_along_axis(inset, order, axis=1),
+                    np.take_along_axis(full, order, axis=1),
+                    -1,
+                )
+                n_u = keep.sum(axis=1)
+            else:
+                n_u = (
+                    np.full(len(bu), n_cand)
+                    - np.asarray((hist_m[bu].multiply(eligible[None, :]) != 0).sum(axis=1)).ravel()
+                )
+            top = full[:, :kmax]
+            if "auc" in names:
+                hit_full = M.hits_matrix(full, rel)
+                ranks = [np.flatnonzero(r) + 1 for r in hit_full]
+                # Relevant items that could not be ranked (seen / not candidates) count last.
+                n_rel = np.diff(rel.indptr)
+                ranks = [
+                    np.concatenate([r, np.full(n_rel[i] - len(r), n_u[i])])
+                    if len(r) < n_rel[i]
+                    else r
+                    for i, r in enumerate(ranks)
+                ]
+                auc_vals[s : s + len(bu)] = M.auc(ranks, n_u)
+        if top.shape[1] < kmax:
+            top = np.pad(top, ((0, 0), (0, kmax - top.shape[1])), constant_values=-1)
+        lists[s : s + len(bu)] = top
+        fallback += sum(1 for x in used if x)
+        if bar is not None:
+            bar.update(len(bu))
+        elif callable(progress):
+            progress(s + len(bu), len(users))
+    if bar is not None:
+        bar.close()
+
+    rel_users = rel_all[users]
+    n_rel = np.diff(rel_users.indptr)
+    hits = M.hits_matrix(lists, rel_users)
+    per_user: dict[str, np.ndarray] = {}
+    overall: dict[str, float] = {}
+    for kk in ks:
+        for m in names:
+            key = f"{m}@{kk}"
+            if m in _ACC_FN:
+                per_user[key] = _ACC_FN[m](hits, n_rel, kk)
+            elif m == "novelty":
+                per_user[key] = M.novelty(lists, pop, n_hist_users, kk)
+            elif m == "arp":
+                per_user[key] = M.mean_popularity(lists, pop, kk)
+            elif m == "diversity" and cats is not None:
+                per_user[key] = M.intra_list_diversity(lists, categories=cats, k=kk)
+            elif m == "diversity_emb":
+                per_user[key] = M.intra_list_diversity(lists, vectors=item_vectors, k=kk)
+            elif m == "coverage":
+                overall[key] = M.catalog_coverage(lists, n_cand, kk)
+            elif m == "gini":
+                overall[key] = M.gini_exposure(lists, n_items, kk)
+            elif m == "personalization":
+                overall[key] = M.personalization(lists, kk)
+    if "auc" in names:
+        per_user["auc"] = auc_vals
+    label = None
+    if sampled is not None:
+        label = f"sampled: {int(sampled)} negatives, {sampler}"
+    return EvalResult(
+        model=name or _name(model),
+        on=on,
+        k=ks,
+        users=users,
+        per_user=per_user,
+        overall=overall,
+        sampled=label,
+        candidates=cand_label,
+        n_candidates=n_cand,
+        seconds=time.perf_counter() - t0,
+        fallback_users=fallback,
+        lists=lists if keep_lists else None,
+        hits=hits if keep_lists else None,
+        n_rel=n_rel if keep_lists else None,
+    )
+
+
+def rating_metrics(model: Any, split: Any, on: Literal["valid", "test"] = "test") -> dict:
+    """MSE, RMSE and MAE of a rating predictor on the rated target interactions.
+
+    The model must expose `predict(users, items) -> (n,) ratings` over index arrays of the
+    split's vocabularies (no registered lmrec model does yet: they rank, not rate).
+    """
+    predict = getattr(model, "predict", None)
+    if not callable(predict):
+        raise LmrecError(
+            f"model {_name(model)} does not predict ratings (no predict(users, items) method); "
+            "rating metrics apply only to rating predictors"
+        )
+    if on not in ("valid", "test"):
+        raise LmrecError(f"on must be 'valid' or 'test', not {on!r}")
+    target = split.test if on == "test" else split.valid
+    rated = ~np.isnan(target.value)
+    if not rated.any():
+        raise LmrecError(f"the {on} part holds no rated interactions")
+    pred = np.asarray(predict(target.user[rated], target.item[rated]), dtype=np.float64)
+    true = target.value[rated]
+    return {
+        "mse": M.mse(pred, true),
+        "rmse": M.rmse(pred, true),
+        "mae": M.mae(pred, true),
+        "ratings": int(rated.sum()),
+    }

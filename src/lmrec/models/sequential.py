@@ -1,0 +1,512 @@
+"""Transformer sequence recommenders: SASRec, BERT4Rec and an XLNet-style model.
+
+All three read each user's time-ordered item sequence (`Dataset.sequences()`) and, at answer
+time, the request's own sequence (`History.sequences`: a known user's stored history followed
+by the query's recent items, or an anonymous session alone), so the newest events change the
+answer at once, without retraining.
+
+- `sasrec`: causal self-attention, next-item prediction at every position, full-softmax
+  cross-entropy (Kang & McAuley, ICDM 2018; Klenitskiy & Vasilev, RecSys 2023), or a sampled
+  softmax over `negatives` uniform items for large catalogues (`loss="sampled"`).
+- `bert4rec`: bidirectional self-attention, masked item prediction (Sun et al., CIKM 2019).
+- `xlnet`: permutation language modelling with two-stream attention (Yang et al., NeurIPS
+  2019), as in Transformers4Rec (Moreira et al., RecSys 2021).
+
+Text-aware items (`text="fuse"`): an item's vector is a learned projection of its language-model
+text vector (`lmrec.text`, the bundled MiniLM by default) plus a free id offset; items without
+training data get their vector from text alone, so they can appear in histories and be
+recommended (item cold start). `text="init"` only initialises the id vectors from text.
+
+Training (`lmrec.nn.trainer.Trainer`) stops early on the validation NDCG@10 (full ranking, the
+history excluded): the validation set is `fit(dataset, valid=...)` when given (e.g. the
+`valid` part of a leave-one-out split), else the last item of each training sequence, held
+out from training. Networks and the loop live in `lmrec.nn`; weights are saved as npz arrays.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BERT4Rec",
+    "BERT4RecConfig",
+    "SASRec",
+    "SASRecConfig",
+    "SequentialConfig",
+    "XLNet",
+    "XLNetConfig",
+]
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, ClassVar, Literal, Self
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from lmrec.data import Dataset
+from lmrec.errors import LmrecError
+from lmrec.models.base import History, ModelConfig, Recommender
+
+#: Score of items without any training data when the model has no text to place them.
+UNTRAINED_SCORE = -1e4
+
+
+class SequentialConfig(ModelConfig):
+    """Hyperparameters shared by the Transformer sequence models."""
+
+    embedding_size: int = Field(64, ge=8)
+    """Width C of item vectors and of the Transformer."""
+    layers: int = Field(2, ge=1)
+    """Transformer blocks."""
+    heads: int = Field(2, ge=1)
+    """Attention heads (must divide embedding_size)."""
+    ffn_mult: int = Field(4, ge=1)
+    """Inner width of the feed-forward network, in multiples of embedding_size."""
+    dropout: float = Field(0.2, ge=0, lt=1)
+    """Dropout on embeddings, attention weights and residual branches."""
+    max_len: int = Field(50, ge=2)
+    """Most recent items of a sequence that the model reads."""
+    batch_size: int = Field(64, ge=1)
+    """Sequences per gradient step (split over processes under torchrun)."""
+    epochs: int = Field(200, ge=1)
+    """Most passes over the sequences; early stopping usually ends training sooner."""
+    patience: int | None = Field(10, ge=1)
+    """Stop after this many epochs without a better validation NDCG@10 (None: train all
+    `epochs` on every item, with no validation)."""
+    train_windows: Literal["last", "all"] = "all"
+    """Train on each sequence's last `max_len` items only, or on all of it, cut from the end
+    into consecutive windows of `max_len` items."""
+    learning_rate: float = Field(3e-3, gt=0)
+    """AdamW learning rate."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay of the weight matrices."""
+    valid_users: int = Field(10_000, ge=1)
+    """Validate on at most this many users (a seeded sample), to bound the cost per epoch."""
+    text: Literal["none", "init", "fuse"] = "none"
+    """Item text: none; init (id vectors start from the text vectors' principal components);
+    fuse (item vector = projection of the text vector + id offset; new items from text)."""
+    id_dropout: float = Field(0.1, ge=0, lt=1)
+    """With text='fuse': chance that an item's id offset is dropped in a training step, so the
+    text projection alone learns to place items (DropoutNet, NeurIPS 2017)."""
+    encoder: str = "minilm"
+    """Text encoder spec (see `lmrec.text.load_encoder`): 'minilm', 'tfidf[:DIM]', 'st:PATH'."""
+    item_template: str | None = None
+    """str.format template of item text (title, description, categories, attributes)."""
+    seed: int = 0
+    """Seed of initialisation, batch order and masking."""
+    device: str = "auto"
+    """'auto' (CUDA when available, with mixed precision), 'cpu', 'cuda' or 'cuda:N'."""
+    num_threads: int | None = Field(None, ge=1)
+    """CPU threads of torch while training (None: torch's default)."""
+    progress: bool = False
+    """Show a progress bar while training."""
+    checkpoint_dir: str | None = None
+    """Write the best network (constructor arguments + weights) here during training."""
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> Self:
+        if self.embedding_size % self.heads:
+            raise ValueError(
+                f"heads ({self.heads}) must divide embedding_size ({self.embedding_size})"
+            )
+        return self
+
+
+class SASRecConfig(SequentialConfig):
+    loss: Literal["ce", "sampled"] = "ce"
+    """ce: softmax over the whole catalogue; sampled: over the target and `negatives`
+    uniform items (for catalogues too large for a full softmax)."""
+    negatives: int = Field(256, ge=1)
+    """Negatives per batch with loss='sampled'."""
+
+
+class BERT4RecConfig(SequentialConfig):
+    mask_prob: float = Field(0.2, gt=0, lt=1)
+    """Chance that an item of a training sequence is masked and predicted."""
+    last_target_prob: float = Field(0.1, ge=0, le=1)
+    """Chance that a training sequence has only its last item masked (the answering case)."""
+
+
+class XLNetConfig(SequentialConfig):
+    target_fraction: float = Field(0.25, gt=0, le=1)
+    """Fraction of a sequence, at the end of the random factorisation order, that is
+    predicted (XLNet's partial prediction)."""
+    last_target_prob: float = Field(0.1, ge=0, le=1)
+    """Chance that a training sequence is read left to right and only its last item predicted
+    (the answering case)."""
+
+
+def _chunks(seqs: Sequence[np.ndarray], width: int, overlap: int) -> list[np.ndarray]:
+    """Each sequence cut from its end into windows of at most `width` items, consecutive
+    windows sharing `overlap` items; windows shorter than 2 items are left out."""
+    out = []
+    step = width - overlap
+    for s in seqs:
+        end = len(s)
+        while end >= 2:
+            out.append(s[max(0, end - width) : end])
+            if end - width <= 0:
+                break
+            end -= step
+    return out
+
+
+def _windows(seqs: Sequence[np.ndarray], width: int) -> np.ndarray:
+    """(U, width) int64 tokens: each sequence's last `width` items + 1, left-padded with 0."""
+    out = np.zeros((len(seqs), width), np.int64)
+    for r, s in enumerate(seqs):
+        s = np.asarray(s[-width:], np.int64)
+        if len(s):
+            out[r, width - len(s) :] = s + 1
+    return out
+
+
+def _trim(*arrays: np.ndarray) -> list[np.ndarray]:
+    """Drop the leading columns that are padding in every row of the first array."""
+    used = np.flatnonzero(arrays[0].any(axis=0))
+    start = int(used[0]) if len(used) else arrays[0].shape[1] - 1
+    return [a[:, start:] for a in arrays]
+
+
+class _Task:
+    """Batches and validation for the trainer (see `lmrec.nn.trainer.TrainTask`)."""
+
+    def __init__(
+        self,
+        model: _SequenceModel,
+        rows: np.ndarray,
+        valid_hist: list[np.ndarray],
+        valid_target: np.ndarray,
+        device: Any,
+    ):
+        self.model = model
+        self.rows = rows
+        self.lengths = (rows > 0).sum(axis=1)
+        self.valid_hist = valid_hist
+        self.valid_target = valid_target
+        self.device = device
+
+    def batches(self, epoch: int, rank: int, world: int) -> Iterator[dict[str, Any]]:
+        """Shuffled batches of similar-length rows (less padding): the rows are shuffled, cut
+        into pools of 32 batches, sorted by length inside a pool, and the batches shuffled."""
+        import torch
+
+        c = self.model.config
+        rng = np.random.default_rng([c.seed, epoch])
+        order = rng.permutation(len(self.rows))
+        pool = 32 * c.batch_size
+        batches = []
+        for p in range(0, len(order), pool):
+            chunk = order[p : p + pool]
+            chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
+            batches.extend(chunk[s : s + c.batch_size] for s in range(0, len(chunk), c.batch_size))
+        mask_rng = np.random.default_rng([c.seed, epoch, rank])
+        for b in rng.permutation(len(batches)):
+            glob = batches[b]
+            if len(glob) < world:
+                continue
+            batch = self.model._train_batch(self.rows[glob[rank::world]], mask_rng)
+            yield {k: torch.from_numpy(v).to(self.device) for k, v in batch.items()}
+
+    def validate(self, module: Any, rank: int, world: int) -> tuple[float, float]:
+        users = np.arange(len(self.valid_target))[rank::world]
+        total = 0.0
+        for s in range(0, len(users), 512):
+            u = users[s : s + 512]
+            hist = [self.valid_hist[i] for i in u]
+            scores = self.model._scores(module, hist, self.device)  # (b, n)
+            target = self.valid_target[u]
+            t_score = scores[np.arange(len(u)), target]
+            rank_ = (scores > t_score[:, None]).sum(axis=1)
+            hit = (rank_ < 10) & np.isfinite(t_score)
+            total += float(np.where(hit, 1.0 / np.log2(rank_ + 2.0), 0.0).sum())
+        return total, float(len(users))
+
+
+class _SequenceModel(Recommender):
+    """Shared fit / score / persistence of the Transformer sequence recommenders."""
+
+    config: SequentialConfig
+    network: ClassVar[str]
+
+    def __init__(self, config: Any = None, **params: Any):
+        super().__init__(config, **params)
+        self.net: Any = None
+        self.trained_items: np.ndarray | None = None
+        self.train_result: Any = None
+        self._valid: Dataset | None = None
+
+    def fit(self, dataset: Dataset, valid: Dataset | None = None) -> Self:
+        """Learn from `dataset`; stop early on NDCG@10 of `valid` (each user's first item
+        there, after their `dataset` sequence) when given, else on each training sequence's
+        held-out last item."""
+        if valid is not None and (valid.items != dataset.items or valid.users != dataset.users):
+            raise LmrecError(f"{self.name}: valid must share the training set's vocabularies")
+        self._valid = valid
+        try:
+            return super().fit(dataset)
+        finally:
+            self._valid = None
+
+    # -- batches -------------------------------------------------------------------------------
+
+    def _train_window(self) -> int:
+        """Width of the stored training rows."""
+        return self.config.max_len
+
+    def _train_batch(self, rows: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def _inference_tokens(self, seqs: Sequence[np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
+
+    # -- networks --------------------------------------------------------------------------------
+
+    def _net_args(self, text_dim: int) -> dict[str, Any]:
+        c = self.config
+        return {
+            "width": c.embedding_size,
+            "layers": c.layers,
+            "heads": c.heads,
+            "ffn_mult": c.ffn_mult,
+            "dropout": c.dropout,
+            "max_len": c.max_len,
+            "text_mode": c.text,
+            "id_dropout": c.id_dropout,
+            "text_dim": text_dim,
+            **self._extra_net_args(),
+        }
+
+    def _extra_net_args(self) -> dict[str, Any]:
+        return {}
+
+    def _build_net(self, n_items: int, text: np.ndarray | None) -> Any:
+        import torch
+
+        from lmrec.nn.sequence import NETWORKS
+
+        args = self._net_args(0 if text is None else text.shape[1])
+        t = None if text is None else torch.from_numpy(np.asarray(text, np.float32))
+        return NETWORKS[self.network](n_items, text=t, **args), args
+
+    def _text_vectors(self, dataset: Dataset) -> np.ndarray:
+        from lmrec.text.cache import encode_cached
+        from lmrec.text.encoders import TfidfEncoder, load_encoder
+        from lmrec.text.templates import item_texts
+
+        texts = item_texts(dataset, template=self.config.item_template)
+        enc = load_encoder(self.config.encoder)
+        if isinstance(enc, TfidfEncoder):
+            enc.fit(texts)
+        return np.asarray(encode_cached(enc, texts), np.float32)
+
+    # -- training ------------------------------------------------------------------------------
+
+    def _fit(self, dataset: Dataset) -> None:
+        import torch
+
+        from lmrec.nn.trainer import TrainConfig, Trainer, resolve_device
+
+        c = self.config
+        device = resolve_device(c.device)
+        seqs = dataset.sequences()
+        rng = np.random.default_rng(c.seed)
+        if self._valid is not None:
+            vseq = self._valid.sequences()
+            users = np.flatnonzero(
+                [len(v) > 0 and len(s) > 0 for s, v in zip(seqs, vseq, strict=True)]
+            )
+            valid_hist = [seqs[u] for u in users]
+            valid_target = np.array([vseq[u][0] for u in users], np.int64)
+            train_seqs = list(seqs)
+        elif c.patience is not None:
+            users = np.flatnonzero([len(s) >= 2 for s in seqs])
+            valid_hist = [seqs[u][:-1] for u in users]
+            valid_target = np.array([seqs[u][-1] for u in users], np.int64)
+            train_seqs = [s[:-1] if len(s) >= 2 else s for s in seqs]
+        else:
+            users, valid_hist, valid_target = np.zeros(0, np.int64), [], np.zeros(0, np.int64)
+            train_seqs = list(seqs)
+        if len(users) > c.valid_users:
+            keep = np.sort(rng.choice(len(users), c.valid_users, replace=False))
+            valid_hist = [valid_hist[i] for i in keep]
+            valid_target = valid_target[keep]
+        train_seqs = [s for s in train_seqs if len(s) >= 2]
+        if not train_seqs:
+            raise LmrecError(
+                f"{self.name}: no training sequence has two or more items "
+                f"({dataset.n_interactions} interactions over {dataset.n_users} users)"
+            )
+        trained = np.zeros(dataset.n_items, bool)
+        trained[np.concatenate(train_seqs)] = True
+        self.trained_items = trained
+        text = self._text_vectors(dataset) if c.text != "none" else None
+        torch.manual_seed(c.seed)
+        net, args = self._build_net(dataset.n_items, text)
+        net.trainable.copy_(torch.from_numpy(trained))
+        net.item_emb.id_mask.copy_(torch.from_numpy(trained.astype(np.float32)))
+        width = self._train_window()
+        if c.train_windows == "all":
+            train_seqs = _chunks(train_seqs, width, overlap=1 if self.name == "sasrec" else 0)
+        rows = _windows(train_seqs, width)
+        task = _Task(self, rows, valid_hist, valid_target, device)
+        trainer = Trainer(
+            TrainConfig(
+                epochs=c.epochs,
+                patience=c.patience if len(valid_target) else None,
+                learning_rate=c.learning_rate,
+                weight_decay=c.weight_decay,
+                seed=c.seed,
+                device=c.device,
+                num_threads=c.num_threads,
+                progress=c.progress,
+                checkpoint_dir=c.checkpoint_dir,
+            )
+        )
+        self.train_result = trainer.fit(net, task, init_args={"n_items": dataset.n_items, **args})
+        self.net = net
+        self.net.eval()
+
+    # -- answering -----------------------------------------------------------------------------
+
+    def _raw_scores(self, net: Any, seqs: Sequence[np.ndarray], device: Any) -> np.ndarray:
+        """(B, n_items) float32 scores of the item after each sequence."""
+        import torch
+
+        tokens = torch.from_numpy(self._inference_tokens(seqs)).to(device)
+        with torch.no_grad():
+            s = net.scores(net.last_hidden(tokens)).float().cpu().numpy()
+        if self.config.text == "none" and self.trained_items is not None:
+            s[:, ~self.trained_items] = UNTRAINED_SCORE
+        return s
+
+    def _scores(self, net: Any, seqs: Sequence[np.ndarray], device: Any) -> np.ndarray:
+        """`_raw_scores` with the sequences' own items set to -inf."""
+        s = self._raw_scores(net, seqs, device)
+        lens = np.fromiter((len(x) for x in seqs), np.int64, len(seqs))
+        if lens.sum():
+            s[np.repeat(np.arange(len(seqs)), lens), np.concatenate(seqs)] = -np.inf
+        return s
+
+    def score(self, history: History) -> np.ndarray:
+        """Scores of the item after each row's sequence (its own items are scored too; the
+        ranking excludes them when asked)."""
+        self._check_fitted()
+        device = next(self.net.parameters()).device
+        out = np.empty((len(history), len(self.items)), np.float32)
+        for s in range(0, len(history), 512):
+            seqs = history.sequences[s : s + 512]
+            out[s : s + len(seqs)] = self._raw_scores(self.net, seqs, device)
+        return out
+
+    # -- persistence ---------------------------------------------------------------------------
+
+    def _state(self) -> dict[str, np.ndarray]:
+        from lmrec.nn.trainer import state_arrays
+
+        assert self.trained_items is not None
+        return {
+            "trained_items": self.trained_items,
+            **{f"net.{k}": v for k, v in state_arrays(self.net).items()},
+        }
+
+    def _set_state(self, state: Mapping[str, np.ndarray]) -> None:
+        from lmrec.nn.trainer import load_state_arrays, resolve_device
+
+        assert self.items is not None
+        self.trained_items = state["trained_items"].astype(bool)
+        weights = {k[4:]: v for k, v in state.items() if k.startswith("net.")}
+        text = weights.get("item_emb.text")
+        self.net, _ = self._build_net(len(self.items), text)
+        load_state_arrays(self.net, weights, f"saved {self.name} model")
+        self.net.to(resolve_device(self.config.device))
+        self.net.eval()
+
+
+class SASRec(_SequenceModel):
+    """SASRec (Kang & McAuley, ICDM 2018): causal self-attention over the sequence, trained
+    to predict the next item at every position with a full-softmax cross-entropy
+    (Klenitskiy & Vasilev, RecSys 2023) or a sampled softmax."""
+
+    name = "sasrec"
+    config_class = SASRecConfig
+    config: SASRecConfig
+    network = "SASRecNet"
+
+    def _extra_net_args(self) -> dict[str, Any]:
+        return {"loss": self.config.loss, "negatives": self.config.negatives}
+
+    def _train_window(self) -> int:
+        return self.config.max_len + 1
+
+    def _train_batch(self, rows: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        tokens, targets = rows[:, :-1], rows[:, 1:].copy()
+        targets[tokens == 0] = 0
+        tokens, targets = _trim(tokens, targets)
+        return {"tokens": np.ascontiguousarray(tokens), "targets": np.ascontiguousarray(targets)}
+
+    def _inference_tokens(self, seqs: Sequence[np.ndarray]) -> np.ndarray:
+        width = max(1, min(self.config.max_len, max((len(s) for s in seqs), default=1)))
+        return _windows(seqs, width)
+
+
+class BERT4Rec(_SequenceModel):
+    """BERT4Rec (Sun et al., CIKM 2019): bidirectional self-attention trained by masked item
+    prediction (cloze); the next item is predicted at a mask token appended to the history."""
+
+    name = "bert4rec"
+    config_class = BERT4RecConfig
+    config: BERT4RecConfig
+    network = "BERT4RecNet"
+
+    def _train_batch(self, rows: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        (rows,) = _trim(rows)
+        c = self.config
+        valid = rows > 0
+        b, t = rows.shape
+        masked = (rng.random((b, t)) < c.mask_prob) & valid
+        last = rng.random(b) < c.last_target_prob
+        none = ~masked.any(axis=1)
+        masked[last | none] = False
+        masked[last | none, -1] = True  # the newest item (rows are left-padded)
+        tokens = np.where(masked, len(self.items) + 1, rows)
+        targets = np.where(masked, rows, 0)
+        return {"tokens": tokens, "targets": targets}
+
+    def _inference_tokens(self, seqs: Sequence[np.ndarray]) -> np.ndarray:
+        width = max(1, min(self.config.max_len - 1, max((len(s) for s in seqs), default=1)))
+        tokens = _windows(seqs, width)
+        return np.concatenate([tokens, np.full((len(seqs), 1), len(self.items) + 1)], axis=1)
+
+
+class XLNet(_SequenceModel):
+    """XLNet-style recommender (Yang et al., NeurIPS 2019; Transformers4Rec, RecSys 2021):
+    permutation language modelling with two-stream attention; the next item is predicted by a
+    query slot after the history, read left to right."""
+
+    name = "xlnet"
+    config_class = XLNetConfig
+    config: XLNetConfig
+    network = "XLNetNet"
+
+    def _train_batch(self, rows: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        (rows,) = _trim(rows)
+        c = self.config
+        valid = rows > 0
+        b, t = rows.shape
+        keys = np.where(valid, rng.random((b, t)), np.inf)
+        last = rng.random(b) < c.last_target_prob
+        keys[last] = np.where(valid[last], np.arange(t, dtype=np.float64)[None, :], np.inf)
+        order = np.argsort(np.argsort(keys, axis=1), axis=1)  # 0.. in factorisation order
+        n = valid.sum(axis=1)
+        k = np.maximum(1, np.rint(c.target_fraction * n)).astype(np.int64)
+        k[last] = 1
+        target = valid & (order >= (n - k)[:, None])
+        return {
+            "tokens": rows,
+            "ranks": np.where(valid, order, np.inf).astype(np.float32),
+            "targets": np.where(target, rows, 0),
+        }
+
+    def _inference_tokens(self, seqs: Sequence[np.ndarray]) -> np.ndarray:
+        width = max(1, min(self.config.max_len - 1, max((len(s) for s in seqs), default=1)))
+        tokens = _windows(seqs, width)
+        return np.concatenate([tokens, np.zeros((len(seqs), 1), np.int64)], axis=1)

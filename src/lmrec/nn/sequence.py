@@ -1,0 +1,207 @@
+"""Self-attention networks over item sequences: SASRec, BERT4Rec and an XLNet-style network.
+
+Each module's `forward(batch)` returns the training loss (so that `lmrec.nn.trainer.Trainer`
+and DistributedDataParallel drive it), and `last_hidden(tokens)` gives the (B, C) vector that
+predicts the item after each sequence; scores are its dot products with the item vectors
+(the input embedding, tied, as in all three papers).
+
+Token layout: 0 padding, 1..n_items the items (item index + 1), n_items + 1 the mask token.
+Sequences are left-padded, and positions count from the end of a `max_len` window, so the
+newest item always has the same position whatever the batch width.
+
+- SASRec: W.-C. Kang and J. McAuley, "Self-Attentive Sequential Recommendation", ICDM 2018;
+  trained with full-softmax cross-entropy at every position as in A. Klenitskiy and
+  A. Vasilev, "Turning Dross Into Gold Loss: is BERT4Rec really better than SASRec?",
+  RecSys 2023, or with a sampled softmax over many uniform negatives for large catalogues.
+- BERT4Rec: F. Sun et al., "BERT4Rec: Sequential Recommendation with Bidirectional Encoder
+  Representations from Transformer", CIKM 2019 (masked item prediction, full softmax).
+- XLNet-style: Z. Yang et al., "XLNet: Generalized Autoregressive Pretraining for Language
+  Understanding", NeurIPS 2019 (permutation language modelling with two-stream attention),
+  as used for sessions in G. de Souza Pereira Moreira et al., "Transformers4Rec", RecSys 2021;
+  learned absolute positions here instead of relative ones.
+"""
+
+from __future__ import annotations
+
+__all__ = ["NETWORKS", "BERT4RecNet", "SASRecNet", "SequenceNet", "XLNetNet"]
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lmrec.nn.layers import PAD, ItemEmbedding, TransformerEncoder, causal_mask
+
+
+class SequenceNet(nn.Module):
+    """Shared parts: item embedding (optionally text-fused), learned positions, encoder."""
+
+    def __init__(
+        self,
+        n_items: int,
+        *,
+        width: int = 64,
+        layers: int = 2,
+        heads: int = 2,
+        ffn_mult: int = 4,
+        dropout: float = 0.2,
+        max_len: int = 200,
+        text_mode: str = "none",
+        id_dropout: float = 0.0,
+        text: torch.Tensor | None = None,
+        text_dim: int = 0,
+        loss: str = "ce",
+        negatives: int = 256,
+    ):
+        super().__init__()
+        if text is None and text_mode != "none":
+            text = torch.zeros(n_items, text_dim)  # filled by load_state_dict
+        self.n_items = n_items
+        self.max_len = max_len
+        self.mask_token = n_items + 1
+        self.loss_kind = loss
+        self.negatives = negatives
+        self.item_emb = ItemEmbedding(
+            n_items, width, n_special=1, text=text, mode=text_mode, id_dropout=id_dropout
+        )
+        self.pos = nn.Parameter(torch.randn(max_len, width) / width**0.5)
+        self.drop = nn.Dropout(dropout)
+        self.encoder = TransformerEncoder(width, layers, heads, ffn_mult, dropout)
+        # Items allowed in the training softmax (those with training data); set by the model.
+        self.register_buffer("trainable", torch.ones(n_items, dtype=torch.bool))
+
+    def embed(self, tokens: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """(B, T, C) token vectors plus the positions of the window's last T slots."""
+        t = tokens.shape[1]
+        return self.drop(weight[tokens] + self.pos[self.max_len - t :])
+
+    def item_weight(self) -> torch.Tensor:
+        return self.item_emb.weight()
+
+    def scores(self, hidden: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, n_items) dot products of hidden (B, C) with every item vector."""
+        return hidden @ self.item_emb.items(weight).T
+
+    def prediction_loss(
+        self, hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor
+    ) -> torch.Tensor:
+        """Cross-entropy of the target items (N,) given hidden (N, C): over all trainable
+        items ('ce'), or over the target and `negatives` uniform trainable items shared by
+        the batch ('sampled'; sampled softmax, Jean et al., ACL 2015)."""
+        items = self.item_emb.items(weight)  # (n, C)
+        if self.loss_kind == "sampled":
+            pool = torch.nonzero(self.trainable).squeeze(1)
+            neg = pool[torch.randint(len(pool), (self.negatives,), device=pool.device)]
+            pos_logit = (hidden * items[targets]).sum(-1, keepdim=True)  # (N, 1)
+            neg_logit = hidden @ items[neg].T  # (N, K)
+            neg_logit = neg_logit.masked_fill(neg[None, :] == targets[:, None], float("-inf"))
+            logits = torch.cat([pos_logit, neg_logit], dim=1).float()
+            return F.cross_entropy(logits, torch.zeros_like(targets))
+        logits = (hidden @ items.T).float()  # (N, n)
+        logits = logits.masked_fill(~self.trainable, float("-inf"))
+        return F.cross_entropy(logits, targets)
+
+    def last_hidden(self, tokens: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class SASRecNet(SequenceNet):
+    """Causal self-attention; the output at position t predicts item t + 1."""
+
+    def encode(self, tokens: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        x = self.embed(tokens, weight)  # (B, T, C)
+        return self.encoder(x, causal_mask(tokens != PAD))
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """batch: tokens (B, T) inputs, targets (B, T) the next item's token (0: none)."""
+        w = self.item_weight()
+        h = self.encode(batch["tokens"], w)  # (B, T, C)
+        sel = batch["targets"] > 0
+        return self.prediction_loss(h[sel], batch["targets"][sel] - 1, w)
+
+    def last_hidden(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens: (B, T) histories, newest last."""
+        return self.encode(tokens, self.item_weight())[:, -1]
+
+
+class BERT4RecNet(SequenceNet):
+    """Bidirectional self-attention; masked items are predicted from both sides."""
+
+    def encode(self, tokens: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        valid = tokens != PAD
+        eye = torch.eye(tokens.shape[1], dtype=torch.bool, device=tokens.device)
+        mask = (valid[:, None, :] | eye[None])[:, None]  # (B, 1, T, T)
+        return self.encoder(self.embed(tokens, weight), mask)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """batch: tokens (B, T) with some items replaced by the mask token, targets (B, T)
+        the masked items' tokens (0 elsewhere)."""
+        w = self.item_weight()
+        h = self.encode(batch["tokens"], w)
+        sel = batch["targets"] > 0
+        return self.prediction_loss(h[sel], batch["targets"][sel] - 1, w)
+
+    def last_hidden(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens: (B, T) histories whose last slot holds the mask token."""
+        return self.encode(tokens, self.item_weight())[:, -1]
+
+
+class XLNetNet(SequenceNet):
+    """Permutation language modelling with two-stream attention.
+
+    For a factorisation order z (ranks r over the positions), the content stream at position
+    t sees the items at positions s with r_s <= r_t; the query stream, which starts from the
+    mask token's vector plus t's position and never sees item t itself, sees r_s < r_t and
+    predicts item t. A learned start vector, visible to every position, gives the first
+    position of the order something to attend to. At inference the history is read left to
+    right and a query slot after it predicts the next item.
+    """
+
+    def __init__(self, n_items: int, **kw: Any):
+        super().__init__(n_items, **kw)
+        width = self.pos.shape[1]
+        self.start = nn.Parameter(torch.randn(1, 1, width) / width**0.5)
+
+    def query_stream(
+        self, tokens: torch.Tensor, ranks: torch.Tensor, weight: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, T, C) query-stream outputs. tokens (B, T) items (PAD at padding and at query
+        slots that hold no item); ranks (B, T) float, position in the factorisation order."""
+        b, t = tokens.shape
+        valid = tokens != PAD
+        h = torch.cat([self.start.expand(b, 1, -1), self.embed(tokens, weight)], dim=1)
+        g = self.drop((weight[self.mask_token] + self.pos[self.max_len - t :]).expand(b, t, -1))
+        r_key = torch.cat([torch.full_like(ranks[:, :1], float("-inf")), ranks], dim=1)
+        k_ok = torch.cat([torch.ones_like(valid[:, :1]), valid], dim=1)  # (B, 1 + T)
+        eye = torch.eye(t + 1, dtype=torch.bool, device=tokens.device)
+        # (B, 1 + T, 1 + T): content sees what comes no later in the order (and itself).
+        mask_h = ((r_key[:, None, :] <= r_key[:, :, None]) & k_ok[:, None, :]) | eye[None]
+        # (B, T, 1 + T): queries see what comes strictly earlier, and the start vector.
+        mask_g = (r_key[:, None, :] < ranks[:, :, None]) & k_ok[:, None, :]
+        mask_g[:, :, 0] = True  # the start vector is always visible
+        return self.encoder.two_stream(h, g, mask_h[:, None], mask_g[:, None])
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """batch: tokens (B, T), ranks (B, T) a permutation of each row's items, targets
+        (B, T) the tokens to predict (the last part of the order; 0 elsewhere)."""
+        w = self.item_weight()
+        g = self.query_stream(batch["tokens"], batch["ranks"], w)
+        sel = batch["targets"] > 0
+        return self.prediction_loss(g[sel], batch["targets"][sel] - 1, w)
+
+    def last_hidden(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens: (B, T) histories with an empty (PAD) query slot last."""
+        t = tokens.shape[1]
+        ranks = torch.arange(t, dtype=torch.float32, device=tokens.device).expand_as(tokens)
+        ranks = ranks.clone()
+        ranks[:, -1] = float("inf")
+        return self.query_stream(tokens, ranks, self.item_weight())[:, -1]
+
+
+#: Module classes by name, for checkpoints (no guessing classes from strings).
+NETWORKS: dict[str, type[SequenceNet]] = {
+    "SASRecNet": SASRecNet,
+    "BERT4RecNet": BERT4RecNet,
+    "XLNetNet": XLNetNet,
+}

@@ -1,0 +1,373 @@
+"""A training loop kept apart from the modules: AdamW, early stopping on a validation score,
+seeds, checkpoints (constructor arguments beside the weights, as JSON + npz), a progress bar,
+CUDA with mixed precision when present, and multi-process data parallelism
+(`torch.nn.parallel.DistributedDataParallel`) when launched by `torchrun`.
+
+A module trained here returns its loss from `forward(batch)`; the task supplies the batches
+and the validation score. Under `torchrun` every process sees the same global batches and
+keeps its share (`rank::world`) of each, so the effective batch size and the result do not
+depend on the number of processes; the validation score is summed over processes, so all of
+them take the same early-stopping decision.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "TrainTask",
+    "Trainer",
+    "distributed_context",
+    "is_main_process",
+    "load_checkpoint",
+    "save_checkpoint",
+]
+
+import contextlib
+import copy
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from lmrec.errors import LmrecError
+
+
+class TrainConfig(BaseModel):
+    """How to train (the model's hyperparameters live in the model's own config)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    epochs: int = Field(200, ge=1)
+    """Most passes over the training data (early stopping usually ends sooner)."""
+    patience: int | None = Field(10, ge=1)
+    """Stop after this many evaluations without a better validation score (None: never)."""
+    eval_every: int = Field(1, ge=1)
+    """Evaluate every this many epochs."""
+    learning_rate: float = Field(1e-3, gt=0)
+    """AdamW learning rate."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW decoupled weight decay (biases and norms excluded)."""
+    grad_clip: float | None = Field(5.0, gt=0)
+    """Clip the gradient norm to this (None: no clipping)."""
+    seed: int = 0
+    """Seed of torch and of the batch order."""
+    device: str = "auto"
+    """'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
+    amp: bool = True
+    """Mixed precision on CUDA (bfloat16 where supported, else float16 with loss scaling)."""
+    num_threads: int | None = Field(None, ge=1)
+    """CPU threads of torch while training (None: torch's default)."""
+    progress: bool = False
+    """Show a progress bar on stderr (in the main process only)."""
+    checkpoint_dir: str | None = None
+    """Write the best model here (module.json + weights.npz) whenever it improves."""
+
+
+class TrainTask(Protocol):
+    """What the trainer needs besides the module."""
+
+    def batches(self, epoch: int, rank: int, world: int) -> Iterable[Any]:
+        """This process's share of the epoch's batches (same count in every process)."""
+        ...
+
+    def validate(self, module: nn.Module, rank: int, world: int) -> tuple[float, float]:
+        """(sum of the per-user score, number of users) over this process's validation users."""
+        ...
+
+
+@dataclass
+class TrainResult:
+    """What happened: per-evaluation records, the best epoch and score, times in seconds."""
+
+    best_epoch: int = 0
+    best_score: float = -math.inf
+    epochs_run: int = 0
+    seconds: float = 0.0
+    seconds_to_best: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+# -- distributed ---------------------------------------------------------------------------------
+
+
+def _world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def is_main_process() -> bool:
+    """True outside distributed training and in rank 0 of it."""
+    return _world()[0] == 0
+
+
+@contextlib.contextmanager
+def distributed_context(device: torch.device) -> Iterator[tuple[int, int]]:
+    """(rank, world size): joins the process group that `torchrun` describes in the
+    environment (WORLD_SIZE > 1; gloo on CPU, NCCL on CUDA) unless already joined, and leaves
+    it afterwards if it joined it here. Outside torchrun: (0, 1)."""
+    dist = torch.distributed
+    joined = False
+    if (
+        int(os.environ.get("WORLD_SIZE", "1")) > 1
+        and dist.is_available()
+        and not dist.is_initialized()
+    ):
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        joined = True
+    try:
+        yield _world()
+    finally:
+        if joined:
+            dist.destroy_process_group()
+
+
+def _all_sum(values: list[float], device: torch.device) -> list[float]:
+    _, world = _world()
+    if world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+# -- checkpoints ---------------------------------------------------------------------------------
+
+
+def state_arrays(module: nn.Module) -> dict[str, np.ndarray]:
+    """The module's state dict as float32 / integer numpy arrays (no pickle anywhere)."""
+    out = {}
+    for k, v in module.state_dict().items():
+        a = v.detach().cpu()
+        out[k] = (a.float() if a.is_floating_point() else a).numpy().copy()
+    return out
+
+
+def load_state_arrays(module: nn.Module, arrays: Mapping[str, np.ndarray], where: str) -> None:
+    """Load `state_arrays` output into the module; names and shapes must match exactly."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(arrays))
+    extra = sorted(set(arrays) - set(own))
+    if missing or extra:
+        raise LmrecError(
+            f"{where}: weights do not fit the model (missing: {', '.join(missing) or '-'}; "
+            f"unexpected: {', '.join(extra) or '-'})"
+        )
+    for k, v in own.items():
+        if tuple(arrays[k].shape) != tuple(v.shape):
+            raise LmrecError(
+                f"{where}: weight {k!r} has shape {tuple(arrays[k].shape)}, the model expects "
+                f"{tuple(v.shape)}"
+            )
+    module.load_state_dict({k: torch.from_numpy(np.asarray(a)) for k, a in arrays.items()})
+
+
+def save_checkpoint(
+    path: str | Path, module: nn.Module, init_args: Mapping[str, Any], **info: Any
+) -> Path:
+    """Write module.json (class name, constructor arguments, `info`) and weights.npz, replacing
+    what was there only once both are written."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    meta = {"class": type(module).__name__, "init_args": dict(init_args), **info}
+    (tmp / "module.json").write_text(json.dumps(meta, indent=2))
+    np.savez(tmp / "weights.npz", **state_arrays(module))
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+    return path
+
+
+def load_checkpoint(
+    path: str | Path, classes: Mapping[str, type[nn.Module]], **extra_args: Any
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The module a checkpoint holds, built by its class (looked up in `classes`, by the name
+    saved) from the saved constructor arguments (plus `extra_args`, e.g. tensors), and the
+    checkpoint's metadata."""
+    path = Path(path)
+    try:
+        meta = json.loads((path / "module.json").read_text())
+    except FileNotFoundError:
+        raise LmrecError(f"{path} is not a checkpoint (no module.json)") from None
+    name = meta.get("class")
+    if name not in classes:
+        raise LmrecError(f"{path}: unknown module class {name!r}; known: {', '.join(classes)}")
+    module = classes[name](**meta["init_args"], **extra_args)
+    with np.load(path / "weights.npz", allow_pickle=False) as z:
+        load_state_arrays(module, {k: z[k] for k in z.files}, str(path))
+    return module, meta
+
+
+# -- the loop ------------------------------------------------------------------------------------
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(spec)
+    except RuntimeError:
+        raise LmrecError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise LmrecError(f"device {spec!r} asked for, but CUDA is not available here")
+    return dev
+
+
+def _param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for p in module.parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+class Trainer:
+    """Fits a module whose `forward(batch)` returns the loss; see the module docstring."""
+
+    def __init__(self, config: TrainConfig | None = None, **params: Any):
+        self.config = config.model_copy(update=params) if config else TrainConfig(**params)
+
+    def fit(
+        self,
+        module: nn.Module,
+        task: TrainTask,
+        *,
+        init_args: Mapping[str, Any] | None = None,
+    ) -> TrainResult:
+        """Train `module` in place; on return it holds the weights of the best validation
+        score (or of the last epoch when there is nothing to validate on)."""
+        c = self.config
+        device = resolve_device(c.device)
+        old_threads = torch.get_num_threads()
+        if c.num_threads:
+            torch.set_num_threads(c.num_threads)
+        try:
+            with distributed_context(device) as (rank, world):
+                return self._fit(module, task, device, rank, world, init_args or {})
+        finally:
+            torch.set_num_threads(old_threads)
+
+    def _fit(
+        self,
+        module: nn.Module,
+        task: TrainTask,
+        device: torch.device,
+        rank: int,
+        world: int,
+        init_args: Mapping[str, Any],
+    ) -> TrainResult:
+        c = self.config
+        torch.manual_seed(c.seed)
+        module.to(device)
+        model: nn.Module = module
+        if world > 1:
+            model = nn.parallel.DistributedDataParallel(
+                module, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        opt = torch.optim.AdamW(
+            _param_groups(module, c.weight_decay), lr=c.learning_rate, betas=(0.9, 0.98)
+        )
+        amp = c.amp and device.type == "cuda"
+        amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
+        scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
+        result = TrainResult()
+        best_state: dict[str, torch.Tensor] | None = None
+        bad = 0
+        show = c.progress and rank == 0
+        bar = None
+        if show:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=c.epochs, desc=type(module).__name__, unit="epoch", file=sys.stderr)
+        t0 = time.perf_counter()
+        try:
+            for epoch in range(1, c.epochs + 1):
+                model.train()
+                total, steps = 0.0, 0
+                for batch in task.batches(epoch, rank, world):
+                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+                        loss = model(batch)
+                    opt.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    if c.grad_clip:
+                        scaler.unscale_(opt)
+                        nn.utils.clip_grad_norm_(module.parameters(), c.grad_clip)
+                    scaler.step(opt)
+                    scaler.update()
+                    total += float(loss.detach())
+                    steps += 1
+                loss_sum, n_steps = _all_sum([total, float(steps)], device)
+                record: dict[str, float] = {
+                    "epoch": epoch,
+                    "loss": loss_sum / max(n_steps, 1),
+                    "seconds": time.perf_counter() - t0,
+                }
+                result.epochs_run = epoch
+                if not math.isfinite(record["loss"]):
+                    raise LmrecError(
+                        f"training diverged at epoch {epoch} (loss {record['loss']}); "
+                        "lower the learning rate"
+                    )
+                if epoch % c.eval_every == 0 or epoch == c.epochs:
+                    module.eval()
+                    with torch.no_grad():
+                        s, n = _all_sum(list(task.validate(module, rank, world)), device)
+                    if n > 0:
+                        score = s / n
+                        record["valid"] = score
+                        if score > result.best_score:
+                            result.best_score, result.best_epoch = score, epoch
+                            result.seconds_to_best = time.perf_counter() - t0
+                            best_state = copy.deepcopy(module.state_dict())
+                            bad = 0
+                            if c.checkpoint_dir and rank == 0:
+                                save_checkpoint(
+                                    c.checkpoint_dir,
+                                    module,
+                                    init_args,
+                                    epoch=epoch,
+                                    valid=score,
+                                )
+                        else:
+                            bad += 1
+                result.history.append(record)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(
+                        {k: f"{v:.4f}" for k, v in record.items() if k in ("loss", "valid")}
+                        | {"best": f"{max(result.best_score, 0):.4f}"}
+                    )
+                if c.patience is not None and bad >= c.patience:
+                    result.stopped_early = True
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+        result.seconds = time.perf_counter() - t0
+        if best_state is not None:
+            module.load_state_dict(best_state)
+        else:  # nothing to validate on: the last epoch's weights
+            result.best_epoch = result.epochs_run
+            result.seconds_to_best = result.seconds
+            if c.checkpoint_dir and rank == 0:
+                save_checkpoint(c.checkpoint_dir, module, init_args, epoch=result.epochs_run)
+        module.eval()
+        return result

@@ -1,0 +1,276 @@
+"""Live state: what happened since a model's snapshot, applied to every answer.
+
+A model answers from its training snapshot. The service keeps, per user, the events that the
+snapshot lacks and sends them as the request-time history of a `Query` (the model folds them
+in: kNN, EASE, content and LM models, ALS/BPR/LMMF fold-in, sequence models), so feedback
+changes the next answer without retraining:
+
+- `Feed`: events committed through the API since the service started (per user, in order).
+- `Slot.delta`: events of the store that the model's snapshot lacks, found when it loaded
+  (an anti-join of the store's interactions against the snapshot on (user, item, event, time)).
+- `Slot.forget`: users of the snapshot deleted since (or deleted and created again): they are
+  answered as unknown users, with only their new events.
+- `Slot.blocked`: items of the model deleted since; never recommended.
+- New items: text models (lmcontent, lmmf, coldstart_user) get them appended to their
+  catalogue at once, with vectors from the encoder (`extend_catalogue`); other models cannot
+  score an item they were not trained on until retraining (the item is still searchable and
+  has similar items through the text index).
+"""
+
+from __future__ import annotations
+
+__all__ = ["Event", "Feed", "Slot", "extend_catalogue", "supports_new_items"]
+
+import copy
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from lmrec.data import Vocabulary
+from lmrec.models.base import Query, Recommender
+from lmrec.store import Store
+
+
+@dataclass(frozen=True)
+class Event:
+    item: str
+    event: str
+    ts: float
+    value: float  # NaN where absent
+
+
+class Feed:
+    """Events committed through the service since it started, per user, in commit order."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.events: dict[str, list[Event]] = {}
+        self.count = 0
+
+    def add(self, users: Sequence[str], events: Iterable[Event]) -> None:
+        with self._lock:
+            for u, e in zip(users, events, strict=True):
+                self.events.setdefault(u, []).append(e)
+                self.count += 1
+
+    def of(self, user: str) -> list[Event]:
+        return list(self.events.get(user, ()))
+
+    def drop_user(self, user: str) -> None:
+        with self._lock:
+            self.count -= len(self.events.pop(user, ()))
+
+
+@dataclass
+class Slot:
+    """A loaded model version and what the service knows beyond its snapshot."""
+
+    name: str
+    path: str
+    model: Recommender
+    delta: dict[str, list[Event]] = field(default_factory=dict)
+    forget: set[str] = field(default_factory=set)
+    blocked: np.ndarray | None = None  # bool over model items
+    loaded_at: float = field(default_factory=time.time)
+    load_seconds: float = 0.0
+    index: Any = None  # VectorIndex over the model's item vectors (large catalogues)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _snapshot_keys: dict[int, set] = field(default_factory=dict, repr=False)
+    _category_masks: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    # -- building queries --------------------------------------------------------------------
+
+    def snapshot_keys(self, u: int) -> set:
+        """(item, event, ts) of user index u in the snapshot (memoised per user)."""
+        keys = self._snapshot_keys.get(u)
+        if keys is None:
+            ds = self.model.history
+            keys = set()
+            if ds is not None and 0 <= u < ds.n_users:
+                lo, hi = ds.user_ptr[u], ds.user_ptr[u + 1]
+                names = ds.event_names
+                ids = ds.items.ids
+                keys = {
+                    (str(ids[i]), names[e], float(t))
+                    for i, e, t in zip(ds.item[lo:hi], ds.event[lo:hi], ds.ts[lo:hi], strict=True)
+                }
+            if len(self._snapshot_keys) > 100_000:
+                self._snapshot_keys.clear()
+            self._snapshot_keys[u] = keys
+        return keys
+
+    def query(self, user: str, feed: Feed, extra: Query | None = None) -> Query:
+        """The query for `user`: the snapshot user (unless forgotten) plus the events the
+        snapshot lacks (store delta and API feed, deduplicated, oldest first), plus `extra`."""
+        model = self.model
+        assert model.users is not None
+        known = user not in self.forget and model.users.get(user) >= 0
+        new = self.delta.get(user, []) + feed.of(user)
+        if new:
+            seen = self.snapshot_keys(model.users.get(user)) if known else set()
+            uniq: dict[tuple, Event] = {}
+            for e in new:
+                key = (e.item, e.event, e.ts)
+                if key not in seen and key not in uniq:
+                    uniq[key] = e
+            new = sorted(uniq.values(), key=lambda e: e.ts) if uniq else []
+        items = [e.item for e in new]
+        events = [e.event for e in new]
+        ts = [e.ts for e in new]
+        values = [e.value for e in new]
+        q = extra or Query()
+        if q.items:
+            items += list(q.items)
+            events += list(q.events) if q.events is not None else ["view"] * len(q.items)
+            ts += [time.time()] * len(q.items)
+            values += [float("nan")] * len(q.items)
+        return Query(
+            user=user if known else None,
+            items=items,
+            events=events if items else None,
+            timestamps=ts if items else None,
+            values=values if items else None,
+            attributes=q.attributes,
+            tags=q.tags,
+            text=q.text,
+        )
+
+    # -- masks -------------------------------------------------------------------------------
+
+    def candidates(self, category: str | None, categories: Mapping[str, list[str]]) -> np.ndarray | None:
+        """Bool mask of recommendable items (not deleted, in `category` if given), or None."""
+        mask = None if self.blocked is None or not self.blocked.any() else ~self.blocked
+        if category is None:
+            return mask
+        cat = self._category_masks.get(category)
+        if cat is None:
+            ids = self.model.items.ids.tolist() if self.model.items is not None else []
+            cat = np.fromiter((category in categories.get(i, ()) for i in ids), bool, len(ids))
+            if len(self._category_masks) > 1000:
+                self._category_masks.clear()
+            self._category_masks[category] = cat
+        return cat if mask is None else cat & mask
+
+    def items_changed(self) -> None:
+        self._category_masks = {}
+
+    def block(self, item: str) -> None:
+        assert self.model.items is not None
+        i = self.model.items.get(item)
+        if i >= 0:
+            blocked = (
+                np.zeros(len(self.model.items), bool) if self.blocked is None else self.blocked.copy()
+            )
+            blocked[i] = True
+            self.blocked = blocked
+
+    def unblock(self, item: str) -> None:
+        if self.blocked is None or self.model.items is None:
+            return
+        i = self.model.items.get(item)
+        if i >= 0 and self.blocked[i]:
+            blocked = self.blocked.copy()
+            blocked[i] = False
+            self.blocked = blocked
+
+    # -- loading -----------------------------------------------------------------------------
+
+    def sync_with_store(self, store: Store, items: list[dict[str, Any]], users: set[str]) -> None:
+        """Compute delta, forget and blocked from the store as it is now."""
+        model = self.model
+        assert model.users is not None and model.items is not None
+        arr = store.read_interactions()
+        urows = {r["id"]: r["ext_id"] for r in store.read_table("user")}
+        irows = {r["id"]: r["ext_id"] for r in items}
+        store_items = set(irows.values())
+        blocked = ~np.fromiter((i in store_items for i in model.items), bool, len(model.items))
+        self.blocked = blocked if blocked.any() else None
+        frame = pd.DataFrame(
+            {
+                "user": pd.Series(arr.user_id).map(urows).to_numpy(object),
+                "item": pd.Series(arr.item_id).map(irows).to_numpy(object),
+                "event": arr.event.astype(object),
+                "ts": arr.ts,
+                "value": arr.value,
+            }
+        )
+        ds = model.history
+        if ds is not None and ds.n_interactions:
+            snap = pd.DataFrame(
+                {
+                    "user": ds.users.ids[ds.user].astype(object),
+                    "item": ds.items.ids[ds.item].astype(object),
+                    "event": np.asarray(ds.event_names, dtype=object)[ds.event],
+                    "ts": ds.ts,
+                    "_in_snapshot": True,
+                }
+            ).drop_duplicates(["user", "item", "event", "ts"])
+            merged = frame.merge(snap, on=["user", "item", "event", "ts"], how="left")
+            in_snap = merged["_in_snapshot"].fillna(False).to_numpy(bool)
+            # Snapshot users none of whose snapshot events remain were deleted (and maybe
+            # created again): forget their snapshot history.
+            still = set(merged.loc[in_snap, "user"].unique())
+            snap_users = set(snap["user"].unique())
+            self.forget = {u for u in snap_users if u not in still} | {
+                u for u in model.users if u not in users
+            }
+            rest = frame[~in_snap]
+        else:
+            self.forget = {u for u in model.users if u not in users}
+            rest = frame
+        delta: dict[str, list[Event]] = {}
+        for u, i, e, t, v in zip(
+            rest["user"], rest["item"], rest["event"], rest["ts"], rest["value"], strict=True
+        ):
+            delta.setdefault(u, []).append(Event(i, e, float(t), float(v)))
+        self.delta = delta
+        self._snapshot_keys = {}
+
+
+# -- new items for text models ---------------------------------------------------------------
+
+
+def supports_new_items(model: Recommender) -> bool:
+    """Whether `extend_catalogue` can add items to this model (text-vector models)."""
+    from lmrec.models.lm import LMMF, ColdStartUser, LMContent
+
+    return isinstance(model, LMContent | LMMF | ColdStartUser)
+
+
+def _widen(m: sp.spmatrix, n: int) -> sp.csr_matrix:
+    m = sp.csr_matrix(m)
+    return sp.csr_matrix((m.data, m.indices, m.indptr), shape=(m.shape[0], n))
+
+
+def extend_catalogue(model: Recommender, ids: Sequence[str], texts: Sequence[str]) -> Recommender:
+    """A copy of a text model whose catalogue also holds these new items, each represented by
+    the encoder's vector of its text (LMMF: factors = text x W, the text projection, with no
+    collaborative offset; popularity 0). The original model is left as it was."""
+    from lmrec.models.lm import LMMF, ColdStartUser, LMContent
+
+    assert model.items is not None and model.popularity is not None
+    if not ids:
+        return model
+    vecs = model.encode(list(texts))  # type: ignore[attr-defined]
+    new = copy.copy(model)
+    n = len(model.items) + len(ids)
+    new.items = Vocabulary([*model.items.ids.tolist(), *ids])
+    new.popularity = np.concatenate([model.popularity, np.zeros(len(ids), np.float32)])
+    new.item_vectors = np.vstack([model.item_vectors, vecs]).astype(np.float32)
+    if isinstance(model, LMContent):
+        new.values = _widen(model.values, n)
+    elif isinstance(model, LMMF):
+        p = model.proj
+        new.item_factors = np.vstack([model.item_factors, vecs @ p["wq"]]).astype(np.float32)
+        new.history_factors = np.vstack([model.history_factors, vecs @ p["we"]]).astype(np.float32)
+        new.item_bias = np.concatenate([model.item_bias, vecs @ p["wb"]]).astype(np.float32)
+        new.active = np.concatenate([model.active, np.zeros(len(ids), bool)])
+    elif isinstance(model, ColdStartUser):
+        new.votes = _widen(model.votes, n)
+    return new

@@ -1,0 +1,117 @@
+"""Request and response bodies of the REST service (pydantic; unknown fields are refused)."""
+
+from __future__ import annotations
+
+__all__ = [
+    "Feedback",
+    "FeedbackBatch",
+    "ItemBody",
+    "QueryBody",
+    "TrainBody",
+    "UserBody",
+]
+
+import math
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f]+$")]
+EventName = Annotated[
+    str, StringConstraints(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.:-]+$")
+]
+Tag = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+Text = Annotated[str, StringConstraints(max_length=10_000)]
+#: Unix seconds between 1970 and 2200.
+Timestamp = Annotated[float, Field(ge=0, le=7_258_118_400)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _scalar_attributes(v: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Attributes are flat: str, number, bool or null values, keys up to 64 characters."""
+    if v is None:
+        return v
+    if len(v) > 100:
+        raise ValueError("at most 100 attributes")
+    for k, x in v.items():
+        if not k or len(k) > 64:
+            raise ValueError(f"attribute name {k!r} must have 1 to 64 characters")
+        if x is not None and not isinstance(x, str | int | float | bool):
+            raise ValueError(f"attribute {k!r} must be a string, number, boolean or null")
+        if isinstance(x, float) and not math.isfinite(x):
+            raise ValueError(f"attribute {k!r} must be a finite number")
+        if isinstance(x, str) and len(x) > 1000:
+            raise ValueError(f"attribute {k!r} is longer than 1000 characters")
+    return v
+
+
+class Feedback(_Body):
+    """One event: a user did something with an item (view, click, cart, purchase, rating...)."""
+
+    user: Id
+    item: Id
+    event: EventName = "view"
+    value: float | None = Field(None, allow_inf_nan=False, description="e.g. the rating")
+    ts: Timestamp | None = Field(None, description="Unix seconds (default: when received)")
+
+
+class FeedbackBatch(_Body):
+    events: list[Feedback] = Field(min_length=1)
+
+
+class QueryBody(_Body):
+    """An anonymous (or partly known) visitor: recent items, attributes, interest tags, text."""
+
+    user: Id | None = None
+    items: list[Id] = Field(default_factory=list, max_length=1000)
+    events: list[EventName] | None = Field(None, max_length=1000)
+    attributes: dict[str, Any] | None = None
+    tags: list[Tag] = Field(default_factory=list, max_length=100)
+    text: Text | None = None
+    n: int = Field(10, ge=1, le=1000)
+    model: Id | None = None
+    exclude_seen: bool = True
+    category: Tag | None = None
+    diversity: float | None = Field(None, ge=0, le=1)
+    explain: bool = False
+
+    _attrs = field_validator("attributes")(_scalar_attributes)
+
+    @field_validator("events")
+    @classmethod
+    def _events_len(cls, v: list[str] | None, info: Any) -> list[str] | None:
+        items = info.data.get("items")
+        if v is not None and items is not None and len(v) != len(items):
+            raise ValueError(f"events must be as long as items ({len(v)} != {len(items)})")
+        return v
+
+
+class ItemBody(_Body):
+    """Fields of an item; on update, only the given ones change."""
+
+    title: Text | None = None
+    description: Text | None = None
+    categories: list[Tag] | None = Field(None, max_length=100)
+    attributes: dict[str, Any] | None = None
+
+    _attrs = field_validator("attributes")(_scalar_attributes)
+
+
+class UserBody(_Body):
+    """Fields of a user; on update, only the given ones change."""
+
+    attributes: dict[str, Any] | None = None
+    tags: list[Tag] | None = Field(None, max_length=100)
+
+    _attrs = field_validator("attributes")(_scalar_attributes)
+
+
+class TrainBody(_Body):
+    """Retrain a model on the current store and activate the new version when done."""
+
+    model: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    params: dict[str, Any] = Field(default_factory=dict)
+    activate: bool = True
