@@ -6,8 +6,8 @@
    a fine-tuned encoder (projection head trained on split.train only). Hyperparameters of
    tfidf and lmcontent are chosen on the validation split (NDCG@10); test is reported.
 2. Item cold start (`cold_start_items`, 20% of items; ranking among the cold items only):
-   random, tfidf, lmcontent, lmmf; NDCG@10 and Recall@10 with bootstrap 95% intervals. tfidf
-   and lmcontent settings are chosen on an inner cold-item split of the training data.
+   random, tfidf, lmcontent, lmmf; NDCG@10 and Recall@10 with bootstrap 95% intervals. tfidf,
+   lmcontent and lmmf settings are chosen on an inner cold-item split of the training data.
 3. User cold start (`cold_start_users`, 20% of users, attributes only): popularity vs
    coldstart_user, whose settings are chosen on an inner cold-user split of the training users;
    paired Wilcoxon and t-tests on per-user NDCG@10.

@@ -275,8 +275,8 @@ def register(
     s.add_argument(
         "--method",
         choices=["mmr", "maxsum", "dpp"],
-        default="mmr",
-        help="diversity re-ranker (default mmr)",
+        default="maxsum",
+        help="diversity re-ranker (default maxsum, as lmrec recommend)",
     )
     s.add_argument(
         "--similarity",
@@ -285,7 +285,7 @@ def register(
         help="item similarity for diversity (default: item categories)",
     )
     s.add_argument(
-        "--pool", type=int, default=100, help="candidates the re-ranker chooses from (default 100)"
+        "--pool", type=int, default=50, help="candidates the re-ranker chooses from (default 50)"
     )
     s.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     cmds["evaluate"] = cmd_evaluate
