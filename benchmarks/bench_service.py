@@ -66,6 +66,113 @@ async def drive(url: str, paths: list[str], clients: int, method: str = "GET", b
     return lat, wall
 
 
+class _Conn:
+    """One keep-alive HTTP/1.1 connection over asyncio streams (a light load generator: far
+    less client CPU per request than httpx, which shares the server's two cores here)."""
+
+    def __init__(self, host: str, port: int):
+        self.host, self.port = host, port
+        self.reader = self.writer = None
+
+    async def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\n"
+        if body is not None:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        self.writer.write(head.encode() + b"\r\n" + (body or b""))
+        raw = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(raw[9:12])
+        length = 0
+        for line in raw.split(b"\r\n")[1:]:
+            k, _, v = line.partition(b":")
+            if k.lower() == b"content-length":
+                length = int(v)
+        return status, await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _split(url: str) -> tuple[str, int]:
+    host, _, port = url.removeprefix("http://").partition(":")
+    return host, int(port)
+
+
+async def drive_raw(url: str, paths: list[str], clients: int, method: str = "GET", bodies=None):
+    """`drive` with the raw keep-alive client: closed loop, `clients` connections."""
+    host, port = _split(url)
+    lat = np.zeros(len(paths))
+    data = [json.dumps(b).encode() for b in bodies] if bodies is not None else None
+    nxt = 0
+    errors = []
+
+    async def worker() -> None:
+        nonlocal nxt
+        conn = _Conn(host, port)
+        try:
+            while nxt < len(paths):
+                i = nxt
+                nxt += 1
+                t0 = time.perf_counter()
+                status, text = await conn.request(method, paths[i], data[i] if data else None)
+                lat[i] = time.perf_counter() - t0
+                if status != 200:
+                    errors.append((status, text[:200]))
+        finally:
+            conn.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    wall = time.perf_counter() - t0
+    if errors:
+        raise SystemExit(f"{len(errors)} failed requests, e.g. {errors[0]}")
+    return lat, wall
+
+
+async def drive_open(url: str, paths: list[str], rate: float, max_conns: int = 200):
+    """Open loop: request i is due at start + i/rate whatever the earlier answers; its latency
+    runs from when it was due (so time spent waiting for a free connection counts, no
+    coordinated omission). Returns (latencies s, wall s, achieved rate)."""
+    host, port = _split(url)
+    lat = np.zeros(len(paths))
+    idle: list[_Conn] = []
+    errors = []
+    n_conns = 0
+    free = asyncio.Semaphore(max_conns)
+
+    async def one(i: int, due: float) -> None:
+        nonlocal n_conns
+        async with free:
+            if idle:
+                conn = idle.pop()
+            else:
+                conn = _Conn(host, port)
+                n_conns += 1
+            status, text = await conn.request("GET", paths[i])
+            lat[i] = time.perf_counter() - due
+            idle.append(conn)
+            if status != 200:
+                errors.append((status, text[:200]))
+
+    start = time.perf_counter()
+    tasks = []
+    for i in range(len(paths)):
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i, due)))
+    await asyncio.gather(*tasks)
+    wall = time.perf_counter() - start
+    for c in idle:
+        c.close()
+    if errors:
+        raise SystemExit(f"{len(errors)} failed requests, e.g. {errors[0]}")
+    return lat, wall, n_conns
+
+
 def pct(lat: np.ndarray) -> dict[str, float]:
     return {f"p{q}_ms": round(float(np.percentile(lat, q)) * 1000, 2) for q in (50, 90, 99)}
 

@@ -70,10 +70,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     model = create_model(args.model, **parse_params(args.param))
     ds = _snapshot(args)
-    data = _loo(ds).train if args.protocol == "loo" else ds
-    t0 = time.perf_counter()
-    model.fit(data)
-    fit_s = time.perf_counter() - t0
+    split = _loo(ds) if args.protocol == "loo" else None
+    data = split.train if split is not None else ds
+    if split is not None:
+        from lmrec.evaluation.protocols import fit_on
+
+        # Models that stop early (the sequence models) watch the split's validation part.
+        fit_s = fit_on(model, split)
+    else:
+        t0 = time.perf_counter()
+        model.fit(data)
+        fit_s = time.perf_counter() - t0
     model.save(args.out)
     out: dict[str, Any] = {
         "model": args.model,
@@ -83,8 +90,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "interactions": data.n_interactions,
         "out": str(args.out),
     }
-    if args.protocol == "loo":
-        split = _loo(ds)
+    if split is not None:
         out["valid"] = leave_one_out_metrics(model, split, "valid")
         out["test"] = leave_one_out_metrics(model, split, "test")
     if args.json:
