@@ -286,3 +286,41 @@ def test_dpp_speed_500_to_10():
         dpp(items, scores, 10, sim, 0.3)
         times.append(time.perf_counter() - t)
     assert np.median(times) < 0.05
+
+
+def test_jaccard_similarity_of_genre_sets():
+    cats = [*CATS, ["b", "c", "d"], []]
+    sim = ItemSimilarity.from_categories(cats, "jaccard")
+    s = sim.matrix(np.arange(len(cats)))
+    assert s[0, 1] == pytest.approx(1.0)
+    assert s[0, 6] == pytest.approx(1 / 2)  # {a} vs {a, b}
+    assert s[6, 8] == pytest.approx(1 / 4)  # {a, b} vs {b, c, d}
+    assert s[5, 8] == pytest.approx(1 / 3)
+    assert s[7, 9] == pytest.approx(1.0)  # two items without categories: alike, as in the metric
+    assert s[7, 0] == 0.0
+    assert np.allclose(np.diag(s), 1.0)
+    assert np.linalg.eigvalsh(s).min() > -1e-9  # Tanimoto is a valid DPP kernel
+    # Max-sum with Jaccard distances builds exactly the list's Jaccard ILD.
+    rng = np.random.default_rng(1)
+    scores = rng.random(len(cats))
+    chosen = maxsum(np.arange(len(cats)), scores, 4, sim, 1.0, discount=False)
+    rest = [i for i in range(len(cats)) if i not in chosen[:3]]
+    dist = {i: sum(1 - s[i, j] for j in chosen[:3]) for i in rest}
+    assert dist[chosen[3]] == pytest.approx(max(dist.values()))
+    with pytest.raises(LmrecError, match="unknown category similarity"):
+        ItemSimilarity.from_categories(cats, "dice")  # type: ignore[arg-type]
+
+
+def test_rank_relevance_uses_only_the_model_order():
+    items = np.arange(8)
+    a = np.array([10.0, 9.99, 9.98, 1.0, 0.9, 0.8, 0.7, 0.6])
+    b = np.array([8.0, 7, 6, 5, 4, 3, 2, 1])  # same order, other spacing
+    for fn in (mmr, maxsum, dpp):
+        ra = fn(items, a, 4, _sim(), 0.4, relevance="rank")
+        rb = fn(items, b, 4, _sim(), 0.4, relevance="rank")
+        assert ra.tolist() == rb.tolist(), fn.__name__
+    # With scores, the big gap after the top three keeps them; rank relevance lets "b" in.
+    assert maxsum(items, a, 3, _sim(), 0.1).tolist() == [0, 1, 2]
+    assert maxsum(items, a, 3, _sim(), 0.1, relevance="rank").tolist() == [0, 1, 3]
+    with pytest.raises(LmrecError, match="unknown relevance"):
+        make_reranker("mmr", 0.3, _sim(), relevance="zz")  # type: ignore[arg-type]

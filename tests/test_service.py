@@ -245,6 +245,33 @@ def test_category_filter_and_validation(server: Server) -> None:
         assert c.post("/feedback/batch", json={"events": []}).status_code == 422
 
 
+def test_fast_path_answers_like_fastapi(server: Server) -> None:
+    """Plain user recommendations and single feedback events are answered in front of FastAPI
+    (lmrec.service.app `fast`); anything else goes through FastAPI. Both give the same."""
+    with server.client(READ) as c:
+        fast = c.get("/users/u3/recommendations", params={"n": 4, "exclude_seen": "true"})
+        # "yes" and an unknown parameter are left to FastAPI (which accepts both).
+        slow = c.get("/users/u3/recommendations", params={"n": 4, "exclude_seen": "yes", "x": 1})
+        assert fast.status_code == slow.status_code == 200
+        assert fast.json() == slow.json() and len(fast.json()["items"]) == 4
+        a = c.get("/users/u3/recommendations", params={"model": "nope"})
+        b = c.get("/users/u3/recommendations", params={"model": "nope", "x": 1})
+        assert a.status_code == b.status_code == 404 and a.json() == b.json()
+    with server.client(WRITE) as c:
+        r = c.post("/feedback", json={"user": "fp-1", "item": "i1", "ts": 1.7e9})
+        body = json.dumps({"user": "fp-1", "item": "i2", "ts": 1.7e9}).encode()
+        # A chunked body (no content-length) goes the FastAPI way.
+        r2 = c.post("/feedback", content=iter([body[:5], body[5:]]),
+                    headers={"content-type": "application/json"})
+        assert r.status_code == r2.status_code == 200
+        assert r.json() == r2.json() == {"accepted": 1, "added": 1}
+        # A body that fails validation is replayed to FastAPI for its 422 message.
+        r = c.post("/feedback", json={"user": "fp-1", "item": "i1", "ts": "soon"})
+        assert r.status_code == 422 and "ts" in r.json()["detail"]
+    with server.client(ADMIN) as c:
+        assert set(_history(server, "fp-1")) == {"i1", "i2"}
+
+
 def test_explanations(server: Server) -> None:
     with server.client(READ) as c:
         r = c.get("/users/u2/recommendations", params={"n": 3, "explain": True}).json()

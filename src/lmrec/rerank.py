@@ -25,13 +25,18 @@ the first slots stay close to the model's order and the later ones diversify; wi
 `discount=False`, w_t = 1 and the methods are the published ones. The chosen set is then shown
 by relevance (`order="relevance"`, default) or in the order chosen (`order="greedy"`).
 
-`rel` is the model's score min-max scaled to [0, 1] over the pool, so one diversity weight
-means the same for models whose scores live on different scales.
+`rel` is the model's score min-max scaled to [0, 1] over the pool (`relevance="scores"`,
+default), so one diversity weight means the same for models whose scores live on different
+scales; or, with `relevance="rank"`, rel = (r + 1)^(-1/2) for the item at model rank r (0-based)
+in the pool, min-max scaled: only the model's order counts, and the head of the list weighs
+more than under linear score scaling when the scores fall slowly.
 
-Item similarity (`ItemSimilarity`) is the dot product of unit feature vectors, sim(i, i) = 1:
-from categories (the cosine of the genre indicator vectors, |A & B| / sqrt(|A| |B|), a
-positive semi-definite kernel as DPP needs) or from text vectors (cosine). Items without
-categories are similar to nothing but themselves.
+Item similarity (`ItemSimilarity`) has sim(i, i) = 1: from categories (the cosine of the genre
+indicator vectors, |A & B| / sqrt(|A| |B|), a positive semi-definite kernel as DPP needs; or
+their Jaccard index |A & B| / |A | B|, also positive semi-definite, the similarity that
+`lmrec.evaluation`'s diversity@k measures with) or from text vectors (cosine). Under cosine,
+items without categories are similar to nothing but themselves; under Jaccard, two such items
+are alike (1), as in the metric.
 
 `CategoryConstraints` caps how many chosen items may share a category and asks for a minimum
 of some categories; they restrict each greedy step to admissible items and are relaxed (first
@@ -79,6 +84,7 @@ if TYPE_CHECKING:
     from lmrec.models.base import History, Query, Recommendations, Recommender
 
 Method = Literal["mmr", "maxsum", "dpp", "none"]
+Relevance = Literal["scores", "rank"]
 
 #: Sparse item features (categories) are kept dense up to this many cells (float32).
 DENSE_CELLS = 50_000_000
@@ -111,13 +117,18 @@ def _category_matrix(
 
 
 class ItemSimilarity:
-    """sim(i, j) = F_i . F_j over unit feature rows F (n_items, d); sim(i, i) = 1 always.
+    """sim(i, j) = F_i . F_j over unit feature rows F (n_items, d), or the Jaccard index of
+    category sets (`measure="jaccard"`); sim(i, i) = 1 always.
 
-    Build it `from_categories` (cosine of category indicator vectors), `from_vectors` (cosine
+    Build it `from_categories` (cosine or Jaccard of category sets), `from_vectors` (cosine
     of any vectors, e.g. a model's text or factor vectors) or `from_text` (encoded item texts).
     """
 
     def __init__(self, features: np.ndarray | sp.spmatrix, name: str = "features"):
+        #: "cosine" (F_i . F_j of unit rows) or "jaccard" (set overlap; see `from_categories`).
+        self.measure: Literal["cosine", "jaccard"] = "cosine"
+        self._sets: np.ndarray | None = None
+        self._sizes: np.ndarray | None = None
         if sp.issparse(features):
             f = sp.csr_matrix(features, dtype=np.float32)
             norms = np.sqrt(np.asarray(f.multiply(f).sum(axis=1)).ravel())
@@ -140,10 +151,33 @@ class ItemSimilarity:
         return int(self.features.shape[0])
 
     @classmethod
-    def from_categories(cls, categories: Sequence[Sequence[str]]) -> ItemSimilarity:
-        """Cosine of the items' category sets: |A & B| / sqrt(|A| |B|)."""
+    def from_categories(
+        cls,
+        categories: Sequence[Sequence[str]],
+        measure: Literal["cosine", "jaccard"] = "cosine",
+    ) -> ItemSimilarity:
+        """Similarity of the items' category sets A, B.
+
+        cosine: |A & B| / sqrt(|A| |B|). jaccard: |A & B| / |A | B| (the Tanimoto kernel,
+        positive semi-definite on sets, so DPP can use it too: Gower, 1971; Bouchard et al.,
+        "Proof of the positive definiteness of the Jaccard index matrix", 2013), the similarity
+        behind `lmrec.evaluation`'s diversity@k, so max-sum then optimises the measured
+        quantity. Two items without categories are similar (1) under jaccard, as there.
+        """
+        if measure not in ("cosine", "jaccard"):
+            raise LmrecError(f"unknown category similarity {measure!r}; use cosine or jaccard")
         m, _ = _category_matrix(categories)
-        return cls(m, name="categories")
+        sim = cls(m, name="categories" if measure == "cosine" else "categories-jaccard")
+        if measure == "jaccard":
+            sim.measure = "jaccard"
+            sets = sim.features
+            sim._sets = (
+                (sets > 0).astype(np.float32)
+                if not sp.issparse(sets)
+                else sp.csr_matrix(sets > 0, dtype=np.float32)
+            )
+            sim._sizes = np.asarray(m.sum(axis=1), np.float64).ravel()
+        return sim
 
     @classmethod
     def from_vectors(cls, vectors: np.ndarray, name: str = "vectors") -> ItemSimilarity:
@@ -170,10 +204,36 @@ class ItemSimilarity:
 
     def matrix(self, items: np.ndarray) -> np.ndarray:
         """(N, N) similarities among these items (diagonal 1)."""
-        f = self.vectors(items)
-        s = f @ f.T
+        row = self.rows(items)
+        s = np.stack([row(p) for p in range(len(items))]) if len(items) else np.zeros((0, 0))
         np.fill_diagonal(s, 1.0)
         return s
+
+    def rows(self, items: np.ndarray) -> Any:
+        """A function pos -> (N,) float64 similarities of pool item `pos` to all of `items`
+        (entry `pos` is 1): what the greedy re-rankers use."""
+        items = np.asarray(items, np.int64)
+        if self.measure == "jaccard":
+            g = self._sets[items]  # type: ignore[index]
+            g = (g.toarray() if sp.issparse(g) else np.asarray(g)).astype(np.float64)
+            sz = self._sizes[items]  # type: ignore[index]
+
+            def jaccard_row(pos: int) -> np.ndarray:
+                inter = g @ g[pos]
+                den = sz + sz[pos] - inter
+                r = np.where(den > 0, inter / np.where(den > 0, den, 1.0), 1.0)
+                r[pos] = 1.0
+                return r
+
+            return jaccard_row
+        f = self.vectors(items).astype(np.float64)
+
+        def cosine_row(pos: int) -> np.ndarray:
+            r = f @ f[pos]
+            r[pos] = 1.0
+            return r
+
+        return cosine_row
 
 
 def _check_similarity(similarity: ItemSimilarity | None, items: np.ndarray) -> ItemSimilarity:
@@ -184,12 +244,21 @@ def _check_similarity(similarity: ItemSimilarity | None, items: np.ndarray) -> I
     return similarity
 
 
-def _relevance(scores: np.ndarray) -> np.ndarray:
-    """Scores min-max scaled to [0, 1] over the pool (all 1 when they are all equal)."""
+def _relevance(scores: np.ndarray, relevance: Relevance = "scores") -> np.ndarray:
+    """Scores min-max scaled to [0, 1] over the pool (all 1 when they are all equal); with
+    relevance="rank", (r + 1)^(-1/2) of each item's rank r by score (ties by position), scaled
+    the same way."""
     s = np.asarray(scores, np.float64)
-    lo, hi = float(s.min()), float(s.max())
+    lo, hi = (float(s.min()), float(s.max())) if len(s) else (0.0, 0.0)
     if not np.isfinite(lo) or not np.isfinite(hi):
         raise LmrecError("relevance scores must be finite (filter -inf items out first)")
+    if relevance == "rank":
+        r = np.empty(len(s))
+        r[np.lexsort((np.arange(len(s)), -s))] = np.arange(len(s))
+        s = (r + 1.0) ** -0.5
+        lo, hi = (float(s.min()), float(s.max())) if len(s) else (0.0, 0.0)
+    elif relevance != "scores":
+        raise LmrecError(f"unknown relevance {relevance!r}; use scores or rank")
     if hi - lo <= 0:
         return np.ones_like(s)
     return (s - lo) / (hi - lo)
@@ -334,14 +403,19 @@ def _slot_weights(k: int, discount: bool) -> np.ndarray:
 
 
 def _start(
-    items: np.ndarray, scores: np.ndarray, k: int, similarity: ItemSimilarity, diversity: float
-) -> tuple[np.ndarray, np.ndarray, int, np.ndarray, np.ndarray]:
+    items: np.ndarray,
+    scores: np.ndarray,
+    k: int,
+    similarity: ItemSimilarity,
+    diversity: float,
+    relevance: Relevance = "scores",
+) -> tuple[np.ndarray, np.ndarray, int, Any, np.ndarray]:
     items, scores, k = _check(items, scores, k)
     if not 0 <= diversity <= 1:
         raise LmrecError(f"diversity must be in [0, 1], got {diversity}")
-    f = _check_similarity(similarity, items).vectors(items).astype(np.float64)
+    f = _check_similarity(similarity, items).rows(items)
     # Ties: higher relevance, then earlier position (the model's own order).
-    rel = _relevance(scores) + 1e-12 * (len(items) - np.arange(len(items)))
+    rel = _relevance(scores, relevance) + 1e-12 * (len(items) - np.arange(len(items)))
     return items, scores, k, f, rel
 
 
@@ -354,14 +428,16 @@ def mmr(
     constraints: CategoryConstraints | None = None,
     *,
     discount: bool = True,
+    relevance: Relevance = "scores",
 ) -> np.ndarray:
     """Maximal marginal relevance: positions (into `items`) of k items, in the chosen order.
 
     Step t picks argmax_i (1 - d) w_t rel(i) - d max_{j in S} sim(i, j) over the admissible
     items; rel = min-max scaled scores, w_t = 1 / log2(t + 2) with `discount` (a likely item is
     worth more in an early slot, as in DCG), else 1 (Carbonell & Goldstein's MMR).
+    `relevance`: "scores" or "rank" (see the module docstring).
     """
-    items, scores, k, f, rel = _start(items, scores, k, similarity, diversity)
+    items, scores, k, f, rel = _start(items, scores, k, similarity, diversity, relevance)
     w = _slot_weights(k, discount)
     adm = _admission(constraints, items, k)
     free = np.ones(len(items), bool)
@@ -374,8 +450,7 @@ def mmr(
         out[t] = pos
         free[pos] = False
         adm.add(pos)
-        row = f @ f[pos]
-        row[pos] = 1.0
+        row = f(pos)
         max_sim = row if t == 0 else np.maximum(max_sim, row)
     return out
 
@@ -389,6 +464,7 @@ def maxsum(
     constraints: CategoryConstraints | None = None,
     *,
     discount: bool = True,
+    relevance: Relevance = "scores",
 ) -> np.ndarray:
     """Max-sum diversification, greedy (Gollapudi & Sharma, WWW 2009): positions of k items.
 
@@ -396,7 +472,7 @@ def maxsum(
     relevance of the slot plus the item's share of the list's intra-list diversity (the mean
     pairwise distance). w_t as in `mmr`.
     """
-    items, scores, k, f, rel = _start(items, scores, k, similarity, diversity)
+    items, scores, k, f, rel = _start(items, scores, k, similarity, diversity, relevance)
     w = _slot_weights(k, discount)
     adm = _admission(constraints, items, k)
     free = np.ones(len(items), bool)
@@ -409,8 +485,7 @@ def maxsum(
         out[t] = pos
         free[pos] = False
         adm.add(pos)
-        row = f @ f[pos]
-        row[pos] = 1.0
+        row = f(pos)
         dist += 1.0 - row
     return out
 
@@ -424,6 +499,7 @@ def dpp(
     constraints: CategoryConstraints | None = None,
     *,
     discount: bool = True,
+    relevance: Relevance = "scores",
 ) -> np.ndarray:
     """Greedy DPP MAP with incremental Cholesky (Chen et al., NeurIPS 2018, Algorithm 1).
 
@@ -439,7 +515,7 @@ def dpp(
     """
     if diversity == 0:
         return top_k_constrained(items, scores, k, constraints)
-    items, scores, k, f, rel = _start(items, scores, k, similarity, diversity)
+    items, scores, k, f, rel = _start(items, scores, k, similarity, diversity, relevance)
     w = _slot_weights(k, discount)
     n = len(items)
     c = np.zeros((k, n))
@@ -463,8 +539,7 @@ def dpp(
         if t == k - 1 or s[pos] <= DPP_EPS:
             s[pos] = 0.0
             continue
-        srow = f @ f[pos]
-        srow[pos] = 1.0
+        srow = f(pos)
         e = (srow - c[:t, pos] @ c[:t]) / np.sqrt(s[pos])
         c[t] = e
         s = s - e * e
@@ -530,8 +605,12 @@ class _Diverse(Reranker):
         *,
         discount: bool = True,
         order: Literal["relevance", "greedy"] = "relevance",
+        relevance: Relevance = "scores",
     ):
         super().__init__(constraints, order)
+        if relevance not in ("scores", "rank"):
+            raise LmrecError(f"unknown relevance {relevance!r}; use scores or rank")
+        self.relevance: Relevance = relevance
         if not 0 <= diversity <= 1:
             raise LmrecError(f"diversity must be in [0, 1], got {diversity}")
         self.similarity = similarity
@@ -548,12 +627,14 @@ class _Diverse(Reranker):
             self.diversity,
             self.constraints,
             discount=self.discount,
+            relevance=self.relevance,
         )
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(diversity={self.diversity}, "
-            f"similarity={self.similarity.name}, discount={self.discount})"
+            f"similarity={self.similarity.name}, discount={self.discount}, "
+            f"relevance={self.relevance})"
         )
 
 
@@ -589,6 +670,7 @@ def make_reranker(
     *,
     discount: bool = True,
     order: Literal["relevance", "greedy"] = "relevance",
+    relevance: Relevance = "scores",
 ) -> Reranker:
     """A re-ranker by name: 'mmr', 'maxsum', 'dpp' or 'none' (relevance, constraints only)."""
     if method != "none" and method not in METHODS:
@@ -599,7 +681,9 @@ def make_reranker(
         return Reranker(constraints, order)
     if similarity is None:
         raise LmrecError(f"{method} re-ranking needs an item similarity (categories or text)")
-    return METHODS[method](similarity, diversity, constraints, discount=discount, order=order)
+    return METHODS[method](
+        similarity, diversity, constraints, discount=discount, order=order, relevance=relevance
+    )
 
 
 # -- filters -----------------------------------------------------------------------------------
@@ -815,11 +899,12 @@ class Reranked:
 
 
 def item_similarity(
-    model: Recommender, source: Literal["categories", "text"] = "categories"
+    model: Recommender, source: Literal["categories", "jaccard", "text"] = "categories"
 ) -> ItemSimilarity:
-    """The similarity of a fitted model's items, from their categories or text vectors (the
-    model's own text vectors when it has them, else the default encoder over item texts)."""
-    if source == "categories":
+    """The similarity of a fitted model's items, from their categories (cosine, or "jaccard":
+    the Jaccard index of the category sets) or text vectors (the model's own text vectors when
+    it has them, else the default encoder over item texts)."""
+    if source in ("categories", "jaccard"):
         if model.history is None:
             raise LmrecError("the model carries no item data: categories are unknown")
         cats = model.history.item_features.categories
@@ -827,7 +912,7 @@ def item_similarity(
             raise LmrecError(
                 "no item has categories: use similarity 'text', or import items with categories"
             )
-        return ItemSimilarity.from_categories(cats)
+        return ItemSimilarity.from_categories(cats, "jaccard" if source == "jaccard" else "cosine")
     if source == "text":
         vectors = getattr(model, "item_vectors", None)
         if vectors is not None:
@@ -835,7 +920,7 @@ def item_similarity(
         if model.history is None:
             raise LmrecError("the model carries no item data: texts are unknown")
         return ItemSimilarity.from_text(model.history)
-    raise LmrecError(f"unknown similarity source {source!r}; use categories or text")
+    raise LmrecError(f"unknown similarity source {source!r}; use categories, jaccard or text")
 
 
 def diversify(
@@ -843,13 +928,14 @@ def diversify(
     method: Method = "mmr",
     diversity: float = 0.3,
     *,
-    similarity: ItemSimilarity | Literal["categories", "text"] = "categories",
+    similarity: ItemSimilarity | Literal["categories", "jaccard", "text"] = "categories",
     pool: int = 100,
     max_per_category: int | None = None,
     min_per_category: Mapping[str, int] | None = None,
     filters: Filters | None = None,
     discount: bool = True,
     order: Literal["relevance", "greedy"] = "relevance",
+    relevance: Relevance = "scores",
 ) -> Reranked:
     """`model` wrapped with a re-ranker built from names: the one-call entry point."""
     needs_sim = method in METHODS and diversity > 0
@@ -869,7 +955,15 @@ def diversify(
         )
     return Reranked(
         model,
-        make_reranker(method, diversity, sim, constraints, discount=discount, order=order),
+        make_reranker(
+            method,
+            diversity,
+            sim,
+            constraints,
+            discount=discount,
+            order=order,
+            relevance=relevance,
+        ),
         pool=pool,
         filters=filters,
     )

@@ -280,9 +280,9 @@ def register(
     )
     s.add_argument(
         "--similarity",
-        choices=["categories", "text"],
+        choices=["categories", "jaccard", "text"],
         default="categories",
-        help="item similarity for diversity (default: item categories)",
+        help="item similarity: categories (cosine), jaccard, text (default categories)",
     )
     s.add_argument(
         "--pool", type=int, default=50, help="candidates the re-ranker chooses from (default 50)"

@@ -58,8 +58,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(settings)
     # Keep idle connections longer than uvicorn's 5 s: closing one while a client reuses it
     # makes that request fail (seen under load as "server disconnected").
+    # No access log unless asked for (one log call per request); uvicorn picks uvloop and
+    # httptools, both lmrec dependencies, when they are installed.
     uvicorn.run(
-        app, host=args.host, port=args.port, log_level=args.log_level, timeout_keep_alive=75
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        timeout_keep_alive=75,
+        access_log=args.access_log,
     )
     return 0
 
@@ -103,4 +110,5 @@ def register(
     s.add_argument("--search-encoder", help="text encoder of /search (default: the model's)")
     s.add_argument("--threads", type=int, default=0, help="cap on BLAS/FAISS threads")
     s.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
+    s.add_argument("--access-log", action="store_true", help="log every request (slower)")
     cmds["serve"] = cmd_serve

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = ["ModelRegistry", "Version"]
 
+import gc
 import threading
 import time
 import traceback
@@ -115,6 +116,8 @@ class ModelRegistry:
         with self._lock:
             self.slots[v.name] = slot
             v.state = "loaded"
+        # Keep the loaded model out of full garbage collections (see app.freeze_heap).
+        gc.freeze()
         return slot
 
     def activate(self, name: str) -> Future:
