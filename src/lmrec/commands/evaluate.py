@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from lmrec.commands.models import add_rerank_options
 from lmrec.errors import LmrecError
 
 
@@ -272,20 +273,6 @@ def register(
         help="also evaluate each model re-ranked for diversity at these settings in [0, 1] "
         "(accuracy and diversity side by side; with --plots, a trade-off plot)",
     )
-    s.add_argument(
-        "--method",
-        choices=["mmr", "maxsum", "dpp"],
-        default="maxsum",
-        help="diversity re-ranker (default maxsum, as lmrec recommend)",
-    )
-    s.add_argument(
-        "--similarity",
-        choices=["categories", "jaccard", "text"],
-        default="categories",
-        help="item similarity: categories (cosine), jaccard, text (default categories)",
-    )
-    s.add_argument(
-        "--pool", type=int, default=50, help="candidates the re-ranker chooses from (default 50)"
-    )
+    add_rerank_options(s)
     s.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     cmds["evaluate"] = cmd_evaluate

@@ -258,6 +258,23 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_rerank_options(s: argparse.ArgumentParser) -> None:
+    """--method, --similarity and --pool of the diversity re-ranking (recommend, evaluate)."""
+    s.add_argument(
+        "--method",
+        choices=["mmr", "maxsum", "dpp"],
+        default="maxsum",
+        help="diversity re-ranking method (default maxsum)",
+    )
+    s.add_argument(
+        "--similarity",
+        choices=["categories", "jaccard", "text"],
+        default="categories",
+        help="item similarity: categories (cosine), jaccard, text (default categories)",
+    )
+    s.add_argument("--pool", type=int, default=50, help="candidates re-ranked (default 50)")
+
+
 def register(
     sub: argparse._SubParsersAction, cmds: dict[str, Callable[[argparse.Namespace], int]]
 ) -> None:
@@ -290,19 +307,7 @@ def register(
         metavar="D",
         help="diversity weight in [0, 1] of the re-ranking (default 0: the model's order)",
     )
-    s.add_argument(
-        "--method",
-        choices=["mmr", "maxsum", "dpp"],
-        default="maxsum",
-        help="diversity re-ranking method (default maxsum)",
-    )
-    s.add_argument(
-        "--similarity",
-        choices=["categories", "jaccard", "text"],
-        default="categories",
-        help="item similarity: categories (cosine), jaccard, text (default categories)",
-    )
-    s.add_argument("--pool", type=int, default=50, help="candidates re-ranked (default 50)")
+    add_rerank_options(s)
     s.add_argument(
         "--max-per-category", type=int, help="at most this many items sharing a category"
     )
