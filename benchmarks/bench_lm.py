@@ -5,10 +5,12 @@
 1. Leave-one-out, full ranking: tfidf vs lmcontent (frozen all-MiniLM-L6-v2) vs lmcontent with
    a fine-tuned encoder (projection head trained on split.train only). Hyperparameters of
    tfidf and lmcontent are chosen on the validation split (NDCG@10); test is reported.
-2. Item cold start (`cold_start_items`, 20% of items; ranking among the cold items only):
-   random, tfidf, lmcontent, lmmf, and lmcontent/lmmf with exact-match category and attribute
-   tokens beside the text (`side_features`); NDCG@10 and Recall@10 with bootstrap 95% intervals.
-   All settings are chosen on an inner cold-item split of the training data.
+2. Item cold start (`cold_start_items(ds, 0.2, seed=s)` for each of --seeds; ranking among the
+   cold items only): random, tfidf, lmcontent, lmmf with side features, and coldstart_item
+   (text -> collaborative map) with its ablations (tokens only, TF-IDF text, predicted
+   popularity alone); NDCG@10 and Recall@10 with bootstrap 95% intervals per seed, and the mean.
+   All settings are chosen on inner cold-item splits of each seed's training data (mean over
+   --inner-seeds).
 3. User cold start (`cold_start_users`, 20% of users, attributes only): popularity vs
    coldstart_user, whose settings are chosen on an inner cold-user split of the training users;
    paired Wilcoxon and t-tests on per-user NDCG@10.
@@ -79,12 +81,14 @@ def _tune(name: str, grid: dict[str, list[Any]], split: Any, fixed: dict | None 
     return best
 
 
-def _paired(a: Any, b: Any, la: str, lb: str) -> dict[str, Any]:
+def _paired(a: Any, b: Any, la: str, lb: str, metric: str = "ndcg@10") -> dict[str, Any]:
     from lmrec.evaluation import paired_test
 
-    out = {"a": la, "b": lb}
+    out: dict[str, Any] = {"a": la, "b": lb}
+    if metric != "ndcg@10":
+        out["metric"] = metric
     for test in ("wilcoxon", "ttest"):
-        r = paired_test(a, b, metric="ndcg@10", test=test)
+        r = paired_test(a, b, metric=metric, test=test)
         out[f"p_{test}"] = float(f"{r['p_value']:.3g}")
         out["diff"] = round(r["diff"], 4)
         out["ratio"] = round(r["mean_b"] / r["mean_a"], 3) if r["mean_a"] else None
@@ -130,73 +134,112 @@ def loo(ds: Any, workdir: Path) -> dict[str, Any]:
     return out
 
 
-def _tune_inner(name: str, grid: list[dict], inner: Any, **kw: Any) -> dict:
-    """The settings with the best NDCG@10 on the test part of an inner split of train."""
+def _tune_inner(name: str, grid: list[dict], inners: list[tuple[Any, Any]]) -> dict:
+    """The settings with the best mean NDCG@10 over inner splits of train, each ranked among
+    its own cold items (`inners`: (inner split, candidate mask) pairs)."""
     best, best_v = {}, -1.0
     for p in grid:
-        v = _eval(_fit(name, p, inner.train)[0], inner, "test", **kw).summary()["ndcg@10"]
-        print(f"    tune {name} {json.dumps(p)}: inner ndcg@10 {v:.4f}", flush=True)
+        vals = [
+            _eval(_fit(name, p, inner.train)[0], inner, "test", candidates=mask).summary()[
+                "ndcg@10"
+            ]
+            for inner, mask in inners
+        ]
+        v = sum(vals) / len(vals)
+        each = " ".join(f"{x:.4f}" for x in vals)
+        print(f"    tune {name} {json.dumps(p)}: inner ndcg@10 {each} mean {v:.4f}", flush=True)
         if v > best_v:
             best, best_v = p, v
-    return best
+    return {**best, "_inner_ndcg": round(best_v, 4)}
 
 
-def cold_items(ds: Any) -> dict[str, Any]:
+def _grid(**axes: list[Any]) -> list[dict]:
+    return [dict(zip(axes, v, strict=True)) for v in itertools.product(*axes.values())]
+
+
+#: Settings of lmmf + side features chosen on the inner split of seed 0 by an earlier run of
+#: this script (epochs 10 vs 20, offset or not, side weight 0.5 / 1, year in the text or not);
+#: fixed here because each lmmf fit takes minutes on this machine.
+LMMF_SIDE = {"epochs": 10, "use_offset": False, "side_features": 1.0}
+
+
+def cold_items_seed(ds: Any, seed: int, inner_seeds: list[int]) -> dict[str, Any]:
+    """One outer item split: tune on inner cold-item splits of its train, test on its cold
+    items. Inner splits rank among their own cold items only (the outer cold items, which
+    have no interactions at all there, are left out of the candidates)."""
     from lmrec.data.split import cold_start_items
 
-    split = cold_start_items(ds, 0.2, seed=0)
-    inner = cold_start_items(split.train, 0.2, seed=1)  # cold items drawn from the warm ones
-    print(f"2. item cold start: {split}; tuning on {inner}", flush=True)
-    tf_p = _tune_inner("tfidf", [{"half_life": h} for h in (5.0, 20.0, None)], inner,
-                       candidates="cold")  # fmt: skip
+    split = cold_start_items(ds, 0.2, seed=seed)
+    inners = []
+    for r in inner_seeds:
+        inner = cold_start_items(split.train, 0.2, seed=r)
+        mask = (inner.train.item_counts() == 0) & (split.train.item_counts() > 0)
+        inners.append((inner, mask))
+    print(f"2. item cold start, seed {seed}: {split}; tuning on inner seeds {inner_seeds}")
+    tf_p = _tune_inner("tfidf", _grid(half_life=[5.0, 20.0, None]), inners)
     lm_grid: list[dict] = [
-        {"scoring": "kernel", "temperature": 0.03, "half_life": 1.0},
         {"scoring": "kernel", "temperature": 0.1, "half_life": 20.0},
-        {"scoring": "cosine", "half_life": 20.0},
         {"scoring": "cosine", "half_life": None},
     ]
-    lm_p = _tune_inner("lmcontent", lm_grid, inner, candidates="cold")
-    # Hybrid items: the MiniLM vector + exact-match category/attribute tokens (`side_features`).
-    # Also with the year left out of the text (MiniLM blurs it) and matched as a token instead.
-    no_year = "{title}. {categories}."
-    hy_grid = [
-        {**lm_p, "side_features": w, **({"item_template": t} if t else {})}
-        for t in (None, no_year)
-        for w in (1.0, 3.0)
-    ]
-    hy_p = _tune_inner("lmcontent", hy_grid, inner, candidates="cold")
-    mf_grid: list[dict] = [{"epochs": 10}, {"epochs": 10, "use_offset": False}]
-    mf_p = _tune_inner("lmmf", mf_grid, inner, candidates="cold")
-    mfh_grid = [
-        {**mf_p, "side_features": w, **({"item_template": t} if t else {})}
-        for t in (None, no_year)
-        for w in (0.5, 1.0)
-    ]
-    mfh_p = _tune_inner("lmmf", mfh_grid, inner, candidates="cold")
+    lm_p = _tune_inner("lmcontent", lm_grid, inners)
+    ci_grid = _grid(side_features=[0.0, 0.5], popularity_weight=[0.0, 0.25, 0.5], reg=[1, 3, 10])
+    ci_p = _tune_inner("coldstart_item", ci_grid, inners)
+    # Ablations: the same map without the MiniLM vector (category/year tokens only), with a
+    # TF-IDF text vector (truncated SVD, 256 dims) instead of MiniLM, and the predicted
+    # popularity alone (non-personalised: popularity_weight 1000 swamps the user's part).
+    tok_grid = _grid(text_weight=[0.0], popularity_weight=[0.0, 0.25, 0.5], reg=[0.3, 1, 3])
+    tok_p = _tune_inner("coldstart_item", tok_grid, inners)
+    tfx_grid = _grid(
+        encoder=["tfidf:256"], side_features=[0.0, 0.5], popularity_weight=[0.25], reg=[1, 3, 10]
+    )
+    tfx_p = _tune_inner("coldstart_item", tfx_grid, inners)
+    pop_p = _tune_inner("coldstart_item", _grid(popularity_weight=[1000.0], reg=[1, 3, 10]), inners)
     rows, res = [], {}
     for label, name, p in (
         ("random", "random", {}),
         ("tfidf", "tfidf", tf_p),
         ("lmcontent", "lmcontent", lm_p),
-        ("lmmf", "lmmf", mf_p),
-        ("lmcontent+side", "lmcontent", hy_p),
-        ("lmmf+side", "lmmf", mfh_p),
+        ("lmmf+side", "lmmf", LMMF_SIDE),
+        ("coldstart_item", "coldstart_item", ci_p),
+        ("coldstart_item tokens only", "coldstart_item", tok_p),
+        ("coldstart_item tfidf text", "coldstart_item", tfx_p),
+        ("predicted popularity", "coldstart_item", pop_p),
     ):
+        p = {k: v for k, v in p.items() if not k.startswith("_")}
         model, fit_s = _fit(name, p, split.train)
         res[label] = _eval(model, split, "test", candidates="cold")
         rows.append(_row(label, res[label], fit_s, ci=True))
     paired = [
         _paired(res[a], res[b], a, b)
         for a, b in (
-            ("tfidf", "lmcontent"), ("tfidf", "lmmf"), ("random", "lmcontent"), ("random", "lmmf"),
-            ("tfidf", "lmcontent+side"), ("tfidf", "lmmf+side"),
-            ("lmcontent", "lmcontent+side"), ("lmmf", "lmmf+side"),
+            ("tfidf", "coldstart_item"), ("random", "coldstart_item"),
+            ("lmmf+side", "coldstart_item"), ("tfidf", "lmmf+side"), ("tfidf", "lmcontent"),
+            ("coldstart_item tokens only", "coldstart_item"),
+            ("coldstart_item tfidf text", "coldstart_item"),
+            ("predicted popularity", "coldstart_item"), ("tfidf", "predicted popularity"),
         )
+    ] + [
+        _paired(res[a], res["coldstart_item"], a, "coldstart_item", metric="recall@10")
+        for a in ("tfidf", "lmmf+side", "coldstart_item tokens only", "coldstart_item tfidf text")
     ]  # fmt: skip
     params = {
-        "tfidf": tf_p, "lmcontent": lm_p, "lmmf": mf_p, "lmcontent+side": hy_p, "lmmf+side": mfh_p
+        "tfidf": tf_p, "lmcontent": lm_p, "lmmf+side": LMMF_SIDE, "coldstart_item": ci_p,
+        "tokens only": tok_p, "tfidf text": tfx_p, "predicted popularity": pop_p,
     }  # fmt: skip
-    return {"params": params, "rows": rows, "paired": paired}
+    return {"seed": seed, "split": str(split), "params": params, "rows": rows, "paired": paired}
+
+
+def cold_items(ds: Any, seeds: list[int], inner_seeds: list[int]) -> dict[str, Any]:
+    """`cold_items_seed` for each outer seed, and the mean over seeds of each model's metrics."""
+    per_seed = [cold_items_seed(ds, s, inner_seeds) for s in seeds]
+    mean: list[dict[str, Any]] = []
+    for i, row in enumerate(per_seed[0]["rows"]):
+        m = {"model": row["model"]}
+        for key in ("ndcg@10", "recall@10"):
+            m[key] = round(sum(r["rows"][i][key] for r in per_seed) / len(per_seed), 4)
+        mean.append(m)
+        print("    mean", json.dumps(m), flush=True)
+    return {"seeds": seeds, "inner_seeds": inner_seeds, "per_seed": per_seed, "mean": mean}
 
 
 def cold_users(ds: Any) -> dict[str, Any]:
@@ -239,6 +282,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     ap.add_argument("--json", help="write the results here too")
     ap.add_argument("--only", choices=["loo", "cold_items", "cold_users"], help="one part only")
+    ap.add_argument(
+        "--seeds", default="0,1,2", help="item cold start: outer split seeds (default 0,1,2)"
+    )
+    ap.add_argument(
+        "--inner-seeds", default="1,2", help="item cold start: inner (tuning) seeds (default 1,2)"
+    )
     args = ap.parse_args()
 
     import torch
@@ -257,7 +306,9 @@ def main() -> None:
     if args.only in (None, "loo"):
         out["loo"] = loo(ds, workdir)
     if args.only in (None, "cold_items"):
-        out["cold_items"] = cold_items(ds)
+        seeds = [int(x) for x in args.seeds.split(",")]
+        inner_seeds = [int(x) for x in args.inner_seeds.split(",")]
+        out["cold_items"] = cold_items(ds, seeds, inner_seeds)
     if args.only in (None, "cold_users"):
         out["cold_users"] = cold_users(ds)
     out["seconds"] = round(time.perf_counter() - t0)

@@ -4,6 +4,7 @@ cost on a synthetic set the size of MovieLens-1M.
     .venv/bin/python benchmarks/bench_sequential.py ml100k [--threads 2] [--json out.json]
     .venv/bin/python benchmarks/bench_sequential.py cold   [--threads 2]
     .venv/bin/python benchmarks/bench_sequential.py ml1m   [--threads 2] [--epochs N]
+        [--loss ce|sampled] [--param NAME=VALUE ...]
 
 ml100k: EASE (the best classic model) and each sequence model with its tuned defaults, side by
 side in one run: fit on the LOO train part with early stopping on the valid part (the
@@ -12,7 +13,8 @@ as history; also SASRec fitted the way `lmrec train` does (validation carved fro
 training sequences). cold: item cold start (`cold_start_items`, 10% of the items held out),
 ranking only among the held-out items, SASRec with and without text, and LM content.
 ml1m: 6,040 users, 3,400 items, 1,000,000 interactions drawn from a clustered Markov process;
-wall time, time per epoch and peak resident memory of SASRec training (its own process).
+wall time, CPU time, time per epoch, the validation curve and peak resident memory of SASRec
+training (its own process).
 """
 
 from __future__ import annotations
@@ -161,7 +163,9 @@ def synthetic_ml1m(seed: int = 0, users: int = 6040, items: int = 3400, total: i
     return Dataset.from_frame(frame, name="synthetic-ml1m")
 
 
-def run_ml1m(threads: int, epochs: int | None, loss: str) -> dict[str, Any]:
+def run_ml1m(
+    threads: int, epochs: int | None, loss: str, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     from lmrec.data.split import leave_one_out
     from lmrec.evaluation import evaluate
     from lmrec.models import create_model
@@ -170,13 +174,14 @@ def run_ml1m(threads: int, epochs: int | None, loss: str) -> dict[str, Any]:
     ds = synthetic_ml1m()
     split = leave_one_out(ds)
     gen_s = time.perf_counter() - t0
-    params: dict[str, Any] = {"num_threads": threads, "loss": loss}
+    params: dict[str, Any] = {"num_threads": threads, "loss": loss, **(extra or {})}
     if epochs:
         params["epochs"] = epochs
+    print(json.dumps({"params": params}), flush=True)
     model = create_model("sasrec", **params)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     model.fit(split.train, valid=split.valid)
-    fit_s = time.perf_counter() - t0
+    fit_s, fit_cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
     r = model.train_result
     test = evaluate(model, split, on="test", k=10).summary()
     row = {
@@ -184,6 +189,7 @@ def run_ml1m(threads: int, epochs: int | None, loss: str) -> dict[str, Any]:
         "loss": loss,
         "generate_s": round(gen_s, 1),
         "fit_s": round(fit_s, 1),
+        "fit_cpu_s": round(fit_cpu_s, 1),
         "to_best_s": round(r.seconds_to_best, 1),
         "epochs": r.epochs_run,
         "best_epoch": r.best_epoch,
@@ -191,9 +197,27 @@ def run_ml1m(threads: int, epochs: int | None, loss: str) -> dict[str, Any]:
         "valid_ndcg": round(r.best_score, 4),
         "test_ndcg@10": round(test["ndcg@10"], 4),
         "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "params": params,
+        "history": [
+            {k: round(v, 4) if isinstance(v, float) else v for k, v in h.items()} for h in r.history
+        ],
     }
     print(json.dumps(row), flush=True)
     return row
+
+
+def _params(pairs: list[str]) -> dict[str, Any]:
+    """NAME=VALUE pairs, the value read as JSON (else as a string)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        name, eq, value = pair.partition("=")
+        if not eq or not name:
+            raise SystemExit(f"--param {pair!r}: expected NAME=VALUE, e.g. negatives=1024")
+        try:
+            out[name] = json.loads(value)
+        except json.JSONDecodeError:
+            out[name] = value
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,6 +227,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="*", help="ml100k: only these model names")
     ap.add_argument("--epochs", type=int, help="ml1m: most epochs (default: the model's)")
     ap.add_argument("--loss", default="ce", choices=["ce", "sampled"], help="ml1m: SASRec loss")
+    ap.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="ml1m: another SASRec parameter (JSON value), e.g. --param negatives=1024",
+    )
     ap.add_argument("--json", type=Path, help="also write the rows here")
     args = ap.parse_args(argv)
     import torch
@@ -213,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.part == "cold":
         out = run_cold(args.threads)
     else:
-        out = run_ml1m(args.threads, args.epochs, args.loss)
+        out = run_ml1m(args.threads, args.epochs, args.loss, _params(args.param))
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
     return 0

@@ -180,6 +180,47 @@ async def drive_open(url: str, paths: list[str], rate: float, max_conns: int = 2
     return lat, wall, n_conns
 
 
+_BARE_BODY = json.dumps(
+    {
+        "user": "1",
+        "model": "bare",
+        "items": [{"item": str(100 + i), "score": 0.5 - i / 100} for i in range(10)],
+        "fallback": None,
+    }
+).encode()
+
+
+async def bare_app(scope, receive, send) -> None:
+    """The HTTP stack alone: the same uvicorn (uvloop, httptools) answering every request with
+    a fixed body the size of a 10-item recommendation; the ceiling of this machine."""
+    if scope["type"] != "http":
+        return
+    head = [
+        (b"content-length", str(len(_BARE_BODY)).encode()),
+        (b"content-type", b"application/json"),
+    ]
+    await send({"type": "http.response.start", "status": 200, "headers": head})
+    await send({"type": "http.response.body", "body": _BARE_BODY})
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its threads so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_ready(url: str) -> None:
+    import httpx
+
+    for _ in range(600):
+        try:
+            httpx.get(url)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise SystemExit(f"{url} did not answer")
+
+
 def pct(lat: np.ndarray) -> dict[str, float]:
     return {f"p{q}_ms": round(float(np.percentile(lat, q)) * 1000, 2) for q in (50, 90, 99)}
 
@@ -204,6 +245,12 @@ def main() -> None:
         "--rates", default="100,300", help="open-loop request rates (req/s) of the first model"
     )
     p.add_argument("--open-seconds", type=float, default=10, help="length of each open-loop run")
+    p.add_argument(
+        "--baseline",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="first measure the bare HTTP stack (uvicorn answering a fixed body) the same way",
+    )
     args = p.parse_args()
 
     from lmrec.data import Dataset
@@ -222,8 +269,19 @@ def main() -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "lmrec.cli", "--db", url, "serve", "--no-auth", "--port",
-           str(port), "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lmrec.cli",
+        "--db",
+        url,
+        "serve",
+        "--no-auth",
+        "--port",
+        str(port),
+        "--threads",
+        str(args.threads),
+    ]
     for name in names:
         cmd += ["--model", f"{name}={tmp / name}"]
     server = subprocess.Popen(cmd, env=env)
@@ -251,14 +309,58 @@ def main() -> None:
         rng = np.random.default_rng(0)
         users = ds.users.ids
         out: dict = {"clients": args.clients, "models": {}}
+        if args.baseline:
+            # The ceiling: the same client and the same HTTP server without lmrec behind it.
+            bport = free_port()
+            bare = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "--app-dir",
+                    str(Path(__file__).parent),
+                    "bench_service:bare_app",
+                    "--port",
+                    str(bport),
+                    "--no-access-log",
+                    "--log-level",
+                    "warning",
+                    "--timeout-keep-alive",
+                    "75",
+                ],
+                env=env,
+            )
+            try:
+                burl = f"http://127.0.0.1:{bport}"
+                wait_ready(burl)
+                paths = [
+                    f"/users/{u}/recommendations?n=10" for u in rng.choice(users, args.requests)
+                ]
+                arun(drv(burl, paths[: args.warmup], args.clients))
+                c0 = cpu_seconds(bare.pid)
+                lat, wall = arun(drv(burl, paths, args.clients))
+                out["bare_http"] = {
+                    "requests": len(paths),
+                    **pct(lat),
+                    "requests_per_s": round(len(paths) / wall, 1),
+                    "server_cpu_ms_per_request": round(
+                        (cpu_seconds(bare.pid) - c0) / len(paths) * 1000, 3
+                    ),
+                }
+                print("bare http", json.dumps(out["bare_http"]), flush=True)
+            finally:
+                bare.terminate()
+                bare.wait(timeout=30)
         for name in names:
-            warm = [f"/users/{u}/recommendations?model={name}" for u in rng.choice(users, args.warmup)]
+            warm = [
+                f"/users/{u}/recommendations?model={name}" for u in rng.choice(users, args.warmup)
+            ]
             arun(drv(base, warm, args.clients))
             paths = [
                 f"/users/{u}/recommendations?n=10&model={name}"
                 for u in rng.choice(users, args.requests)
             ]
-            cpu = time.process_time()
+            cpu, c0 = time.process_time(), cpu_seconds(server.pid)
             lat, wall = arun(drv(base, paths, args.clients))
             cpu = time.process_time() - cpu
             out["models"][name] = {
@@ -266,6 +368,9 @@ def main() -> None:
                 **pct(lat),
                 "requests_per_s": round(len(paths) / wall, 1),
                 "client_cpu_ms_per_request": round(cpu / len(paths) * 1000, 3),
+                "server_cpu_ms_per_request": round(
+                    (cpu_seconds(server.pid) - c0) / len(paths) * 1000, 3
+                ),
             }
             print(name, json.dumps(out["models"][name]), flush=True)
 
@@ -295,25 +400,38 @@ def main() -> None:
         items = ds.items.ids
         t0 = 1.9e9
         singles = [
-            {"user": f"bench-{k % 1000}", "item": str(items[k % len(items)]), "event": "click",
-             "ts": t0 + k * 1e-3}
+            {
+                "user": f"bench-{k % 1000}",
+                "item": str(items[k % len(items)]),
+                "event": "click",
+                "ts": t0 + k * 1e-3,
+            }
             for k in range(args.feedback)
         ]
+        c0 = cpu_seconds(server.pid)
         lat, wall = arun(drv(base, ["/feedback"] * len(singles), args.clients, "POST", singles))
         out["feedback_single"] = {
             "events": len(singles),
             **pct(lat),
             "events_per_s": round(len(singles) / wall, 1),
+            "server_cpu_ms_per_event": round(
+                (cpu_seconds(server.pid) - c0) / len(singles) * 1e3, 3
+            ),
         }
         print("feedback single", json.dumps(out["feedback_single"]), flush=True)
         off = args.feedback
         batches = [
-            {"events": [
-                {"user": f"bench-{(off + b * args.batch + j) % 1000}",
-                 "item": str(items[(b * 7 + j) % len(items)]), "event": "view",
-                 "ts": t0 + (off + b * args.batch + j) * 1e-3}
-                for j in range(args.batch)
-            ]}
+            {
+                "events": [
+                    {
+                        "user": f"bench-{(off + b * args.batch + j) % 1000}",
+                        "item": str(items[(b * 7 + j) % len(items)]),
+                        "event": "view",
+                        "ts": t0 + (off + b * args.batch + j) * 1e-3,
+                    }
+                    for j in range(args.batch)
+                ]
+            }
             for b in range(args.batches)
         ]
         lat, wall = arun(
@@ -330,7 +448,11 @@ def main() -> None:
         with Store(url) as store:
             after = store.counts()["interactions"]
         sent = len(singles) + n_batch
-        out["count_check"] = {"sent": sent, "stored": after - before, "lost": sent - (after - before)}
+        out["count_check"] = {
+            "sent": sent,
+            "stored": after - before,
+            "lost": sent - (after - before),
+        }
         print("count check", json.dumps(out["count_check"]), flush=True)
         print(json.dumps(out, indent=2))
     finally:

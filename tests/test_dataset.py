@@ -387,3 +387,31 @@ def test_stats_ml100k(ml100k: Dataset) -> None:
     assert s["user_item_pairs"] == 100_000
     assert s["interactions_per_user"]["min"] == 20
     assert s["values"]["min"] == 1.0 and s["values"]["max"] == 5.0
+
+
+def test_save_is_all_or_nothing(tmp_path, monkeypatch) -> None:
+    from lmrec.data import dataset as dmod
+    from lmrec.errors import LmrecError
+
+    ds = Dataset(Vocabulary(["u1", "u2"]), Vocabulary(["i1", "i2"]), [0, 1], [0, 1])
+    target = ds.save(tmp_path / "snap")
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(dmod.np, "savez_compressed", broken)
+    with pytest.raises(OSError, match="disk full"):
+        ds.save(target)
+    monkeypatch.undo()
+    # The earlier snapshot is intact and no staging directory is left behind.
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["snap"]
+    assert Dataset.load(target).n_interactions == 2
+    # A folder that is not a snapshot is never replaced.
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(LmrecError, match="not an lmrec artifact"):
+        ds.save(other)
+    assert (other / "notes.txt").read_text() == "keep me"

@@ -139,3 +139,15 @@ def test_diversity_settings_side_by_side(db: str, tmp_path: Path, capsys) -> Non
     assert (tmp_path / "p" / "ndcg_vs_diversity.png").stat().st_size > 1000
     assert main([*args[:5], "--diversity", "0.5,2"]) == 1
     assert "--diversity values must lie in [0, 1]" in capsys.readouterr().err
+
+
+def test_diversity_relevance_option(db: str, tmp_path: Path) -> None:
+    out = {}
+    for rel in ("scores", "rank"):
+        path = tmp_path / f"{rel}.json"
+        args = ["--db", db, "evaluate", "--models", "itemknn", "--diversity", "0.4", "--method"]
+        args += ["maxsum", "--similarity", "jaccard", "--relevance", rel, "--pool", "30"]
+        assert main([*args, "--metrics", "ndcg,diversity", "--json", str(path), "-q"]) == 0
+        out[rel] = json.loads(path.read_text())["models"]["itemknn maxsum=0.4"]["test"]
+    # The option reaches the re-ranker: the two relevances choose different lists.
+    assert out["rank"]["diversity@10"] != pytest.approx(out["scores"]["diversity@10"], abs=1e-9)

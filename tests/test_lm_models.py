@@ -46,7 +46,10 @@ def _shop(seed: int = 0) -> Dataset:
     ic = [int(i[1]) for i in ds.items.ids]
     uc = [int(u[1]) for u in ds.users.ids]
     items = ItemFeatures(
-        title=[f"{TOPICS[c][0].title()} story number {i[3:]}" for c, i in zip(ic, ds.items.ids, strict=True)],
+        title=[
+            f"{TOPICS[c][0].title()} story number {i[3:]}"
+            for c, i in zip(ic, ds.items.ids, strict=True)
+        ],
         description=[TOPICS[c][1] for c in ic],
         categories=[[TOPICS[c][0]] for c in ic],
         attributes=[{} for _ in ic],

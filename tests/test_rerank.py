@@ -324,3 +324,146 @@ def test_rank_relevance_uses_only_the_model_order():
     assert maxsum(items, a, 3, _sim(), 0.1, relevance="rank").tolist() == [0, 1, 3]
     with pytest.raises(LmrecError, match="unknown relevance"):
         make_reranker("mmr", 0.3, _sim(), relevance="zz")  # type: ignore[arg-type]
+
+
+# -- calibrated relevance and max-sum local search ------------------------------------------------
+
+
+def test_prob_relevance_is_the_calibrated_softmax():
+    from lmrec.rerank import _relevance
+
+    s = np.array([3.0, 1.0, 2.0, 0.5])
+    r = np.array([0, 2, 1, 3])  # the model's ranks of these items
+    p = _relevance(s, "prob", temperature=0.5, rank_power=0.7)
+    z = s / 0.5 - 0.7 * np.log(r + 1.0)
+    np.testing.assert_allclose(p, np.exp(z) / np.exp(z).sum())
+    assert p.sum() == pytest.approx(1.0)
+    # A colder temperature is more confident in the top item; no min-max rescaling.
+    assert _relevance(s, "prob", temperature=0.1)[0] > _relevance(s, "prob", temperature=1.0)[0]
+    for bad in (0.0, -1.0, np.inf):
+        with pytest.raises(LmrecError, match="temperature"):
+            _relevance(s, "prob", temperature=bad)
+    with pytest.raises(LmrecError, match="scores, rank or prob"):
+        _relevance(s, "logit")  # type: ignore[arg-type]
+
+
+def _maxsum_value(pos, rel, dist, d, k):
+    w = 1.0 / np.log2(np.arange(k) + 2.0)
+    pairs = sum(dist[a, b] for a, b in itertools.combinations(pos, 2))
+    return (1 - d) * float(np.sort(rel[list(pos)])[::-1] @ w) + d / (k - 1) * pairs
+
+
+def test_local_search_never_lowers_the_value_and_ends_at_a_swap_optimum():
+    from lmrec.rerank import _relevance
+
+    rng = np.random.default_rng(1)
+    genres = ["a", "b", "c", "d", "e"]
+    improved = 0
+    for trial in range(25):
+        n, k = 12, 4
+        cats = [list(rng.choice(genres, rng.integers(1, 3), replace=False)) for _ in range(n)]
+        sim = ItemSimilarity.from_categories(cats, "jaccard")
+        dist = 1.0 - sim.matrix(np.arange(n))
+        scores = rng.normal(size=n)
+        d = float(rng.uniform(0.1, 0.6))
+        kw = {"relevance": "prob", "temperature": 0.7, "rank_power": 0.3}
+        greedy = maxsum(np.arange(n), scores, k, sim, d, **kw)
+        local = maxsum(np.arange(n), scores, k, sim, d, local_search=True, **kw)
+        rel = _relevance(scores, "prob", 0.7, 0.3)
+        v_greedy = _maxsum_value(greedy, rel, dist, d, k)
+        v_local = _maxsum_value(local, rel, dist, d, k)
+        assert len(set(local.tolist())) == k
+        assert v_local >= v_greedy - 1e-12, trial
+        improved += v_local > v_greedy + 1e-9
+        # No single swap of a chosen item for an unchosen one improves the list.
+        for a in range(k):
+            for b in set(range(n)) - set(local.tolist()):
+                swapped = local.copy()
+                swapped[a] = b
+                assert _maxsum_value(swapped, rel, dist, d, k) <= v_local + 1e-9, (trial, a, b)
+    assert improved > 0  # the greedy list is not always swap-optimal: the search does something
+
+
+def test_prob_relevance_diversifies_unsure_users_more():
+    items = np.arange(6)
+    sure = np.array([10.0, 9.5, 9.0, 0.0, 0.0, 0.0])  # three "a" items far ahead
+    unsure = np.array([1.0, 0.99, 0.98, 0.9, 0.85, 0.8])  # the same order, nearly flat
+    kw = {"relevance": "prob", "temperature": 1.0}
+    for fn in (maxsum, mmr):
+        assert sorted(fn(items, sure, 3, _sim(), 0.05, **kw).tolist()) == [0, 1, 2], fn.__name__
+        chosen = fn(items, unsure, 3, _sim(), 0.05, **kw)
+        assert {CATS[i][0] for i in chosen} == {"a", "b", "c"}, fn.__name__
+        # Min-max scaled scores cannot tell the two users apart at this weight.
+        for s in (sure, unsure):
+            assert sorted(fn(items, s, 3, _sim(), 0.05).tolist()) == [0, 1, 2], fn.__name__
+
+
+def _popularity_split(t0: float, n_users: int = 2500, n_items: int = 30):
+    """Train histories from a skewed popularity, and one held-out item per user drawn from
+    softmax(train count / t0) over the items the user has not seen."""
+    rng = np.random.default_rng(0)
+    pop = 1.0 / (np.arange(n_items) + 1.0)
+    users, items = [], []
+    for u in range(n_users):
+        picks = rng.choice(n_items, 3, replace=False, p=pop / pop.sum())
+        users += [u] * 3
+        items += picks.tolist()
+    counts = np.bincount(items, minlength=n_items).astype(float)
+    held = []
+    for u in range(n_users):
+        unseen = np.setdiff1d(np.arange(n_items), items[3 * u : 3 * u + 3])
+        z = counts[unseen] / t0
+        p = np.exp(z - z.max())
+        held.append(int(rng.choice(unseen, p=p / p.sum())))
+    uv = Vocabulary([f"u{u}" for u in range(n_users)])
+    iv = Vocabulary([f"i{i}" for i in range(n_items)])
+    train = Dataset(uv, iv, np.array(users), np.array(items))
+    heldout = Dataset(uv, iv, np.arange(n_users), np.array(held))
+    return train, heldout
+
+
+def test_calibrate_recovers_a_known_temperature():
+    from lmrec.rerank import calibrate
+
+    train, heldout = _popularity_split(t0=300.0)
+    model = create_model("popularity").fit(train)
+    cal = calibrate(model, train, heldout, pool=10, fit_rank=False)
+    assert cal.temperature == pytest.approx(300.0, rel=0.15)
+    assert cal.rank_power == 0.0
+    assert 0 < cal.targets_in_pool < cal.targets == 2500
+    assert cal.nll < cal.nll_uniform
+    both = calibrate(model, train, heldout, pool=10)
+    assert abs(both.rank_power) < 0.2  # the truth has no rank term
+    assert both.nll <= cal.nll + 1e-9  # one more free parameter never fits worse
+    rr = diversify(
+        model,
+        "maxsum",
+        0.1,
+        similarity=ItemSimilarity.from_vectors(np.eye(30)),
+        pool=10,
+        relevance="prob",
+        local_search=True,
+        **both.params(),
+    )
+    assert "relevance=prob" in repr(rr.reranker) and "local_search=True" in repr(rr.reranker)
+    idx, _, _ = rr.rank(History.from_dataset(train, [0, 1]), 5)
+    assert (idx >= 0).all()
+
+
+def test_calibrated_relevance_and_local_search_errors():
+    from lmrec.rerank import calibrate
+
+    train, heldout = _popularity_split(t0=60.0, n_users=50)
+    model = create_model("popularity").fit(train)
+    sim = ItemSimilarity.from_vectors(np.eye(30))
+    with pytest.raises(LmrecError, match="maxsum only"):
+        make_reranker("mmr", 0.3, sim, local_search=True)
+    with pytest.raises(LmrecError, match="constraints"):
+        make_reranker("maxsum", 0.3, _sim(), CategoryConstraints(CATS, 1), local_search=True)
+    with pytest.raises(LmrecError, match="temperature"):
+        make_reranker("maxsum", 0.3, sim, relevance="prob", temperature=0.0)
+    other = Dataset(Vocabulary(["x"]), Vocabulary(["i0"]), np.array([0]), np.array([0]))
+    with pytest.raises(LmrecError, match="same vocabularies"):
+        calibrate(model, train, other)
+    with pytest.raises(LmrecError, match="at least 2"):
+        calibrate(model, train, heldout, pool=1)

@@ -125,6 +125,29 @@ def test_item_embedding_fuses_text_and_drops_ids() -> None:
         ItemEmbedding(6, 4, mode="fuse")
 
 
+def test_full_softmax_loss_leaves_out_untrained_items() -> None:
+    """The full-softmax loss is the cross-entropy over the trainable items only, whether all
+    items are trainable (plain product) or some are not (-inf added inside the product), and
+    so is its gradient."""
+    torch.manual_seed(0)
+    net = NETWORKS["SASRecNet"](7, width=8, layers=1, heads=2, max_len=5)
+    w = net.item_weight()
+    hidden = torch.randn(4, 8, requires_grad=True)
+    targets = torch.tensor([0, 2, 5, 2])
+    logits = hidden @ net.item_emb.items(w).T
+    torch.testing.assert_close(
+        net.prediction_loss(hidden, targets, w), torch.nn.functional.cross_entropy(logits, targets)
+    )
+    keep = torch.tensor([True, True, True, False, True, True, False])
+    net.trainable.copy_(keep)
+    loss = net.prediction_loss(hidden, targets, w)
+    ref = torch.nn.functional.cross_entropy(logits[:, keep], torch.tensor([0, 2, 4, 2]))
+    torch.testing.assert_close(loss, ref)
+    (g,) = torch.autograd.grad(loss, [hidden])
+    (g_ref,) = torch.autograd.grad(ref, [hidden])
+    torch.testing.assert_close(g, g_ref)
+
+
 # -- learning ------------------------------------------------------------------------------------
 
 

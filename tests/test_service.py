@@ -67,7 +67,11 @@ def fill_store(url: str, n_users: int = 40, n_items: int = 40, seed: int = 0) ->
                 rows.append((umap[f"u{u}"], imap[f"i{i}"], "view", 1000.0 + 10 * t + u))
         uid, iid, ev, ts = zip(*rows, strict=True)
         store.insert_interactions(
-            conn, np.array(uid), np.array(iid), np.array(ev), np.full(len(uid), np.nan),
+            conn,
+            np.array(uid),
+            np.array(iid),
+            np.array(ev),
+            np.full(len(uid), np.nan),
             np.array(ts),
         )
 
@@ -119,8 +123,12 @@ def train(url: str, name: str, out: Path, **params) -> Path:
     return out
 
 
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("service")
     if request.param == "sqlite":
         url = f"sqlite:///{tmp / 'store.db'}"
@@ -172,7 +180,10 @@ def test_health_docs_and_metrics(server: Server) -> None:
     with server.client(READ) as c:
         recs(c, "u1")
         text = c.get("/metrics").text
-        assert 'lmrec_requests_total{method="GET",route="/users/{user_id}/recommendations",status="200"}' in text
+        assert (
+            'lmrec_requests_total{method="GET",route="/users/{user_id}/recommendations",status="200"}'
+            in text
+        )
         assert "lmrec_request_seconds_bucket" in text and "lmrec_feedback_committed_total" in text
 
 
@@ -224,7 +235,9 @@ def test_category_filter_and_validation(server: Server) -> None:
             assert r.status_code == 422 and r.json()["detail"].startswith("invalid request"), bad
         r = c.get("/users/u1/recommendations", params={"model": "nope"})
         assert r.status_code == 404 and "unknown model version 'nope'" in r.json()["detail"]
-        r = c.post("/recommendations", content=b"{not json", headers={"content-type": "application/json"})
+        r = c.post(
+            "/recommendations", content=b"{not json", headers={"content-type": "application/json"}
+        )
         assert r.status_code == 422
         r = c.post("/recommendations", json={"items": ["i1"], "events": ["view", "view"]})
         assert r.status_code == 422 and "events must be as long as items" in r.text
@@ -261,8 +274,11 @@ def test_fast_path_answers_like_fastapi(server: Server) -> None:
         r = c.post("/feedback", json={"user": "fp-1", "item": "i1", "ts": 1.7e9})
         body = json.dumps({"user": "fp-1", "item": "i2", "ts": 1.7e9}).encode()
         # A chunked body (no content-length) goes the FastAPI way.
-        r2 = c.post("/feedback", content=iter([body[:5], body[5:]]),
-                    headers={"content-type": "application/json"})
+        r2 = c.post(
+            "/feedback",
+            content=iter([body[:5], body[5:]]),
+            headers={"content-type": "application/json"},
+        )
         assert r.status_code == r2.status_code == 200
         assert r.json() == r2.json() == {"accepted": 1, "added": 1}
         # A body that fails validation is replayed to FastAPI for its 422 message.
@@ -342,7 +358,9 @@ def test_concurrent_feedback_loses_nothing(server: Server) -> None:
                     }
                     r = c.post("/feedback/batch", json=body)
                 else:
-                    r = c.post("/feedback", json={"user": f"c{k}", "item": f"i{j % 40}", "event": "view"})
+                    r = c.post(
+                        "/feedback", json={"user": f"c{k}", "item": f"i{j % 40}", "event": "view"}
+                    )
                 assert r.status_code == 200, r.text
                 added += r.json()["added"]
         return added
@@ -382,7 +400,9 @@ def test_new_item_is_recommended_and_searchable_at_once(server: Server) -> None:
         hits = c.get("/search", params={"q": "haunted ghost scream"}, timeout=300).json()["items"]
         assert "brand-new" in [h["item"] for h in hits[:5]]
         sim = c.get("/items/brand-new/similar", params={"n": 5}).json()
-        assert sim["source"] == "text" and all(int(h["item"][1:]) % 4 == 3 for h in sim["items"][:3])
+        assert sim["source"] == "text" and all(
+            int(h["item"][1:]) % 4 == 3 for h in sim["items"][:3]
+        )
         # Updating keeps one copy; deleting removes it from every answer.
         assert c.put("/items/brand-new", json={"title": "Haunted house 2"}).status_code == 200
         assert c.delete("/items/brand-new").status_code == 200
@@ -418,10 +438,13 @@ def test_new_user_profile_personalises_without_feedback(server: Server) -> None:
 def test_deleting_a_user_erases_them(server: Server) -> None:
     with server.client(WRITE) as c:
         unknown = c.get("/users/never-seen/recommendations").json()
-        assert c.post(
-            "/feedback/batch",
-            json={"events": [{"user": "u6", "item": f"i{i}"} for i in (1, 5, 9)]},
-        ).status_code == 200
+        assert (
+            c.post(
+                "/feedback/batch",
+                json={"events": [{"user": "u6", "item": f"i{i}"} for i in (1, 5, 9)]},
+            ).status_code
+            == 200
+        )
         assert recs(c, "u6") != [x["item"] for x in unknown["items"]]
         assert c.delete("/users/u6").status_code == 200
         with Store(server.service.settings.db) as store:
@@ -512,4 +535,6 @@ def test_refuses_to_start_without_keys(tmp_path: Path) -> None:
     with pytest.raises(LmrecError, match="no API keys configured"):
         create_app(Settings(db=f"sqlite:///{tmp_path / 's.db'}"))
     with pytest.raises(LmrecError, match="not a saved lmrec model"):
-        create_app(Settings(db=f"sqlite:///{tmp_path / 's.db'}", auth=False, models=[str(tmp_path)]))
+        create_app(
+            Settings(db=f"sqlite:///{tmp_path / 's.db'}", auth=False, models=[str(tmp_path)])
+        )

@@ -222,3 +222,32 @@ def test_failed_bulk_load_keeps_indexes(store: Store, monkeypatch: pytest.Monkey
         with store.engine.connect() as conn:
             names = {r[0] for r in conn.exec_driver_sql("SELECT name FROM sqlite_master")}
         assert "ix_interactions_item" in names
+
+
+def test_add_events_says_which_rows_were_new(store: Store) -> None:
+    with store.begin() as conn:
+        u, i = _ids(store, conn, 2, 2)
+        store.insert_interactions(
+            conn,
+            u[[0]],
+            i[[0]],
+            np.array(["view"], dtype=object),
+            np.array([np.nan]),
+            np.array([5.0]),
+        )
+        new = store.add_events(
+            conn,
+            [u[0], u[1], u[1], u[0], u[1]],
+            [i[0], i[1], i[1], i[1], i[0]],
+            ["view", "click", "click", "view", "rating"],
+            [np.nan, 1.0, 1.0, np.nan, 4.5],
+            [5.0, 7.0, 7.0, 8.0, 1.0],
+        )
+        # Row 0 is already stored, row 2 repeats row 1 of the same call.
+        assert new.tolist() == [False, True, False, True, True]
+        assert store.add_events(conn, [], [], [], [], []).tolist() == []
+    arr = store.read_interactions()
+    assert len(arr.ts) == 4
+    rated = store.read_interactions(events=["rating"])
+    assert rated.value.tolist() == [4.5]
+    assert np.isnan(store.read_interactions(events=["view"]).value).all()

@@ -179,7 +179,9 @@ def test_behaviour_text_is_bounded_ordered_with_events_and_ratings() -> None:
     nan = float("nan")
     titles, events = ["A", "B", "C", "D"], ["view", "view", "view", "rating"]
     values = [nan, nan, nan, 5.0]
-    assert behaviour_text(titles, events, values, order="time") == "watched A, B and C; rated D 5 of 5"
+    assert (
+        behaviour_text(titles, events, values, order="time") == "watched A, B and C; rated D 5 of 5"
+    )
     assert behaviour_text(titles, events, values) == "rated D 5 of 5; watched C, B and A"
     # Bounded: only the newest max_items.
     assert behaviour_text(titles, events, values, max_items=2, order="time") == (
@@ -226,7 +228,10 @@ def _topic_dataset(n_users: int = 32, seed: int = 0, mixed: bool = False) -> Dat
     names = list(TOPICS)
     topic_of = [int(i.split("-")[0]) for i in ds.items.ids]
     feats = ItemFeatures(
-        title=[f"{names[c].title()} story {i.split('-')[1]}" for c, i in zip(topic_of, ds.items.ids, strict=True)],
+        title=[
+            f"{names[c].title()} story {i.split('-')[1]}"
+            for c, i in zip(topic_of, ds.items.ids, strict=True)
+        ],
         description=[TOPICS[names[c]] for c in topic_of],
         categories=[[names[c]] for c in topic_of],
         attributes=[{} for _ in topic_of],

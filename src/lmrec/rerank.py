@@ -29,7 +29,12 @@ by relevance (`order="relevance"`, default) or in the order chosen (`order="gree
 default), so one diversity weight means the same for models whose scores live on different
 scales; or, with `relevance="rank"`, rel = (r + 1)^(-1/2) for the item at model rank r (0-based)
 in the pool, min-max scaled: only the model's order counts, and the head of the list weighs
-more than under linear score scaling when the scores fall slowly.
+more than under linear score scaling when the scores fall slowly. With `relevance="prob"`,
+rel = softmax over the pool of score / T - b log(r + 1), not rescaled: calibrated probabilities
+that the item is the user's next one, T (`temperature`) and b (`rank_power`) fitted on held-out
+(validation) items by `calibrate`. With the DCG discount, sum_t w_t rel is then the list's
+expected DCG, and a user whose probabilities are flat is diversified more than a confident one.
+`maxsum(..., local_search=True)` improves the greedy list by single swaps (see `maxsum`).
 
 Item similarity (`ItemSimilarity`) has sim(i, i) = 1: from categories (the cosine of the genre
 indicator vectors, |A & B| / sqrt(|A| |B|), a positive semi-definite kernel as DPP needs; or
@@ -54,6 +59,7 @@ __all__ = [
     "DPP",
     "METHODS",
     "MMR",
+    "Calibration",
     "CategoryConstraints",
     "Filters",
     "ItemSimilarity",
@@ -61,6 +67,7 @@ __all__ = [
     "Reranked",
     "Reranker",
     "TopK",
+    "calibrate",
     "diversify",
     "dpp",
     "intra_list_diversity",
@@ -84,7 +91,8 @@ if TYPE_CHECKING:
     from lmrec.models.base import History, Query, Recommendations, Recommender
 
 Method = Literal["mmr", "maxsum", "dpp", "none"]
-Relevance = Literal["scores", "rank"]
+Relevance = Literal["scores", "rank", "prob"]
+RELEVANCES = ("scores", "rank", "prob")
 
 #: Sparse item features (categories) are kept dense up to this many cells (float32).
 DENSE_CELLS = 50_000_000
@@ -244,21 +252,47 @@ def _check_similarity(similarity: ItemSimilarity | None, items: np.ndarray) -> I
     return similarity
 
 
-def _relevance(scores: np.ndarray, relevance: Relevance = "scores") -> np.ndarray:
+def _check_prob_params(temperature: float, rank_power: float) -> None:
+    if not (np.isfinite(temperature) and temperature > 0):
+        raise LmrecError(f"temperature must be a finite number > 0, got {temperature}")
+    if not np.isfinite(rank_power):
+        raise LmrecError(f"rank_power must be finite, got {rank_power}")
+
+
+def _ranks(s: np.ndarray) -> np.ndarray:
+    """0-based rank of each score, best first (ties by position)."""
+    r = np.empty(len(s))
+    r[np.lexsort((np.arange(len(s)), -s))] = np.arange(len(s))
+    return r
+
+
+def _relevance(
+    scores: np.ndarray,
+    relevance: Relevance = "scores",
+    temperature: float = 1.0,
+    rank_power: float = 0.0,
+) -> np.ndarray:
     """Scores min-max scaled to [0, 1] over the pool (all 1 when they are all equal); with
     relevance="rank", (r + 1)^(-1/2) of each item's rank r by score (ties by position), scaled
-    the same way."""
+    the same way; with relevance="prob", the calibrated probabilities
+    softmax(score / temperature - rank_power log(r + 1)) over the pool (not rescaled: their
+    size is the model's confidence, see `calibrate`)."""
     s = np.asarray(scores, np.float64)
     lo, hi = (float(s.min()), float(s.max())) if len(s) else (0.0, 0.0)
     if not np.isfinite(lo) or not np.isfinite(hi):
         raise LmrecError("relevance scores must be finite (filter -inf items out first)")
+    if relevance == "prob":
+        _check_prob_params(temperature, rank_power)
+        if not len(s):
+            return s
+        z = s / temperature - rank_power * np.log1p(_ranks(s))
+        z = np.exp(z - z.max())
+        return z / z.sum()
     if relevance == "rank":
-        r = np.empty(len(s))
-        r[np.lexsort((np.arange(len(s)), -s))] = np.arange(len(s))
-        s = (r + 1.0) ** -0.5
+        s = (_ranks(s) + 1.0) ** -0.5
         lo, hi = (float(s.min()), float(s.max())) if len(s) else (0.0, 0.0)
     elif relevance != "scores":
-        raise LmrecError(f"unknown relevance {relevance!r}; use scores or rank")
+        raise LmrecError(f"unknown relevance {relevance!r}; use scores, rank or prob")
     if hi - lo <= 0:
         return np.ones_like(s)
     return (s - lo) / (hi - lo)
@@ -409,13 +443,17 @@ def _start(
     similarity: ItemSimilarity,
     diversity: float,
     relevance: Relevance = "scores",
+    temperature: float = 1.0,
+    rank_power: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, int, Any, np.ndarray]:
     items, scores, k = _check(items, scores, k)
     if not 0 <= diversity <= 1:
         raise LmrecError(f"diversity must be in [0, 1], got {diversity}")
     f = _check_similarity(similarity, items).rows(items)
     # Ties: higher relevance, then earlier position (the model's own order).
-    rel = _relevance(scores, relevance) + 1e-12 * (len(items) - np.arange(len(items)))
+    rel = _relevance(scores, relevance, temperature, rank_power) + 1e-12 * (
+        len(items) - np.arange(len(items))
+    )
     return items, scores, k, f, rel
 
 
@@ -429,6 +467,8 @@ def mmr(
     *,
     discount: bool = True,
     relevance: Relevance = "scores",
+    temperature: float = 1.0,
+    rank_power: float = 0.0,
 ) -> np.ndarray:
     """Maximal marginal relevance: positions (into `items`) of k items, in the chosen order.
 
@@ -437,7 +477,9 @@ def mmr(
     worth more in an early slot, as in DCG), else 1 (Carbonell & Goldstein's MMR).
     `relevance`: "scores" or "rank" (see the module docstring).
     """
-    items, scores, k, f, rel = _start(items, scores, k, similarity, diversity, relevance)
+    items, scores, k, f, rel = _start(
+        items, scores, k, similarity, diversity, relevance, temperature, rank_power
+    )
     w = _slot_weights(k, discount)
     adm = _admission(constraints, items, k)
     free = np.ones(len(items), bool)
@@ -465,14 +507,29 @@ def maxsum(
     *,
     discount: bool = True,
     relevance: Relevance = "scores",
+    temperature: float = 1.0,
+    rank_power: float = 0.0,
+    local_search: bool = False,
 ) -> np.ndarray:
     """Max-sum diversification, greedy (Gollapudi & Sharma, WWW 2009): positions of k items.
 
     Step t picks argmax_i (1 - d) w_t rel(i) + d / (k - 1) sum_{j in S} (1 - sim(i, j)): the
     relevance of the slot plus the item's share of the list's intra-list diversity (the mean
     pairwise distance). w_t as in `mmr`.
+
+    local_search: then, while it improves the list's value
+    F(S) = (1 - d) sum_t w_t rel_(t) + d / (k - 1) sum_{pairs in S} (1 - sim), with rel_(t) the
+    t-th largest relevance in S (the list shown in relevance order), replace the one chosen
+    item by the one pool item that improves F most (best-improvement swaps, at most
+    `LOCAL_SEARCH_SWAPS`). With relevance="prob" and the discount, the first term is (1 - d)
+    times the expected DCG@k of the list under the calibrated probabilities. Not with category
+    constraints.
     """
-    items, scores, k, f, rel = _start(items, scores, k, similarity, diversity, relevance)
+    if local_search and constraints is not None:
+        raise LmrecError("max-sum local search does not support category constraints")
+    items, scores, k, f, rel = _start(
+        items, scores, k, similarity, diversity, relevance, temperature, rank_power
+    )
     w = _slot_weights(k, discount)
     adm = _admission(constraints, items, k)
     free = np.ones(len(items), bool)
@@ -487,6 +544,55 @@ def maxsum(
         adm.add(pos)
         row = f(pos)
         dist += 1.0 - row
+    if local_search and diversity > 0 and 1 < k < len(items):
+        out = _swap_search(out, rel, f, w, diversity)
+    return out
+
+
+#: The most improving swaps `maxsum(local_search=True)` makes per list.
+LOCAL_SEARCH_SWAPS = 100
+
+
+def _swap_search(
+    out: np.ndarray, rel: np.ndarray, f: Any, w: np.ndarray, diversity: float
+) -> np.ndarray:
+    """Best-improvement swap local search for `maxsum` (see there): a copy of `out` (k
+    positions), one chosen item replaced at a time while F(S) grows."""
+    n, k = len(rel), len(out)
+    out = out.copy()
+    rows = np.stack([f(int(p)) for p in out])  # (k, n) similarities of the chosen items
+    a_rel, a_div = 1.0 - diversity, diversity / (k - 1)
+    chosen = np.zeros(n, bool)
+    for _ in range(LOCAL_SEARCH_SWAPS):
+        chosen[:] = False
+        chosen[out] = True
+        cand = np.flatnonzero(~chosen)
+        dss = 1.0 - rows[:, out]  # (k, k), zero diagonal
+        np.fill_diagonal(dss, 0.0)
+        rowsum = dss.sum(axis=1)
+        total = rowsum.sum() / 2
+        dcb = 1.0 - rows[:, cand]  # (k, m) distances of the candidates to the chosen
+        dcb_sum = dcb.sum(axis=0)
+        rc = rel[cand]
+        current = a_rel * float(np.sort(rel[out])[::-1] @ w) + a_div * total
+        best_gain, best = 1e-12 * max(1.0, abs(current)), None
+        for a in range(k):
+            q = np.sort(np.delete(rel[out], a))[::-1]  # the k - 1 kept, best first
+            # Inserting b at position j: sum_{t<j} q_t w_t + rel_b w_j + sum_{t>=j} q_t w_{t+1}.
+            head = np.concatenate([[0.0], np.cumsum(q * w[:-1])])
+            tail = np.concatenate([np.cumsum((q * w[1:])[::-1])[::-1], [0.0]])
+            j = np.searchsorted(-q, -rc, side="right")
+            value = a_rel * (head[j] + rc * w[j] + tail[j]) + a_div * (
+                total - rowsum[a] + dcb_sum - dcb[a]
+            )
+            b = int(np.argmax(value))
+            if value[b] - current > best_gain:
+                best_gain, best = value[b] - current, (a, int(cand[b]))
+        if best is None:
+            break
+        a, b = best
+        out[a] = b
+        rows[a] = f(b)
     return out
 
 
@@ -500,6 +606,8 @@ def dpp(
     *,
     discount: bool = True,
     relevance: Relevance = "scores",
+    temperature: float = 1.0,
+    rank_power: float = 0.0,
 ) -> np.ndarray:
     """Greedy DPP MAP with incremental Cholesky (Chen et al., NeurIPS 2018, Algorithm 1).
 
@@ -515,7 +623,9 @@ def dpp(
     """
     if diversity == 0:
         return top_k_constrained(items, scores, k, constraints)
-    items, scores, k, f, rel = _start(items, scores, k, similarity, diversity, relevance)
+    items, scores, k, f, rel = _start(
+        items, scores, k, similarity, diversity, relevance, temperature, rank_power
+    )
     w = _slot_weights(k, discount)
     n = len(items)
     c = np.zeros((k, n))
@@ -606,11 +716,22 @@ class _Diverse(Reranker):
         discount: bool = True,
         order: Literal["relevance", "greedy"] = "relevance",
         relevance: Relevance = "scores",
+        temperature: float = 1.0,
+        rank_power: float = 0.0,
+        local_search: bool = False,
     ):
         super().__init__(constraints, order)
-        if relevance not in ("scores", "rank"):
-            raise LmrecError(f"unknown relevance {relevance!r}; use scores or rank")
+        if relevance not in RELEVANCES:
+            raise LmrecError(f"unknown relevance {relevance!r}; use scores, rank or prob")
+        _check_prob_params(temperature, rank_power)
+        if local_search and type(self) is not MaxSum:
+            raise LmrecError(f"local search is for maxsum only, not {self.name}")
+        if local_search and constraints is not None:
+            raise LmrecError("max-sum local search does not support category constraints")
         self.relevance: Relevance = relevance
+        self.temperature = float(temperature)
+        self.rank_power = float(rank_power)
+        self.local_search = bool(local_search)
         if not 0 <= diversity <= 1:
             raise LmrecError(f"diversity must be in [0, 1], got {diversity}")
         self.similarity = similarity
@@ -628,13 +749,22 @@ class _Diverse(Reranker):
             self.constraints,
             discount=self.discount,
             relevance=self.relevance,
+            temperature=self.temperature,
+            rank_power=self.rank_power,
+            **({"local_search": True} if self.local_search else {}),
         )
 
     def __repr__(self) -> str:
+        prob = (
+            f", temperature={self.temperature:g}, rank_power={self.rank_power:g}"
+            if self.relevance == "prob"
+            else ""
+        )
+        ls = ", local_search=True" if self.local_search else ""
         return (
             f"{type(self).__name__}(diversity={self.diversity}, "
             f"similarity={self.similarity.name}, discount={self.discount}, "
-            f"relevance={self.relevance})"
+            f"relevance={self.relevance}{prob}{ls})"
         )
 
 
@@ -671,8 +801,16 @@ def make_reranker(
     discount: bool = True,
     order: Literal["relevance", "greedy"] = "relevance",
     relevance: Relevance = "scores",
+    temperature: float = 1.0,
+    rank_power: float = 0.0,
+    local_search: bool = False,
 ) -> Reranker:
-    """A re-ranker by name: 'mmr', 'maxsum', 'dpp' or 'none' (relevance, constraints only)."""
+    """A re-ranker by name: 'mmr', 'maxsum', 'dpp' or 'none' (relevance, constraints only).
+
+    relevance "prob" uses `temperature` and `rank_power` (fit them with `calibrate`);
+    `local_search` is for maxsum only."""
+    if local_search and method != "maxsum":
+        raise LmrecError(f"local search is for maxsum only, not {method!r}")
     if method != "none" and method not in METHODS:
         raise LmrecError(f"unknown re-ranking method {method!r}; use mmr, maxsum, dpp or none")
     if not 0 <= diversity <= 1:
@@ -682,7 +820,15 @@ def make_reranker(
     if similarity is None:
         raise LmrecError(f"{method} re-ranking needs an item similarity (categories or text)")
     return METHODS[method](
-        similarity, diversity, constraints, discount=discount, order=order, relevance=relevance
+        similarity,
+        diversity,
+        constraints,
+        discount=discount,
+        order=order,
+        relevance=relevance,
+        temperature=temperature,
+        rank_power=rank_power,
+        local_search=local_search,
     )
 
 
@@ -936,8 +1082,14 @@ def diversify(
     discount: bool = True,
     order: Literal["relevance", "greedy"] = "relevance",
     relevance: Relevance = "scores",
+    temperature: float = 1.0,
+    rank_power: float = 0.0,
+    local_search: bool = False,
 ) -> Reranked:
-    """`model` wrapped with a re-ranker built from names: the one-call entry point."""
+    """`model` wrapped with a re-ranker built from names: the one-call entry point.
+
+    For relevance="prob", pass the `Calibration` fitted by `calibrate` as
+    `temperature=cal.temperature, rank_power=cal.rank_power` (or `**cal.params()`)."""
     needs_sim = method in METHODS and diversity > 0
     sim = None
     if needs_sim:
@@ -963,9 +1115,134 @@ def diversify(
             discount=discount,
             order=order,
             relevance=relevance,
+            temperature=temperature,
+            rank_power=rank_power,
+            local_search=local_search,
         ),
         pool=pool,
         filters=filters,
+    )
+
+
+# -- calibrated relevance ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The fitted relevance="prob" parameters and how the fit went (see `calibrate`)."""
+
+    temperature: float
+    rank_power: float
+    pool: int
+    #: held-out items whose user's pool contains them (the fit uses these) and all of them.
+    targets_in_pool: int
+    targets: int
+    #: mean negative log-likelihood of the held-out items under the fitted softmax, and under
+    #: the uniform one over the pool (a reference).
+    nll: float
+    nll_uniform: float
+
+    def params(self) -> dict[str, float]:
+        """`temperature` and `rank_power`, as keyword arguments of `diversify`."""
+        return {"temperature": self.temperature, "rank_power": self.rank_power}
+
+
+def calibrate(
+    model: Recommender,
+    history: Dataset,
+    heldout: Dataset,
+    pool: int = 100,
+    *,
+    fit_rank: bool = True,
+    batch_size: int = 512,
+) -> Calibration:
+    """Fit relevance="prob": P(item i is the user's next item | it is in the pool) =
+    softmax over the pool of score_i / temperature - rank_power log(r_i + 1), r_i the model's
+    rank (0-based) of i in the pool, by maximum likelihood of the `heldout` items (e.g. the
+    validation part of a split) given `history` (what the model saw, e.g. split.train).
+
+    Only held-out items that are in their user's pool count (the conditional likelihood);
+    with `fit_rank=False`, rank_power = 0 (a temperature alone). The likelihood is convex in
+    (1 / temperature, rank_power). Fit on validation data, never on the test part.
+    """
+    from scipy.optimize import minimize
+    from scipy.special import logsumexp
+
+    from lmrec.models.base import History
+
+    if pool < 2:
+        raise LmrecError(f"calibration needs a pool of at least 2 items, got {pool}")
+    model._check_fitted()
+    if (history.n_users, history.n_items) != (heldout.n_users, heldout.n_items):
+        raise LmrecError(
+            f"history ({history.n_users} users, {history.n_items} items) and held-out data "
+            f"({heldout.n_users} users, {heldout.n_items} items) are not over the same "
+            "vocabularies: pass two parts of one split"
+        )
+    if len(model.items) != history.n_items:
+        raise LmrecError(
+            f"the model knows {len(model.items)} items but the data has {history.n_items}: "
+            "calibrate with the data the model was fitted on (the same split)"
+        )
+    held = heldout.matrix().tocsr()
+    users = np.flatnonzero(np.diff(held.indptr) > 0)
+    if len(users) == 0:
+        raise LmrecError("the held-out data has no interactions to calibrate on")
+    feats, tpos = [], []  # per pool row with targets: (scores, log(rank + 1)), target positions
+    n_targets = 0
+    for b0 in range(0, len(users), batch_size):
+        ub = users[b0 : b0 + batch_size]
+        idx, val, _ = model.rank(History.from_dataset(history, ub), pool)
+        for r, u in enumerate(ub):
+            ok = (idx[r] >= 0) & np.isfinite(val[r])
+            items, sc = idx[r][ok], np.asarray(val[r][ok], np.float64)
+            targets = held.indices[held.indptr[u] : held.indptr[u + 1]]
+            n_targets += len(targets)
+            hit = np.flatnonzero(np.isin(items, targets))
+            if len(hit) and len(items) > 1:
+                feats.append((sc, np.log1p(_ranks(sc))))
+                tpos.append(hit)
+    n_in = int(sum(len(h) for h in tpos))
+    if n_in == 0:
+        raise LmrecError(
+            f"none of the {n_targets} held-out items is in its user's top {pool}: use a larger pool"
+        )
+    # Rows padded to the pool size: scores X, log ranks LR, validity V, target counts C.
+    m = max(len(f[0]) for f in feats)
+    x = np.zeros((len(feats), m))
+    lr = np.zeros((len(feats), m))
+    valid = np.zeros((len(feats), m), bool)
+    cnt = np.zeros((len(feats), m))
+    for r, ((sc, lrk), hit) in enumerate(zip(feats, tpos, strict=True)):
+        x[r, : len(sc)], lr[r, : len(sc)], valid[r, : len(sc)] = sc, lrk, True
+        cnt[r, hit] = 1.0
+    scale = float(x[valid].std()) or 1.0  # fit 1 / temperature in units of the scores' spread
+    x /= scale
+    n_row = cnt.sum(axis=1)
+
+    def nll(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        a, b = theta[0], (theta[1] if fit_rank else 0.0)
+        z = np.where(valid, a * x - b * lr, -np.inf)
+        lse = logsumexp(z, axis=1)
+        p = np.exp(z - lse[:, None])
+        total = -float((cnt * np.where(valid, z, 0.0)).sum() - n_row @ lse)
+        ga = -float((cnt * x).sum() - n_row @ (p * x).sum(axis=1))
+        gb = float((cnt * lr).sum() - n_row @ (p * lr).sum(axis=1)) if fit_rank else 0.0
+        return total / n_in, np.array([ga, gb]) / n_in
+
+    res = minimize(
+        nll, np.array([1.0, 0.0]), jac=True, method="L-BFGS-B", bounds=[(1e-6, None), (None, None)]
+    )
+    a, b = float(res.x[0]), float(res.x[1]) if fit_rank else 0.0
+    uniform = float(n_row @ np.log(valid.sum(axis=1)) / n_in)
+    return Calibration(
+        temperature=scale / a,
+        rank_power=b,
+        pool=int(pool),
+        targets_in_pool=n_in,
+        targets=int(n_targets),
+        nll=float(res.fun),
+        nll_uniform=uniform,
     )
 
 

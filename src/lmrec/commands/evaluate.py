@@ -106,7 +106,12 @@ def _diversity_variants(args: argparse.Namespace) -> dict[str, Any]:
 
     def wrap(level: float) -> Any:
         return lambda model: diversify(
-            model, args.method, level, similarity=args.similarity, pool=args.pool
+            model,
+            args.method,
+            level,
+            similarity=args.similarity,
+            pool=args.pool,
+            relevance=args.relevance,
         )
 
     return {f"{args.method}={x:g}": wrap(x) for x in levels}

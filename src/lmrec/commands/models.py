@@ -194,6 +194,7 @@ def _reranked(model: Any, args: argparse.Namespace) -> Any:
         args.diversity,
         similarity=args.similarity,
         pool=args.pool,
+        relevance=args.relevance,
         max_per_category=args.max_per_category,
         filters=filters,
     )
@@ -259,7 +260,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def add_rerank_options(s: argparse.ArgumentParser) -> None:
-    """--method, --similarity and --pool of the diversity re-ranking (recommend, evaluate)."""
+    """--method, --similarity, --pool and --relevance of the diversity re-ranking (recommend,
+    evaluate)."""
     s.add_argument(
         "--method",
         choices=["mmr", "maxsum", "dpp"],
@@ -273,6 +275,13 @@ def add_rerank_options(s: argparse.ArgumentParser) -> None:
         help="item similarity: categories (cosine), jaccard, text (default categories)",
     )
     s.add_argument("--pool", type=int, default=50, help="candidates re-ranked (default 50)")
+    s.add_argument(
+        "--relevance",
+        choices=["scores", "rank"],
+        default="scores",
+        help="relevance the re-ranker trades against diversity: the model's scores min-max "
+        "scaled, or (rank + 1)^-1/2 of the model's rank (default scores)",
+    )
 
 
 def register(

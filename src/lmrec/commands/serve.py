@@ -94,9 +94,7 @@ def register(
         metavar="SCOPE:KEY",
         help="an API key with scope read, write or admin (repeat; also $LMREC_API_KEYS)",
     )
-    s.add_argument(
-        "--no-auth", action="store_true", help="serve without API keys (local use only)"
-    )
+    s.add_argument("--no-auth", action="store_true", help="serve without API keys (local use only)")
     s.add_argument("--cors", action="append", metavar="ORIGIN", help="allow a CORS origin")
     s.add_argument(
         "--max-body", type=int, default=1 << 20, help="largest request body in bytes (1 MiB)"

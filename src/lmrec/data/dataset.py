@@ -22,6 +22,7 @@ import scipy.sparse as sp
 
 from lmrec.data.vocab import Vocabulary
 from lmrec.errors import LmrecError
+from lmrec.files import staged_dir
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -91,7 +92,13 @@ def csr_dedup(
     last = np.ones(len(lin_s), dtype=bool)
     last[:-1] = lin_s[1:] != lin_s[:-1]
     sel = order[last]
-    return sp.csr_matrix((vals[sel], (rows[sel], cols[sel])), shape=shape, dtype=np.float32)
+    # Entries are in (row, col) order already: build the CSR arrays directly (the COO route
+    # costs about 0.5 ms of checks and conversions, felt on every served request).
+    indptr = np.zeros(shape[0] + 1, np.int64)
+    np.cumsum(np.bincount(rows[sel], minlength=shape[0]), out=indptr[1:])
+    m = sp.csr_matrix((vals[sel], cols[sel], indptr), shape=shape, dtype=np.float32)
+    m.has_sorted_indices = True
+    return m
 
 
 class Dataset:
@@ -493,8 +500,11 @@ class Dataset:
 
     def save(self, path: str | Path) -> Path:
         """Write the dataset to a directory (arrays.npz + JSON); no pickle."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
+        with staged_dir(path, "dataset.json") as tmp:
+            self._write(tmp)
+        return Path(path)
+
+    def _write(self, path: Path) -> None:
         np.savez_compressed(
             path / "arrays.npz",
             user_ids=self.users.ids,
@@ -529,7 +539,6 @@ class Dataset:
                 }
             )
         )
-        return path
 
     @classmethod
     def load(cls, path: str | Path) -> Dataset:

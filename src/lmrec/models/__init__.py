@@ -28,6 +28,7 @@ REGISTRY: dict[str, str] = {
     "lmcontent": "lmrec.models.lm:LMContent",
     "lmmf": "lmrec.models.lm:LMMF",
     "coldstart_user": "lmrec.models.lm:ColdStartUser",
+    "coldstart_item": "lmrec.models.coldstart_item:ColdStartItem",
     "sasrec": "lmrec.models.sequential:SASRec",
     "bert4rec": "lmrec.models.sequential:BERT4Rec",
     "xlnet": "lmrec.models.sequential:XLNet",

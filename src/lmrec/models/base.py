@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from lmrec.data import Dataset, Vocabulary
 from lmrec.data.dataset import csr_dedup
 from lmrec.errors import LmrecError
+from lmrec.files import staged_dir
 
 ARTIFACT_FORMAT = "lmrec.model"
 ARTIFACT_VERSION = 1
@@ -165,19 +166,27 @@ def recency_weighted(
     cols = np.concatenate(history.sequences).astype(np.int64)
     ends = np.cumsum(lens)
     steps = np.repeat(ends, lens) - 1 - np.arange(lens.sum())
-    decay = csr_dedup(rows, cols, np.power(0.5, steps / half_life), m.shape, keep="max")
-    decay.sort_indices()
-    m = m.copy()
-    m.sort_indices()
+    decay = np.power(0.5, steps / half_life)
+    # Per (row, item) the largest decay (its last position), as sorted linear keys; then each
+    # stored cell looks its key up. No intermediate sparse matrix: this runs on every request.
+    lin = rows * m.shape[1] + cols
+    order = np.lexsort((decay, lin))
+    lin_s = lin[order]
+    last = np.ones(len(lin_s), dtype=bool)
+    last[:-1] = lin_s[1:] != lin_s[:-1]
+    keys, factor = lin_s[last], decay[order][last]
     m_rows = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
     lin_m = m_rows * m.shape[1] + m.indices
-    d_rows = np.repeat(np.arange(decay.shape[0]), np.diff(decay.indptr))
-    lin_d = d_rows * decay.shape[1] + decay.indices
-    pos = np.searchsorted(lin_d, lin_m)
-    found = pos < len(lin_d)
-    found[found] = lin_d[pos[found]] == lin_m[found]
-    m.data[found] *= decay.data[pos[found]]
-    return m
+    pos = np.minimum(np.searchsorted(keys, lin_m), len(keys) - 1)
+    found = keys[pos] == lin_m
+    data = m.data.astype(np.float32 if m.dtype == np.float32 else np.float64, copy=True)
+    data[found] *= factor[pos[found]].astype(data.dtype)
+    out = sp.csr_matrix((data, m.indices.copy(), m.indptr.copy()), shape=m.shape)
+    if m.has_sorted_indices:
+        out.has_sorted_indices = True
+    else:
+        out.sort_indices()
+    return out
 
 
 def sparse_state(name: str, m: sp.spmatrix) -> dict[str, np.ndarray]:
@@ -267,7 +276,7 @@ class Recommender(ABC):
         self._check_fitted()
         assert self.items is not None and self.users is not None
         n = len(self.items)
-        rows, cols, vals, seqs = [], [], [], []
+        rows, cols, vals, seqs = [], [], [], []  # the queries' own items
         users = np.full(len(queries), -1, np.int64)
         weights = self.event_weights
         stored = self.history.matrix() if self.history is not None else None
@@ -276,11 +285,7 @@ class Recommender(ABC):
             if q.user is not None:
                 u = self.users.get(q.user)
                 users[r] = u
-                if u >= 0 and self.history is not None and stored is not None:
-                    row = stored[u]
-                    rows.extend([r] * row.nnz)
-                    cols.extend(row.indices.tolist())
-                    vals.extend(row.data.tolist())
+                if u >= 0 and self.history is not None:
                     seq.append(self.history.sequence(u))
             if q.items:
                 idx = self.items.indices(list(q.items))
@@ -294,7 +299,34 @@ class Recommender(ABC):
                 vals.extend(w[ok].tolist())
                 seq.append(idx[ok])
             seqs.append(np.concatenate(seq).astype(np.int64) if seq else np.zeros(0, np.int64))
-        m = csr_dedup(np.array(rows), np.array(cols), np.array(vals), (len(queries), n))
+        # The stored rows of known users, gathered in one go (they are unique and sorted).
+        known = np.flatnonzero(users >= 0) if stored is not None else np.zeros(0, np.int64)
+        if len(known):
+            assert stored is not None
+            lo, hi = stored.indptr[users[known]], stored.indptr[users[known] + 1]
+            lens = (hi - lo).astype(np.int64)
+            at = np.repeat(lo - np.concatenate(([0], np.cumsum(lens)[:-1])), lens)
+            at += np.arange(int(lens.sum()))
+            s_rows, s_cols, s_vals = np.repeat(known, lens), stored.indices[at], stored.data[at]
+        else:
+            s_rows = s_cols = np.zeros(0, np.int64)
+            s_vals = np.zeros(0, np.float32)
+        if rows:
+            m = csr_dedup(
+                np.concatenate([s_rows, rows]),
+                np.concatenate([s_cols, cols]),
+                np.concatenate([s_vals, np.asarray(vals, np.float32)]),
+                (len(queries), n),
+            )
+        else:
+            indptr = np.zeros(len(queries) + 1, np.int64)
+            np.cumsum(np.bincount(s_rows, minlength=len(queries)), out=indptr[1:])
+            m = sp.csr_matrix(
+                (np.asarray(s_vals, np.float32), np.asarray(s_cols), indptr),
+                shape=(len(queries), n),
+                dtype=np.float32,
+            )
+            m.has_sorted_indices = True
         return History(users=users, matrix=m, sequences=seqs, queries=list(queries))
 
     def _fallback_scores(self, history: History, scores: np.ndarray) -> list[str | None]:
@@ -403,8 +435,12 @@ class Recommender(ABC):
         """Write config.json + state.npz (+ the training history, for fold-in of known users)."""
         self._check_fitted()
         assert self.items is not None and self.users is not None and self.popularity is not None
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
+        with staged_dir(path, "config.json") as tmp:
+            self._write(tmp)
+        return Path(path)
+
+    def _write(self, path: Path) -> None:
+        assert self.items is not None and self.users is not None and self.popularity is not None
         meta = {
             "format": ARTIFACT_FORMAT,
             "version": ARTIFACT_VERSION,
@@ -422,7 +458,6 @@ class Recommender(ABC):
         if self.history is not None:
             self.history.save(path / "history")
         (path / "config.json").write_text(json.dumps(meta, indent=2))
-        return path
 
     @classmethod
     def load(cls, path: str | Path) -> Recommender:

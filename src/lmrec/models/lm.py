@@ -549,46 +549,49 @@ class LMMF(_TextModel):
         mask = torch.from_numpy(~active)
         act_idx = np.flatnonzero(active)
         self.losses: list[float] = []
+        from lmrec.nn.trainer import heap_allocations
+
         t0 = time.perf_counter()
-        for _ in range(c.epochs):
-            order = rng.permutation(len(pu))
-            total = 0.0
-            for s in range(0, len(order), c.batch_size):
-                sel = order[s : s + c.batch_size]
-                u, i, w = pu[sel], pi[sel], pw[sel]
-                rows = m[u].tocoo()
-                x = torch.sparse_coo_tensor(
-                    np.vstack([rows.row, rows.col]),
-                    rows.data,
-                    (len(sel), n),
-                    dtype=torch.float32,
-                    check_invariants=False,
-                )
-                q = text @ params["wq"] + params["oq"]  # (n, k)
-                e = text @ params["we"] + params["oe"]  # (n, k)
-                b = text @ params["wb"] + params["ob"]  # (n,)
-                ti = torch.from_numpy(i)
-                tw = torch.from_numpy(w.astype(np.float32))
-                # The user's history without the target item (FISM: no self-prediction).
-                hsum = torch.sparse.mm(x, e) - tw[:, None] * e[ti]  # (B, k)
-                cnt = torch.from_numpy(np.asarray(m[u].sum(axis=1)).ravel() - w).float()
-                uvec = hsum / cnt.clamp(min=1.0)[:, None]
-                if user_vecs is not None:
-                    uvec = uvec + user_vecs[torch.from_numpy(u)] @ params["wu"]
-                if c.loss == "softmax":
-                    logits = uvec @ q.T + b  # (B, n)
-                    logits = logits.masked_fill(mask, float("-inf"))
-                    loss = torch.nn.functional.cross_entropy(logits, ti)
-                else:
-                    neg = torch.from_numpy(rng.choice(act_idx, len(sel)))
-                    sp_ = (uvec * q[ti]).sum(1) + b[ti]
-                    sn = (uvec * q[neg]).sum(1) + b[neg]
-                    loss = -torch.nn.functional.logsigmoid(sp_ - sn).mean()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                total += loss.item() * len(sel)
-            self.losses.append(total / max(len(pu), 1))
+        with heap_allocations():  # no fresh mmap'd pages for the (B, n) logits of each step
+            for _ in range(c.epochs):
+                order = rng.permutation(len(pu))
+                total = 0.0
+                for s in range(0, len(order), c.batch_size):
+                    sel = order[s : s + c.batch_size]
+                    u, i, w = pu[sel], pi[sel], pw[sel]
+                    rows = m[u].tocoo()
+                    x = torch.sparse_coo_tensor(
+                        np.vstack([rows.row, rows.col]),
+                        rows.data,
+                        (len(sel), n),
+                        dtype=torch.float32,
+                        check_invariants=False,
+                    )
+                    q = text @ params["wq"] + params["oq"]  # (n, k)
+                    e = text @ params["we"] + params["oe"]  # (n, k)
+                    b = text @ params["wb"] + params["ob"]  # (n,)
+                    ti = torch.from_numpy(i)
+                    tw = torch.from_numpy(w.astype(np.float32))
+                    # The user's history without the target item (FISM: no self-prediction).
+                    hsum = torch.sparse.mm(x, e) - tw[:, None] * e[ti]  # (B, k)
+                    cnt = torch.from_numpy(np.asarray(m[u].sum(axis=1)).ravel() - w).float()
+                    uvec = hsum / cnt.clamp(min=1.0)[:, None]
+                    if user_vecs is not None:
+                        uvec = uvec + user_vecs[torch.from_numpy(u)] @ params["wu"]
+                    if c.loss == "softmax":
+                        logits = uvec @ q.T + b  # (B, n)
+                        logits = logits.masked_fill(mask, float("-inf"))
+                        loss = torch.nn.functional.cross_entropy(logits, ti)
+                    else:
+                        neg = torch.from_numpy(rng.choice(act_idx, len(sel)))
+                        sp_ = (uvec * q[ti]).sum(1) + b[ti]
+                        sn = (uvec * q[neg]).sum(1) + b[neg]
+                        loss = -torch.nn.functional.logsigmoid(sp_ - sn).mean()
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    total += loss.item() * len(sel)
+                self.losses.append(total / max(len(pu), 1))
         self.train_seconds = time.perf_counter() - t0
         with torch.no_grad():
             w = {x: p.detach().numpy().astype(np.float32) for x, p in params.items()}

@@ -119,16 +119,21 @@ class SASRecConfig(SequentialConfig):
 
 
 class BERT4RecConfig(SequentialConfig):
-    mask_prob: float = Field(0.2, gt=0, lt=1)
-    """Chance that an item of a training sequence is masked and predicted."""
+    mask_prob: float = Field(0.4, gt=0, lt=1)
+    """Chance that an item of a training sequence is masked and predicted (0.4 and patience 15
+    chosen on ML-100K validation: NDCG@10 0.113 vs 0.098 with 0.2 and patience 10)."""
+    patience: int | None = Field(15, ge=1)
+    """Stop after this many epochs without a better validation NDCG@10 (None: train all
+    `epochs`, with no validation). Masked training needs longer than SASRec."""
     last_target_prob: float = Field(0.1, ge=0, le=1)
     """Chance that a training sequence has only its last item masked (the answering case)."""
 
 
 class XLNetConfig(SequentialConfig):
-    target_fraction: float = Field(0.25, gt=0, le=1)
+    target_fraction: float = Field(0.5, gt=0, le=1)
     """Fraction of a sequence, at the end of the random factorisation order, that is
-    predicted (XLNet's partial prediction)."""
+    predicted (XLNet's partial prediction; 0.5 chosen on ML-100K validation: NDCG@10 0.106
+    vs 0.102 with 0.25)."""
     last_target_prob: float = Field(0.1, ge=0, le=1)
     """Chance that a training sequence is read left to right and only its last item predicted
     (the answering case)."""

@@ -98,9 +98,13 @@ class SequenceNet(nn.Module):
             neg_logit = neg_logit.masked_fill(neg[None, :] == targets[:, None], float("-inf"))
             logits = torch.cat([pos_logit, neg_logit], dim=1).float()
             return F.cross_entropy(logits, torch.zeros_like(targets))
-        logits = (hidden @ items.T).float()  # (N, n)
-        logits = logits.masked_fill(~self.trainable, float("-inf"))
-        return F.cross_entropy(logits, targets)
+        if bool(self.trainable.all()):
+            logits = hidden @ items.T  # (N, n)
+        else:  # -inf for items without training data, added inside the matrix product
+            bias = torch.zeros(self.n_items, dtype=hidden.dtype, device=hidden.device)
+            bias = bias.masked_fill(~self.trainable, float("-inf"))
+            logits = torch.addmm(bias, hidden, items.T)  # (N, n)
+        return F.cross_entropy(logits.float(), targets)
 
     def last_hidden(self, tokens: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

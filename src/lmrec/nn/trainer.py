@@ -18,6 +18,7 @@ __all__ = [
     "TrainTask",
     "Trainer",
     "distributed_context",
+    "heap_allocations",
     "is_main_process",
     "load_checkpoint",
     "save_checkpoint",
@@ -25,10 +26,10 @@ __all__ = [
 
 import contextlib
 import copy
+import ctypes
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -42,6 +43,39 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from lmrec.errors import LmrecError
+from lmrec.files import staged_dir
+
+# glibc mallopt parameters and their defaults (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_TRIM_DEFAULT, _MMAP_MAX_DEFAULT = 128 * 1024, 65536
+
+
+@contextlib.contextmanager
+def heap_allocations() -> Iterator[None]:
+    """Keep freed memory in the process heap while training (glibc only; else a no-op).
+
+    glibc serves every allocation above 32 MiB (the largest mmap threshold it adapts to) with
+    fresh mmap'd pages and unmaps them on free. A training step allocates and frees such
+    tensors many times (a batch of 64 x 50 logits over 3,400 items is 43 MiB), so every step
+    page-faults tens of thousands of zeroed pages: measured 140 ms of system time in a 400 ms
+    SASRec step, 45,000 page faults per step. Here mmap is off and the heap is not trimmed;
+    afterwards the defaults come back and the free heap is returned to the system.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt  # noqa: B018 - glibc only
+        libc.malloc_trim  # noqa: B018
+    except (OSError, AttributeError):
+        yield
+        return
+    libc.mallopt(_M_MMAP_MAX, 0)
+    libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+    try:
+        yield
+    finally:
+        libc.mallopt(_M_MMAP_MAX, _MMAP_MAX_DEFAULT)
+        libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_DEFAULT)
+        libc.malloc_trim(0)
 
 
 class TrainConfig(BaseModel):
@@ -73,6 +107,9 @@ class TrainConfig(BaseModel):
     """Show a progress bar on stderr (in the main process only)."""
     checkpoint_dir: str | None = None
     """Write the best model here (module.json + weights.npz) whenever it improves."""
+    keep_heap: bool = True
+    """On CPU with glibc, serve large tensors from the heap while training instead of fresh
+    mmap'd pages (see `heap_allocations`): 1.4x faster SASRec steps at 3,400 items."""
 
 
 class TrainTask(Protocol):
@@ -180,16 +217,11 @@ def save_checkpoint(
 ) -> Path:
     """Write module.json (class name, constructor arguments, `info`) and weights.npz, replacing
     what was there only once both are written."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     meta = {"class": type(module).__name__, "init_args": dict(init_args), **info}
-    (tmp / "module.json").write_text(json.dumps(meta, indent=2))
-    np.savez(tmp / "weights.npz", **state_arrays(module))
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)
-    return path
+    with staged_dir(path, "module.json") as tmp:
+        (tmp / "module.json").write_text(json.dumps(meta, indent=2))
+        np.savez(tmp / "weights.npz", **state_arrays(module))
+    return Path(path)
 
 
 def load_checkpoint(
@@ -259,8 +291,11 @@ class Trainer:
         old_threads = torch.get_num_threads()
         if c.num_threads:
             torch.set_num_threads(c.num_threads)
+        heap = (
+            heap_allocations() if c.keep_heap and device.type == "cpu" else contextlib.nullcontext()
+        )
         try:
-            with distributed_context(device) as (rank, world):
+            with heap, distributed_context(device) as (rank, world):
                 return self._fit(module, task, device, rank, world, init_args or {})
         finally:
             torch.set_num_threads(old_threads)

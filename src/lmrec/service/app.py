@@ -165,14 +165,22 @@ def freeze_heap() -> None:
 class _Batcher:
     """Coalesces concurrent user-recommendation requests into one batched model call.
 
-    Requests arriving while a batch is being computed (in a worker thread) form the next
-    batch, so an idle service answers one request at once and a busy one amortises the
-    per-call cost of the model over many rows. No request waits for a timer.
+    Requests arriving while a batch is being computed form the next batch, so an idle service
+    answers one request at once and a busy one amortises the per-call cost of the model over
+    many rows. No request waits for a timer.
+
+    A batch runs on the event loop itself when it should take at most `inline_seconds` (by a
+    moving average of the seconds per request), else in a worker thread. For cheap models the
+    thread hop and the GIL going back and forth between two cores cost more than the work
+    (benchmarks/service.md: EASE on ML-100K, 50 clients); slow models (sequence models on CPU,
+    big catalogues) keep the loop free to read other requests meanwhile.
     """
 
-    def __init__(self, run: Any, max_batch: int = 256):
+    def __init__(self, run: Any, max_batch: int = 256, inline_seconds: float = 0.02):
         self.run = run
         self.max_batch = max_batch
+        self.inline_seconds = inline_seconds
+        self.row_cost = 0.0  # moving average of seconds per request
         self.pending: list[tuple[Any, asyncio.Future]] = []
         self.busy = False
 
@@ -190,7 +198,14 @@ class _Batcher:
                 batch = self.pending[: self.max_batch]
                 del self.pending[: self.max_batch]
                 try:
-                    results = await run_in_threadpool(self.run, [r for r, _ in batch])
+                    reqs = [r for r, _ in batch]
+                    t0 = time.perf_counter()
+                    if self.row_cost * len(reqs) <= self.inline_seconds:
+                        results = self.run(reqs)
+                    else:
+                        results = await run_in_threadpool(self.run, reqs)
+                    per_row = (time.perf_counter() - t0) / len(reqs)
+                    self.row_cost += 0.2 * (per_row - self.row_cost)
                 except Exception as exc:  # pragma: no cover - run() returns exceptions per row
                     results = [exc] * len(batch)
                 for (_, fut), res in zip(batch, results, strict=True):
@@ -209,15 +224,23 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
     settings = settings or Settings()
     svc = service or Service(settings)
     metrics = Metrics()
-    metrics.gauge("lmrec_feedback_committed_total", "Feedback events committed since start.",
-                  lambda: svc.writer.committed)
-    metrics.gauge("lmrec_feedback_transactions_total", "Feedback write transactions.",
-                  lambda: svc.writer.transactions)
-    metrics.gauge("lmrec_feedback_queued", "Feedback requests waiting for the writer.",
-                  svc.writer.queued)
+    metrics.gauge(
+        "lmrec_feedback_committed_total",
+        "Feedback events committed since start.",
+        lambda: svc.writer.committed,
+    )
+    metrics.gauge(
+        "lmrec_feedback_transactions_total",
+        "Feedback write transactions.",
+        lambda: svc.writer.transactions,
+    )
+    metrics.gauge(
+        "lmrec_feedback_queued", "Feedback requests waiting for the writer.", svc.writer.queued
+    )
     metrics.gauge("lmrec_live_events", "Events held in the live feed.", lambda: svc.feed.count)
-    metrics.gauge("lmrec_models_loaded", "Model versions in memory.",
-                  lambda: len(svc.registry.slots))
+    metrics.gauge(
+        "lmrec_models_loaded", "Model versions in memory.", lambda: len(svc.registry.slots)
+    )
     metrics.gauge("lmrec_catalog_items", "Items in the catalogue.", lambda: len(svc.catalog))
 
     batcher = _Batcher(svc.recommend_users)
@@ -323,8 +346,13 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
                 await slow(scope, receive, send)
                 return
             t0 = time.perf_counter()
-            req = (user, int(n), args.get("model"), _BOOLS[args.get("exclude_seen", "true")],
-                   args.get("category"))
+            req = (
+                user,
+                int(n),
+                args.get("model"),
+                _BOOLS[args.get("exclude_seen", "true")],
+                args.get("category"),
+            )
             await _answer(send, "GET", rec_route, t0, batcher.submit(req))
             return
         if method == "POST" and path == "/feedback" and allowed(scope, "write"):
@@ -509,7 +537,9 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
                 extra=extra,
             )
 
-        if body.text or body.tags or body.attributes or body.explain or body.diversity:  # may run the text encoder: off the loop
+        if (
+            body.text or body.tags or body.attributes or body.explain or body.diversity
+        ):  # may run the text encoder: off the loop
             return _json(await run_in_threadpool(run))
         return _json(run())
 
@@ -547,7 +577,9 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
         except LmrecError:
             raise
         except Exception as exc:
-            raise Unavailable(f"the store refused the events: {type(exc).__name__}: {exc}") from None
+            raise Unavailable(
+                f"the store refused the events: {type(exc).__name__}: {exc}"
+            ) from None
         return {"accepted": len(events), "added": int(added)}
 
     async def _ingest(events: list[Feedback]) -> Response:
@@ -573,8 +605,9 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
 
     # -- items and users ---------------------------------------------------------------------
 
-    @app.put("/items/{item_id}", tags=["items"], summary="Create or update an item",
-             dependencies=[write])
+    @app.put(
+        "/items/{item_id}", tags=["items"], summary="Create or update an item", dependencies=[write]
+    )
     async def put_item(item_id: IdPath, body: ItemBody) -> Response:
         out = await run_in_threadpool(svc.put_item, item_id, body.model_dump())
         return _json(out, 201 if out["created"] else 200)
@@ -583,14 +616,19 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
     async def get_item(item_id: IdPath) -> Response:
         return _json(await run_in_threadpool(svc.get_item, item_id))
 
-    @app.delete("/items/{item_id}", tags=["items"], summary="Delete an item and its events",
-                dependencies=[write])
+    @app.delete(
+        "/items/{item_id}",
+        tags=["items"],
+        summary="Delete an item and its events",
+        dependencies=[write],
+    )
     async def delete_item(item_id: IdPath) -> Response:
         await run_in_threadpool(svc.delete_item, item_id)
         return _json({"item": item_id, "deleted": True})
 
-    @app.put("/users/{user_id}", tags=["users"], summary="Create or update a user",
-             dependencies=[write])
+    @app.put(
+        "/users/{user_id}", tags=["users"], summary="Create or update a user", dependencies=[write]
+    )
     async def put_user(user_id: IdPath, body: UserBody) -> Response:
         out = await run_in_threadpool(svc.put_user, user_id, body.model_dump())
         return _json(out, 201 if out["created"] else 200)
@@ -611,8 +649,9 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
 
     # -- models ------------------------------------------------------------------------------
 
-    @app.get("/models", tags=["models"], summary="Model versions and the active one",
-             dependencies=[read])
+    @app.get(
+        "/models", tags=["models"], summary="Model versions and the active one", dependencies=[read]
+    )
     async def models() -> Response:
         return _json(await run_in_threadpool(svc.models))
 
@@ -655,8 +694,9 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
         info = await run_in_threadpool(svc.train, body.model, body.params, body.activate)
         return _json(info, 202)
 
-    @app.get("/models/jobs/{job_id}", tags=["models"], summary="A retraining job",
-             dependencies=[admin])
+    @app.get(
+        "/models/jobs/{job_id}", tags=["models"], summary="A retraining job", dependencies=[admin]
+    )
     async def job(job_id: IdPath) -> Response:
         return _json(svc.job(job_id))
 

@@ -6,6 +6,8 @@ registry and the item search index. Every method is safe to call from many threa
 
 from __future__ import annotations
 
+import gc
+
 __all__ = ["NotFound", "Service", "Unavailable"]
 
 import math
@@ -106,11 +108,14 @@ class Service:
             if name != first:
                 self.registry.load(name)
         if self.settings.warm_search:
-            threading.Thread(target=self._warm_search, name="lmrec-search-index", daemon=True).start()
+            threading.Thread(
+                target=self._warm_search, name="lmrec-search-index", daemon=True
+            ).start()
 
     def _warm_search(self) -> None:
         try:
             self.search_index()
+            gc.freeze()  # the encoder's objects too stay out of full collections (app.freeze_heap)
         except Exception as exc:  # reported again, to the caller, by the first search
             print(f"lmrec serve: the item search index could not be built: {exc}", flush=True)
 
@@ -128,7 +133,10 @@ class Service:
             for r in self.store.read_table("user"):
                 self.users.add(r["ext_id"])
                 if r["attributes"] or r["tags"]:
-                    self.profiles[r["ext_id"]] = (dict(r["attributes"] or {}), list(r["tags"] or []))
+                    self.profiles[r["ext_id"]] = (
+                        dict(r["attributes"] or {}),
+                        list(r["tags"] or []),
+                    )
 
     def _prepare(self, slot: Slot) -> None:
         """Bring a freshly loaded version up to date with the store (runs in a loader thread)."""
@@ -143,10 +151,16 @@ class Service:
                 if new:
                     tpl = getattr(model.config, "item_template", None)
                     slot.model = extend_catalogue(
-                        model, [r["ext_id"] for r in new], [_item_text(r, tpl) for r in new]
+                        model,
+                        [r["ext_id"] for r in new],
+                        [_item_text(r, tpl) for r in new],
+                        [r.get("categories") or [] for r in new],
+                        [r.get("attributes") or {} for r in new],
                     )
-                    slot.blocked = None if slot.blocked is None else np.concatenate(
-                        [slot.blocked, np.zeros(len(new), bool)]
+                    slot.blocked = (
+                        None
+                        if slot.blocked is None
+                        else np.concatenate([slot.blocked, np.zeros(len(new), bool)])
                     )
             slot.index = self._model_index(slot.model)
 
@@ -406,7 +420,9 @@ class Service:
         if kind == "auto" and len(items) <= self.settings.exact_limit:
             return None  # small catalogue: the model scores every item exactly anyway
         assert m.items is not None
-        return VectorIndex(items, m.items.ids.tolist(), kind=kind, exact_limit=self.settings.exact_limit)
+        return VectorIndex(
+            items, m.items.ids.tolist(), kind=kind, exact_limit=self.settings.exact_limit
+        )
 
     # -- feedback ----------------------------------------------------------------------------
 
@@ -472,7 +488,18 @@ class Service:
                 added, _ = self.store.upsert(conn, "item", [{"ext_id": item, **fields}])
             rec = self.store.get("item", item)
             assert rec is not None
-            rec = {k: rec[k] for k in ("id", "ext_id", "title", "description", "categories", "attributes", "created_at")}
+            rec = {
+                k: rec[k]
+                for k in (
+                    "id",
+                    "ext_id",
+                    "title",
+                    "description",
+                    "categories",
+                    "attributes",
+                    "created_at",
+                )
+            }
             self.catalog[item] = rec
             self.categories[item] = list(rec["categories"] or [])
             for slot in list(self.registry.slots.values()):
@@ -499,7 +526,13 @@ class Service:
             if not supports_new_items(m):
                 return
             tpl = getattr(m.config, "item_template", None)
-            new = extend_catalogue(m, [item], [_item_text(rec, tpl)])
+            new = extend_catalogue(
+                m,
+                [item],
+                [_item_text(rec, tpl)],
+                [rec.get("categories") or []],
+                [rec.get("attributes") or {}],
+            )
             if slot.blocked is not None:
                 slot.blocked = np.concatenate([slot.blocked, [False]])
             if slot.index is not None:
@@ -641,9 +674,7 @@ class Service:
                 ds = Dataset.from_store(self.store)
                 fitted = create_model(model, **params).fit(ds)
                 assert self.registry.models_dir is not None
-                tmp = self.registry.models_dir / f".{version}.tmp"
-                fitted.save(tmp)
-                tmp.rename(self.registry.models_dir / version)  # appears complete or not at all
+                fitted.save(self.registry.models_dir / version)  # complete or not at all
                 info["fit_seconds"] = round(time.perf_counter() - t0, 3)
                 if activate:
                     self.registry.scan()

@@ -80,7 +80,9 @@ class VectorIndex:
         self.kind: str = ("flat" if n <= exact_limit else "ivf") if kind == "auto" else kind
         if self.kind not in ("flat", "hnsw", "ivf"):
             raise LmrecError(f"unknown index kind {kind!r}: use auto, flat, hnsw or ivf")
-        self.ids: list[str] = [str(i) for i in ids] if ids is not None else [str(i) for i in range(n)]
+        self.ids: list[str] = (
+            [str(i) for i in ids] if ids is not None else [str(i) for i in range(n)]
+        )
         self.hidden = np.zeros(n, bool)
         self._lock = threading.RLock()
         self.ef_search = ef_search

@@ -143,7 +143,9 @@ class Slot:
 
     # -- masks -------------------------------------------------------------------------------
 
-    def candidates(self, category: str | None, categories: Mapping[str, list[str]]) -> np.ndarray | None:
+    def candidates(
+        self, category: str | None, categories: Mapping[str, list[str]]
+    ) -> np.ndarray | None:
         """Bool mask of recommendable items (not deleted, in `category` if given), or None."""
         mask = None if self.blocked is None or not self.blocked.any() else ~self.blocked
         if category is None:
@@ -165,7 +167,9 @@ class Slot:
         i = self.model.items.get(item)
         if i >= 0:
             blocked = (
-                np.zeros(len(self.model.items), bool) if self.blocked is None else self.blocked.copy()
+                np.zeros(len(self.model.items), bool)
+                if self.blocked is None
+                else self.blocked.copy()
             )
             blocked[i] = True
             self.blocked = blocked
@@ -238,9 +242,10 @@ class Slot:
 
 def supports_new_items(model: Recommender) -> bool:
     """Whether `extend_catalogue` can add items to this model (text-vector models)."""
+    from lmrec.models.coldstart_item import ColdStartItem
     from lmrec.models.lm import LMMF, ColdStartUser, LMContent
 
-    return isinstance(model, LMContent | LMMF | ColdStartUser)
+    return isinstance(model, LMContent | LMMF | ColdStartUser | ColdStartItem)
 
 
 def _widen(m: sp.spmatrix, n: int) -> sp.csr_matrix:
@@ -248,29 +253,45 @@ def _widen(m: sp.spmatrix, n: int) -> sp.csr_matrix:
     return sp.csr_matrix((m.data, m.indices, m.indptr), shape=(m.shape[0], n))
 
 
-def extend_catalogue(model: Recommender, ids: Sequence[str], texts: Sequence[str]) -> Recommender:
-    """A copy of a text model whose catalogue also holds these new items, each represented by
-    the encoder's vector of its text (LMMF: factors = text x W, the text projection, with no
-    collaborative offset; popularity 0). The original model is left as it was."""
+def extend_catalogue(
+    model: Recommender,
+    ids: Sequence[str],
+    texts: Sequence[str],
+    categories: Sequence[Sequence[Any]] | None = None,
+    attributes: Sequence[Mapping[str, Any] | None] | None = None,
+) -> Recommender:
+    """A copy of a text model whose catalogue also holds these new items, represented by the
+    encoder's vector of their text (and, for models with `side_features`, their categories and
+    attributes): LMMF factors from its text projection with no collaborative offset;
+    coldstart_item's mapped collaborative parameters; popularity 0. The original model is left
+    as it was."""
+    from lmrec.models.coldstart_item import ColdStartItem
     from lmrec.models.lm import LMMF, ColdStartUser, LMContent
 
     assert model.items is not None and model.popularity is not None
     if not ids:
         return model
     vecs = model.encode(list(texts))  # type: ignore[attr-defined]
+    side = model.side_vectors_of(categories, attributes, len(ids))  # type: ignore[attr-defined]
     new = copy.copy(model)
     n = len(model.items) + len(ids)
     new.items = Vocabulary([*model.items.ids.tolist(), *ids])
     new.popularity = np.concatenate([model.popularity, np.zeros(len(ids), np.float32)])
     new.item_vectors = np.vstack([model.item_vectors, vecs]).astype(np.float32)
+    new.side_vectors = np.vstack([model.side_vectors, side]).astype(np.float32)
+    new._joint = None  # the joint [text, side] vectors are rebuilt on first use
     if isinstance(model, LMContent):
         new.values = _widen(model.values, n)
     elif isinstance(model, LMMF):
-        p = model.proj
-        new.item_factors = np.vstack([model.item_factors, vecs @ p["wq"]]).astype(np.float32)
-        new.history_factors = np.vstack([model.history_factors, vecs @ p["we"]]).astype(np.float32)
-        new.item_bias = np.concatenate([model.item_bias, vecs @ p["wb"]]).astype(np.float32)
+        p, x = model.proj, model._mf_inputs(vecs, side)
+        new.item_factors = np.vstack([model.item_factors, x @ p["wq"]]).astype(np.float32)
+        new.history_factors = np.vstack([model.history_factors, x @ p["we"]]).astype(np.float32)
+        new.item_bias = np.concatenate([model.item_bias, x @ p["wb"]]).astype(np.float32)
         new.active = np.concatenate([model.active, np.zeros(len(ids), bool)])
     elif isinstance(model, ColdStartUser):
         new.votes = _widen(model.votes, n)
+    elif isinstance(model, ColdStartItem):
+        params = model.map_items(texts, categories, attributes)
+        new.item_params = np.vstack([model.item_params, params]).astype(np.float32)
+        new.warm = np.concatenate([model.warm, np.zeros(len(ids), bool)])
     return new

@@ -55,7 +55,9 @@ class ModelRegistry:
             if not sep:
                 path, name = spec, Path(spec).resolve().name
             if not (Path(path) / "config.json").exists():
-                raise LmrecError(f"--model {spec}: {path} is not a saved lmrec model (no config.json)")
+                raise LmrecError(
+                    f"--model {spec}: {path} is not a saved lmrec model (no config.json)"
+                )
             if name in self.versions:
                 raise LmrecError(f"--model {spec}: a version named {name!r} is already given")
             self.versions[name] = Version(name, str(path))
@@ -70,6 +72,8 @@ class ModelRegistry:
             return
         with self._lock:
             for d in sorted(self.models_dir.iterdir()):
+                if d.name.startswith("."):
+                    continue  # a save in progress (lmrec.files.staged_dir) or hidden
                 if (d / "config.json").exists() and d.name not in self.versions:
                     self.versions[d.name] = Version(d.name, str(d))
 

@@ -19,8 +19,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-import numpy as np
-
 from lmrec.errors import LmrecError
 from lmrec.store import Store
 
@@ -127,16 +125,16 @@ class FeedbackWriter:
         with self.store.begin() as conn:
             umap = self.store.ensure(conn, "user", users)
             imap = self.store.ensure(conn, "item", items)
-            out = []
-            for p in pend:
-                out.append(
-                    self.store.insert_interactions(
-                        conn,
-                        np.fromiter((umap[u] for u in p.users), np.int64, len(p.users)),
-                        np.fromiter((imap[i] for i in p.items), np.int64, len(p.items)),
-                        np.asarray(p.events, dtype=object),
-                        np.asarray(p.values, dtype=np.float64),
-                        np.asarray(p.ts, dtype=np.float64),
-                    )
-                )
+            fresh = self.store.add_events(  # one statement for every request of the batch
+                conn,
+                [umap[u] for u in users],
+                [imap[i] for i in items],
+                [e for p in pend for e in p.events],
+                [v for p in pend for v in p.values],
+                [t for p in pend for t in p.ts],
+            )
+        out, at = [], 0
+        for p in pend:
+            out.append(int(fresh[at : at + len(p.users)].sum()))
+            at += len(p.users)
         return out

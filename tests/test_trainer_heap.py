@@ -1,0 +1,49 @@
+"""`heap_allocations`: large tensors reuse heap memory while training (glibc)."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import subprocess
+import sys
+
+import pytest
+
+# Run in a fresh interpreter: the allocator's state after other tests (arenas, a heap top
+# that cannot grow in place) would blur the page-fault counts.
+PROBE = r"""
+import json, resource, torch
+from lmrec.nn.trainer import heap_allocations
+
+def faults(n=6):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(n):
+        # 36 MiB: above every mmap threshold glibc adapts to (32 MiB), like the logits of a
+        # full-softmax training step.
+        x = torch.empty(9 * 1024 * 1024)
+        x.fill_(1.0)
+        del x
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / n
+
+torch.set_num_threads(1)
+outside = faults()
+with heap_allocations():
+    faults(1)  # the heap grows once
+    inside = faults()
+after = faults()
+print(json.dumps({"outside": outside, "inside": inside, "after": after}))
+"""
+
+
+def test_large_tensors_stop_page_faulting_inside_and_defaults_return() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").mallopt  # noqa: B018
+    except (OSError, AttributeError):
+        pytest.skip("not glibc")
+    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, check=True)
+    f = json.loads(out.stdout)
+    assert f["outside"] > 5_000, f  # 36 MiB of fresh 4 KiB pages each time
+    # Measured: inside 0 (or 1536 when the kernel backs some pages with huge pages), after
+    # 9217 (or 3072): freed big tensors are reused inside, and the defaults return after.
+    assert f["inside"] < f["outside"] / 4, f
+    assert f["after"] > f["outside"] / 4, f
