@@ -43,6 +43,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
 
 
+def _mark_choice(ax, pt: dict, base: dict, key: str, title: str, xlabel: str) -> None:
+    """Circle the chosen setting; dashed lines at the 5% NDCG budget and at +20% ILD."""
+    ax.scatter([pt[key]], [pt["ndcg"]], s=160, facecolors="none", edgecolors="k", zorder=4,
+               label="chosen on validation")  # fmt: skip
+    ax.axhline(0.95 * base["ndcg"], color="grey", lw=0.8, ls="--")
+    ax.axvline(1.2 * base[key], color="grey", lw=0.8, ls="--")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+
+
 def load_ml100k():
     from lmrec.data import Dataset
     from lmrec.io.sample import import_sample
@@ -213,19 +223,8 @@ def tradeoff(args, ds) -> dict:
                     label=f"{m}, no slot discount (pool 50)",
                 )
         pt = best[part] if part == "valid" else best_t
-        ax.scatter(
-            [pt[key]],
-            [pt["ndcg"]],
-            s=160,
-            facecolors="none",
-            edgecolors="k",
-            zorder=4,
-            label="chosen on validation",
-        )
-        ax.axhline(0.95 * base["ndcg"], color="grey", lw=0.8, ls="--")
-        ax.axvline(1.2 * base[key], color="grey", lw=0.8, ls="--")
-        ax.set_title(f"{args.model} on ML-100K, {part} (leave-one-out)")
-        ax.set_xlabel(f"genre ILD@10 (mean pairwise 1 - {'Jaccard' if jac else 'cosine'})")
+        _mark_choice(ax, pt, base, key, f"{args.model} on ML-100K, {part} (leave-one-out)",
+                     f"genre ILD@10 (mean pairwise 1 - {'Jaccard' if jac else 'cosine'})")  # fmt: skip
         ax.set_ylabel("NDCG@10")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
@@ -402,19 +401,8 @@ def calibrated(args, ds) -> dict:
                 label=f"max-sum, {names[v]}, pool {pool}{', local search' if ls else ''}",
             )
         pt = best["valid"] if part == "valid" else best_t
-        ax.scatter(
-            [pt[key]],
-            [pt["ndcg"]],
-            s=160,
-            facecolors="none",
-            edgecolors="k",
-            zorder=4,
-            label="chosen on validation",
-        )
-        ax.axhline(0.95 * base["ndcg"], color="grey", lw=0.8, ls="--")
-        ax.axvline(1.2 * base[key], color="grey", lw=0.8, ls="--")
-        ax.set_title(f"{base_name} on ML-100K, {part} (leave-one-out)")
-        ax.set_xlabel("genre ILD@10 (mean pairwise 1 - Jaccard)")
+        _mark_choice(ax, pt, base, key, f"{base_name} on ML-100K, {part} (leave-one-out)",
+                     "genre ILD@10 (mean pairwise 1 - Jaccard)")  # fmt: skip
         ax.set_ylabel("NDCG@10")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
