@@ -51,6 +51,19 @@ def _item_text(rec: dict[str, Any], template: str | None = None) -> str:
     )
 
 
+def _with_items(model: Recommender, records: list[dict[str, Any]]) -> Recommender:
+    """`extend_catalogue` with store records: their text (by the model's item template),
+    categories and attributes."""
+    tpl = getattr(model.config, "item_template", None)
+    return extend_catalogue(
+        model,
+        [r["ext_id"] for r in records],
+        [_item_text(r, tpl) for r in records],
+        [r.get("categories") or [] for r in records],
+        [r.get("attributes") or {} for r in records],
+    )
+
+
 class _Search:
     """Semantic item search: text vectors of every stored item in a `VectorIndex`."""
 
@@ -149,14 +162,7 @@ class Service:
             if supports_new_items(model):
                 new = [r for r in items if r["ext_id"] not in model.items]
                 if new:
-                    tpl = getattr(model.config, "item_template", None)
-                    slot.model = extend_catalogue(
-                        model,
-                        [r["ext_id"] for r in new],
-                        [_item_text(r, tpl) for r in new],
-                        [r.get("categories") or [] for r in new],
-                        [r.get("attributes") or {} for r in new],
-                    )
+                    slot.model = _with_items(model, new)
                     slot.blocked = (
                         None
                         if slot.blocked is None
@@ -525,14 +531,7 @@ class Service:
                 return
             if not supports_new_items(m):
                 return
-            tpl = getattr(m.config, "item_template", None)
-            new = extend_catalogue(
-                m,
-                [item],
-                [_item_text(rec, tpl)],
-                [rec.get("categories") or []],
-                [rec.get("attributes") or {}],
-            )
+            new = _with_items(m, [rec])
             if slot.blocked is not None:
                 slot.blocked = np.concatenate([slot.blocked, [False]])
             if slot.index is not None:
