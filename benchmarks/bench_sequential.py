@@ -5,6 +5,8 @@ cost on a synthetic set the size of MovieLens-1M.
     .venv/bin/python benchmarks/bench_sequential.py cold   [--threads 2]
     .venv/bin/python benchmarks/bench_sequential.py ml1m   [--threads 2] [--epochs N]
         [--loss ce|sampled] [--param NAME=VALUE ...]
+    OMP_NUM_THREADS=1 .venv/bin/python -m torch.distributed.run --standalone --nproc_per_node=2 \
+        benchmarks/bench_sequential.py ml1m --threads 1 ...   # 2 processes x 1 thread (DDP)
 
 ml100k: EASE (the best classic model) and each sequence model with its tuned defaults, side by
 side in one run: fit on the LOO train part with early stopping on the valid part (the
@@ -14,7 +16,8 @@ training sequences). cold: item cold start (`cold_start_items`, 10% of the items
 ranking only among the held-out items, SASRec with and without text, and LM content.
 ml1m: 6,040 users, 3,400 items, 1,000,000 interactions drawn from a clustered Markov process;
 wall time, CPU time, time per epoch, the validation curve and peak resident memory of SASRec
-training (its own process).
+training (its own process; under torchrun, process 0 evaluates and reports, its peak memory
+is per process).
 """
 
 from __future__ import annotations
@@ -177,15 +180,20 @@ def run_ml1m(
     params: dict[str, Any] = {"num_threads": threads, "loss": loss, **(extra or {})}
     if epochs:
         params["epochs"] = epochs
-    print(json.dumps({"params": params}), flush=True)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({"params": params}), flush=True)
     model = create_model("sasrec", **params)
     t0, cpu0 = time.perf_counter(), time.process_time()
     model.fit(split.train, valid=split.valid)
     fit_s, fit_cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
     r = model.train_result
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if int(os.environ.get("RANK", "0")) != 0:
+        return {}  # under torchrun: process 0 reports
     test = evaluate(model, split, on="test", k=10).summary()
     row = {
         "data": f"{ds.n_users} users, {ds.n_items} items, {ds.n_interactions} interactions",
+        "processes": world,
         "loss": loss,
         "generate_s": round(gen_s, 1),
         "fit_s": round(fit_s, 1),
@@ -245,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         out = run_cold(args.threads)
     else:
         out = run_ml1m(args.threads, args.epochs, args.loss, _params(args.param))
-    if args.json:
+    if args.json and out:
         args.json.write_text(json.dumps(out, indent=2))
     return 0
 

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -49,12 +50,31 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _run(cmd: list[str], cwd: Path) -> None:
+def _why(res: subprocess.CompletedProcess) -> str:
+    """The end of the output and every line that names an error (under torchrun a child's
+    traceback comes long before the launcher's summary)."""
+    errors = [ln for ln in res.stderr.splitlines() if "Error" in ln or "error:" in ln]
+    return "\n".join([res.stdout[-2000:], *errors[-30:], res.stderr[-2000:]])
+
+
+def _run(cmd: list[str], cwd: Path, *, launches: int = 1) -> subprocess.CompletedProcess:
+    """Run `cmd` to success. A torchrun launch gets `launches` tries: on 2026-11-30 one of
+    about 20 runs of the 2-process test failed once and could not be made to fail again
+    (launcher summary only); a second failure fails the test with both outputs."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("WORLD_SIZE", None)
-    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, (
-        f"{' '.join(cmd)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    failed: list[str] = []
+    for _ in range(launches):
+        res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+        if res.returncode == 0:
+            if failed:
+                warnings.warn(
+                    f"{' '.join(cmd)} failed once, then passed:\n{failed[0]}", stacklevel=2
+                )
+            return res
+        failed.append(_why(res))
+    raise AssertionError(
+        f"{' '.join(cmd)} failed {len(failed)} time(s):\n" + "\n---\n".join(failed)
     )
 
 
@@ -77,6 +97,7 @@ def test_torchrun_two_cpu_processes_match_one(tmp_path: Path) -> None:
             str(two),
         ],
         tmp_path,
+        launches=2,
     )
     r1 = json.loads((one / "result.json").read_text())
     r2 = json.loads((two / "result.json").read_text())
@@ -90,3 +111,55 @@ def test_torchrun_two_cpu_processes_match_one(tmp_path: Path) -> None:
 
     model = Recommender.load(two / "model")
     assert model.recommend(Query(items=["i3", "i4", "i5"]), n=1).items == ["i6"]
+
+
+@pytest.mark.slow
+def test_lmrec_train_procs_runs_under_torchrun(tmp_path: Path) -> None:
+    """`lmrec train --procs 2` relaunches itself under torchrun: two processes train, the
+    first saves one model and prints one report; a model that does not train with torch is
+    refused with a message."""
+    rng = np.random.default_rng(1)
+    lines = ["user,item,ts"]
+    for u in range(120):
+        start = int(rng.integers(20))
+        lines += [f"u{u},i{(start + t) % 20},{t}" for t in range(8)]
+    (tmp_path / "events.csv").write_text("\n".join(lines) + "\n")
+    db = f"sqlite:///{tmp_path / 'store.db'}"
+    lmrec = [sys.executable, "-m", "lmrec.cli", "--db", db]
+    _run([*lmrec, "import", "--interactions", str(tmp_path / "events.csv"), "-q"], tmp_path)
+    out = tmp_path / "model"
+    res = _run(
+        [
+            *lmrec,
+            "train",
+            "--model",
+            "sasrec",
+            "--param",
+            "epochs=3",
+            "--param",
+            "max_len=10",
+            "--procs",
+            "2",
+            "--out",
+            str(out),
+            "--json",
+        ],
+        tmp_path,
+        launches=2,
+    )
+    report = json.loads(res.stdout)  # one report: the second process printed nothing
+    assert report["model"] == "sasrec" and report["interactions"] == 960
+    from lmrec.models.base import Query, Recommender
+
+    model = Recommender.load(out)
+    assert len(model.recommend(Query(items=["i3", "i4"]), n=3).items) == 3
+    res = subprocess.run(
+        [*lmrec, "train", "--model", "ease", "--procs", "2", "--out", str(tmp_path / "e")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 1
+    assert "--procs 2: only the sequence models" in res.stderr
+    assert not (tmp_path / "e").exists()

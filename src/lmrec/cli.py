@@ -238,6 +238,7 @@ COMMAND_MODULES: list[str] = [
 def main(argv: Sequence[str] | None = None) -> int:
     parser, cmds = _parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
     if not args.command:
         parser.print_help()
         return 2
