@@ -459,6 +459,30 @@ def test_deleting_a_user_erases_them(server: Server) -> None:
         assert c.delete("/users/u6").status_code == 404
 
 
+def test_ids_with_slashes_are_addressable(server: Server) -> None:
+    """Shop SKUs and user ids may contain '/': sent percent-encoded (or plain), they name the
+    same item or user on every route, fast path included."""
+    with server.client(WRITE) as c:
+        r = c.put("/items/sku%2F7", json={"title": "Ghost scream", "categories": ["Horror"]})
+        assert r.status_code == 201, r.text
+        assert c.get("/items/sku%2F7").json()["item"] == "sku/7"
+        assert c.get("/items/sku/7").json()["item"] == "sku/7"
+        assert c.get("/items/sku%2F7/similar", params={"n": 3}).status_code == 200
+        assert c.put("/users/shop%2F42", json={"tags": ["ghost"]}).status_code == 201
+        assert c.get("/users/shop%2F42").json()["user"] == "shop/42"
+        fb = {"user": "shop/42", "item": "sku/7", "ts": 1.7e9}
+        assert c.post("/feedback", json=fb).json() == {"accepted": 1, "added": 1}
+        for params in ({"n": 5, "model": "knn"}, {"n": 5, "model": "knn", "explain": "true"}):
+            r = c.get("/users/shop%2F42/recommendations", params=params)  # fast, then slow
+            assert r.status_code == 200 and r.json()["user"] == "shop/42", r.text
+            assert "sku/7" not in [x["item"] for x in r.json()["items"]]  # seen
+        assert set(_history(server, "shop/42")) == {"sku/7"}
+        assert c.delete("/users/shop%2F42").status_code == 200
+        assert c.get("/users/shop/42").status_code == 404
+        assert c.delete("/items/sku/7").status_code == 200
+        assert c.get("/items/sku%2F7").status_code == 404
+
+
 # -- retrieval index ------------------------------------------------------------------------------
 
 

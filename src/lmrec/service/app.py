@@ -100,7 +100,7 @@ class _Guard:
             await self._reject(send, p.status, p.detail)
         finally:
             route = scope.get("route")
-            name = getattr(route, "path", None) or "other"
+            name = getattr(route, "path_format", None) or "other"
             self.metrics.observe(scope["method"], name, status[0], time.perf_counter() - t0)
 
     @staticmethod
@@ -330,7 +330,7 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
         if method == "GET" and path.startswith("/users/") and path.endswith("/recommendations"):
             user = path[7:-16]
             args: dict[str, str] = {}
-            ok = 0 < len(user) <= 255 and "/" not in user and allowed(scope, "read")
+            ok = 0 < len(user) <= 255 and allowed(scope, "read")
             if ok and scope["query_string"]:
                 for k, v in parse_qsl(scope["query_string"].decode("latin-1"), True):
                     if k in args or k not in _REC_PARAMS:
@@ -479,7 +479,7 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
     # -- recommendations ---------------------------------------------------------------------
 
     @app.get(
-        "/users/{user_id}/recommendations",
+        "/users/{user_id:path}/recommendations",
         tags=["recommendations"],
         summary="Top-n items for a user (with their newest feedback folded in)",
         dependencies=[read],
@@ -544,7 +544,7 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
         return _json(run())
 
     @app.get(
-        "/items/{item_id}/similar",
+        "/items/{item_id:path}/similar",
         tags=["recommendations"],
         summary="Items similar to an item (the model's similarity; text for new items)",
         dependencies=[read],
@@ -606,18 +606,21 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
     # -- items and users ---------------------------------------------------------------------
 
     @app.put(
-        "/items/{item_id}", tags=["items"], summary="Create or update an item", dependencies=[write]
+        "/items/{item_id:path}",
+        tags=["items"],
+        summary="Create or update an item",
+        dependencies=[write],
     )
     async def put_item(item_id: IdPath, body: ItemBody) -> Response:
         out = await run_in_threadpool(svc.put_item, item_id, body.model_dump())
         return _json(out, 201 if out["created"] else 200)
 
-    @app.get("/items/{item_id}", tags=["items"], summary="An item", dependencies=[read])
+    @app.get("/items/{item_id:path}", tags=["items"], summary="An item", dependencies=[read])
     async def get_item(item_id: IdPath) -> Response:
         return _json(await run_in_threadpool(svc.get_item, item_id))
 
     @app.delete(
-        "/items/{item_id}",
+        "/items/{item_id:path}",
         tags=["items"],
         summary="Delete an item and its events",
         dependencies=[write],
@@ -627,18 +630,21 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
         return _json({"item": item_id, "deleted": True})
 
     @app.put(
-        "/users/{user_id}", tags=["users"], summary="Create or update a user", dependencies=[write]
+        "/users/{user_id:path}",
+        tags=["users"],
+        summary="Create or update a user",
+        dependencies=[write],
     )
     async def put_user(user_id: IdPath, body: UserBody) -> Response:
         out = await run_in_threadpool(svc.put_user, user_id, body.model_dump())
         return _json(out, 201 if out["created"] else 200)
 
-    @app.get("/users/{user_id}", tags=["users"], summary="A user", dependencies=[read])
+    @app.get("/users/{user_id:path}", tags=["users"], summary="A user", dependencies=[read])
     async def get_user(user_id: IdPath) -> Response:
         return _json(await run_in_threadpool(svc.get_user, user_id))
 
     @app.delete(
-        "/users/{user_id}",
+        "/users/{user_id:path}",
         tags=["users"],
         summary="Erase a user: profile and events, from the store and every later answer",
         dependencies=[write],
