@@ -344,7 +344,7 @@ def register(
         type=int,
         default=1,
         help="sequence models: train in this many processes (DDP under torchrun, one CPU "
-        "thread each; on CPU 2 processes were 3x faster than 1, benchmarks/sequential.md)",
+        "thread each; on 2 cores 1.1x faster than 2 threads, benchmarks/sequential.md)",
     )
     s.add_argument("--json", action="store_true", help="print JSON")
     cmds["train"] = cmd_train
