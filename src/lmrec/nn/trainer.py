@@ -147,8 +147,13 @@ def _world() -> tuple[int, int]:
 
 
 def is_main_process() -> bool:
-    """True outside distributed training and in rank 0 of it."""
-    return _world()[0] == 0
+    """True outside distributed training and in rank 0 of it: the process group's rank while
+    one is joined, else the rank `torchrun` gave the process (`RANK`), so that the answer
+    holds after `Trainer.fit` has left the group it joined (every process would otherwise
+    call itself the main one, and all of them would save)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank() == 0
+    return os.environ.get("RANK", "0").strip() in ("0", "")
 
 
 @contextlib.contextmanager
