@@ -54,7 +54,8 @@ SCRIPT = textwrap.dedent(
 def _why(res: subprocess.CompletedProcess) -> str:
     """The end of the output and every line that names an error (under torchrun a child's
     traceback comes long before the launcher's summary)."""
-    errors = [ln for ln in res.stderr.splitlines() if "Error" in ln or "error:" in ln]
+    keys = ("Error", "error:", "Exception", "terminate called", "what()")
+    errors = [ln for ln in res.stderr.splitlines() if any(k in ln for k in keys)]
     return "\n".join([res.stdout[-2000:], *errors[-30:], res.stderr[-2000:]])
 
 

@@ -27,6 +27,7 @@ __all__ = [
 import contextlib
 import copy
 import ctypes
+import gc
 import json
 import math
 import os
@@ -172,6 +173,16 @@ def distributed_context(device: torch.device) -> Iterator[tuple[int, int]]:
         joined = True
     try:
         yield _world()
+        if joined:
+            # Free the DDP wrapper (and its reducer) while the group is alive, and let every
+            # process finish with the group before any leaves it. A script that kept its DDP
+            # object alive past destroy_process_group aborted at exit ("terminate called
+            # without an active exception", SIGABRT) in 11 of 42 two-process runs on gloo, 2
+            # of 52 with a barrier, 0 of 40 with the wrapper freed first (2026-11-30). Only
+            # on a normal exit: after an error in one process the others would wait here for
+            # the group's timeout.
+            gc.collect()
+            dist.barrier()
     finally:
         if joined:
             dist.destroy_process_group()
