@@ -105,7 +105,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise LmrecError(f"--procs must be at least 1, got {args.procs}")
     if args.procs > 1 and "LOCAL_RANK" not in os.environ:
         return _launch_processes(args, model)
-    main_process = os.environ.get("RANK", "0") == "0"
+    distributed = "LOCAL_RANK" in os.environ  # a process of a torchrun launch
+    if distributed:
+        from lmrec.nn import is_main_process
     ds = _snapshot(args)
     split = _loo(ds) if args.protocol == "loo" else None
     data = split.train if split is not None else ds
@@ -118,7 +120,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         model.fit(data)
         fit_s = time.perf_counter() - t0
-    if not main_process:
+    if distributed and not is_main_process():
         return 0  # under torchrun the first process saves and reports
     model.save(args.out)
     out: dict[str, Any] = {
