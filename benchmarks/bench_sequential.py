@@ -172,6 +172,7 @@ def run_ml1m(
     from lmrec.data.split import leave_one_out
     from lmrec.evaluation import evaluate
     from lmrec.models import create_model
+    from lmrec.nn import is_main_process
 
     t0 = time.perf_counter()
     ds = synthetic_ml1m()
@@ -180,7 +181,7 @@ def run_ml1m(
     params: dict[str, Any] = {"num_threads": threads, "loss": loss, **(extra or {})}
     if epochs:
         params["epochs"] = epochs
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main_process():
         print(json.dumps({"params": params}), flush=True)
     model = create_model("sasrec", **params)
     t0, cpu0 = time.perf_counter(), time.process_time()
@@ -188,7 +189,7 @@ def run_ml1m(
     fit_s, fit_cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
     r = model.train_result
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not is_main_process():
         return {}  # under torchrun: process 0 reports
     test = evaluate(model, split, on="test", k=10).summary()
     row = {
