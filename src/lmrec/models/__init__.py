@@ -30,6 +30,7 @@ REGISTRY: dict[str, str] = {
     "coldstart_user": "lmrec.models.lm:ColdStartUser",
     "coldstart_item": "lmrec.models.coldstart_item:ColdStartItem",
     "sasrec": "lmrec.models.sequential:SASRec",
+    "hybrid": "lmrec.models.sequential:Hybrid",
     "bert4rec": "lmrec.models.sequential:BERT4Rec",
     "xlnet": "lmrec.models.sequential:XLNet",
 }

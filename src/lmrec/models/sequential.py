@@ -28,6 +28,8 @@ from __future__ import annotations
 __all__ = [
     "BERT4Rec",
     "BERT4RecConfig",
+    "Hybrid",
+    "HybridConfig",
     "SASRec",
     "SASRecConfig",
     "SequentialConfig",
@@ -96,8 +98,9 @@ class SequentialConfig(ModelConfig):
     """'auto' (CUDA when available, with mixed precision), 'cpu', 'cuda' or 'cuda:N'."""
     num_threads: int | None = Field(None, ge=1)
     """CPU threads of torch while training (None: torch's default)."""
-    progress: bool = False
-    """Show a progress bar while training."""
+    progress: bool = True
+    """Report each epoch on stderr while training (a progress bar on a terminal, else a line
+    per epoch: loss, validation NDCG@10, best so far, elapsed and estimated time left)."""
     checkpoint_dir: str | None = None
     """Write the best network (constructor arguments + weights) here during training."""
 
@@ -116,6 +119,9 @@ class SASRecConfig(SequentialConfig):
     uniform items (for catalogues too large for a full softmax)."""
     negatives: int = Field(256, ge=1)
     """Negatives per batch with loss='sampled'."""
+    sampler: Literal["uniform", "popularity"] = "uniform"
+    """How loss='sampled' draws its negatives: uniformly, or in proportion to training
+    popularity (harder negatives); either way the logits are logQ-corrected."""
 
 
 class BERT4RecConfig(SequentialConfig):
@@ -231,6 +237,9 @@ class _SequenceModel(Recommender):
 
     config: SequentialConfig
     network: ClassVar[str]
+    #: Items that consecutive training windows share (SASRec: 1, so every next-item pair of a
+    #: long sequence is trained once).
+    window_overlap: ClassVar[int] = 0
 
     def __init__(self, config: Any = None, **params: Any):
         super().__init__(config, **params)
@@ -303,6 +312,15 @@ class _SequenceModel(Recommender):
             enc.fit(texts)
         return np.asarray(encode_cached(enc, texts), np.float32)
 
+    def _uses_text(self) -> bool:
+        """Whether the network reads the items' text vectors."""
+        return self.config.text != "none"
+
+    def _text_places_items(self) -> bool:
+        """Whether items without training data get their vector from text (else they are
+        scored `UNTRAINED_SCORE`)."""
+        return self.config.text != "none"
+
     # -- training ------------------------------------------------------------------------------
 
     def _fit(self, dataset: Dataset) -> None:
@@ -340,17 +358,15 @@ class _SequenceModel(Recommender):
                 f"{self.name}: no training sequence has two or more items "
                 f"({dataset.n_interactions} interactions over {dataset.n_users} users)"
             )
-        trained = np.zeros(dataset.n_items, bool)
-        trained[np.concatenate(train_seqs)] = True
-        self.trained_items = trained
-        text = self._text_vectors(dataset) if c.text != "none" else None
+        counts = np.bincount(np.concatenate(train_seqs), minlength=dataset.n_items)
+        self.trained_items = counts > 0
+        text = self._text_vectors(dataset) if self._uses_text() else None
         torch.manual_seed(c.seed)
         net, args = self._build_net(dataset.n_items, text)
-        net.trainable.copy_(torch.from_numpy(trained))
-        net.item_emb.id_mask.copy_(torch.from_numpy(trained.astype(np.float32)))
+        net.set_item_counts(torch.from_numpy(counts))
         width = self._train_window()
         if c.train_windows == "all":
-            train_seqs = _chunks(train_seqs, width, overlap=1 if self.name == "sasrec" else 0)
+            train_seqs = _chunks(train_seqs, width, overlap=self.window_overlap)
         rows = _windows(train_seqs, width)
         task = _Task(self, rows, valid_hist, valid_target, device)
         trainer = Trainer(
@@ -366,7 +382,9 @@ class _SequenceModel(Recommender):
                 checkpoint_dir=c.checkpoint_dir,
             )
         )
-        self.train_result = trainer.fit(net, task, init_args={"n_items": dataset.n_items, **args})
+        self.train_result = trainer.fit(
+            net, task, init_args={"n_items": dataset.n_items, **args}, label=self.name
+        )
         self.net = net
         self.net.eval()
 
@@ -379,7 +397,7 @@ class _SequenceModel(Recommender):
         tokens = torch.from_numpy(self._inference_tokens(seqs)).to(device)
         with torch.no_grad():
             s = net.scores(net.last_hidden(tokens)).float().cpu().numpy()
-        if self.config.text == "none" and self.trained_items is not None:
+        if not self._text_places_items() and self.trained_items is not None:
             s[:, ~self.trained_items] = UNTRAINED_SCORE
         return s
 
@@ -435,9 +453,11 @@ class SASRec(_SequenceModel):
     config_class = SASRecConfig
     config: SASRecConfig
     network = "SASRecNet"
+    window_overlap = 1
 
     def _extra_net_args(self) -> dict[str, Any]:
-        return {"loss": self.config.loss, "negatives": self.config.negatives}
+        c = self.config
+        return {"loss": c.loss, "negatives": c.negatives, "sampler": c.sampler}
 
     def _train_window(self) -> int:
         return self.config.max_len + 1
@@ -515,3 +535,45 @@ class XLNet(_SequenceModel):
         width = max(1, min(self.config.max_len - 1, max((len(s) for s in seqs), default=1)))
         tokens = _windows(seqs, width)
         return np.concatenate([tokens, np.zeros((len(seqs), 1), np.int64)], axis=1)
+
+
+class HybridConfig(SASRecConfig):
+    """SASRec over dual-view items (see `Hybrid`)."""
+
+    text: Literal["none", "init", "fuse"] = "none"
+    """Unused by `hybrid` (its items always have both views); kept for a shared config."""
+    views: Literal["both", "text", "id"] = "both"
+    """Item views: both (gated text + id), text only (any item with text can be ranked), or
+    id only (the same network without text: the ablation)."""
+    id_dropout: float = Field(0.1, ge=0, lt=1)
+    """Chance that an item's id view is dropped in a training step (DropoutNet)."""
+    adapter_dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout inside the text adapter."""
+
+
+class Hybrid(SASRec):
+    """Text-aware SASRec whose items have two views (`lmrec.nn.layers.DualViewEmbedding`):
+    the frozen language-model text vector through a trained adapter, plus a learned id vector
+    weighted by a gate computed from the item's popularity. The text view is never washed out
+    by training (it is recomputed from the frozen vectors at every step), items without
+    training data are placed by their text alone, and the gate lets head items lean on their
+    ids and tail items on text (LLM-ESR, NeurIPS 2024; LLMEmb, AAAI 2025)."""
+
+    name = "hybrid"
+    config_class = HybridConfig
+    config: HybridConfig
+
+    def _net_args(self, text_dim: int) -> dict[str, Any]:
+        c = self.config
+        return {
+            **super()._net_args(text_dim),
+            "text_mode": "dual",
+            "views": c.views,
+            "adapter_dropout": c.adapter_dropout,
+        }
+
+    def _uses_text(self) -> bool:
+        return True
+
+    def _text_places_items(self) -> bool:
+        return self.config.views != "id"

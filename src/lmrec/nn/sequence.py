@@ -25,13 +25,21 @@ from __future__ import annotations
 
 __all__ = ["NETWORKS", "BERT4RecNet", "SASRecNet", "SequenceNet", "XLNetNet"]
 
+import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmrec.nn.layers import PAD, ItemEmbedding, TransformerEncoder, causal_mask
+from lmrec.nn.layers import (
+    PAD,
+    Dropout,
+    DualViewEmbedding,
+    ItemEmbedding,
+    TransformerEncoder,
+    causal_mask,
+)
 
 
 class SequenceNet(nn.Module):
@@ -53,23 +61,57 @@ class SequenceNet(nn.Module):
         text_dim: int = 0,
         loss: str = "ce",
         negatives: int = 256,
+        sampler: str = "uniform",
+        views: str = "both",
+        adapter_dropout: float = 0.0,
     ):
         super().__init__()
         if text is None and text_mode != "none":
             text = torch.zeros(n_items, text_dim)  # filled by load_state_dict
+        if sampler not in ("uniform", "popularity"):
+            raise ValueError(f"sampler must be uniform or popularity, not {sampler!r}")
         self.n_items = n_items
         self.max_len = max_len
         self.mask_token = n_items + 1
         self.loss_kind = loss
         self.negatives = negatives
-        self.item_emb = ItemEmbedding(
-            n_items, width, n_special=1, text=text, mode=text_mode, id_dropout=id_dropout
-        )
+        self.sampler = sampler
+        self.item_emb: ItemEmbedding | DualViewEmbedding
+        if text_mode == "dual":
+            assert text is not None
+            self.item_emb = DualViewEmbedding(
+                n_items,
+                width,
+                text,
+                views=views,
+                id_dropout=id_dropout,
+                adapter_dropout=adapter_dropout,
+            )
+        else:
+            self.item_emb = ItemEmbedding(
+                n_items, width, n_special=1, text=text, mode=text_mode, id_dropout=id_dropout
+            )
         self.pos = nn.Parameter(torch.randn(max_len, width) / width**0.5)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.encoder = TransformerEncoder(width, layers, heads, ffn_mult, dropout)
-        # Items allowed in the training softmax (those with training data); set by the model.
+        # Items allowed in the training softmax (those with training data) and the log of
+        # each item's chance to be drawn as a sampled negative; set by `set_item_counts`.
         self.register_buffer("trainable", torch.ones(n_items, dtype=torch.bool))
+        self.register_buffer("log_q", torch.full((n_items,), -math.log(n_items)), persistent=False)
+
+    def set_item_counts(self, counts: torch.Tensor) -> None:
+        """Tell the network each item's training interaction count (n_items,): items without
+        any are left out of the training softmax and have no id vector; the popularity
+        sampler draws negatives in proportion to the count."""
+        trained = counts > 0
+        self.trainable.copy_(trained)
+        if isinstance(self.item_emb, DualViewEmbedding):
+            self.item_emb.set_popularity(counts)
+        else:
+            self.item_emb.id_mask.copy_(trained.float())
+        q = counts.double().clamp(min=0) if self.sampler == "popularity" else trained.double()
+        q = q / q.sum().clamp(min=1)
+        self.log_q.copy_(torch.log(q.clamp(min=1e-30)).float())
 
     def embed(self, tokens: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """(B, T, C) token vectors plus the positions of the window's last T slots."""
@@ -79,22 +121,42 @@ class SequenceNet(nn.Module):
     def item_weight(self) -> torch.Tensor:
         return self.item_emb.weight()
 
+    def step_weight(self, *tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(token vectors, sampled negatives) for one training step. With loss='sampled' the
+        negatives are drawn here and only the rows of the given token tensors, the
+        negatives, padding and the mask token are computed (the rest of the table is left
+        zero, unread): a text-derived item vector costs an adapter pass, and a step needs a
+        few thousand of them, not the catalogue."""
+        if self.loss_kind != "sampled":
+            return self.item_weight(), None
+        neg = torch.multinomial(self.log_q.exp(), self.negatives, replacement=True)  # (K,)
+        special = torch.tensor([PAD, self.mask_token], device=neg.device)
+        ids = torch.cat([t.reshape(-1) for t in tokens] + [neg + 1, special])
+        return self.item_emb.weight(torch.unique(ids)), neg
+
     def scores(self, hidden: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         """(B, n_items) dot products of hidden (B, C) with every item vector."""
         return hidden @ self.item_emb.items(weight).T
 
     def prediction_loss(
-        self, hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor
+        self,
+        hidden: torch.Tensor,
+        targets: torch.Tensor,
+        weight: torch.Tensor,
+        neg: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Cross-entropy of the target items (N,) given hidden (N, C): over all trainable
-        items ('ce'), or over the target and `negatives` uniform trainable items shared by
-        the batch ('sampled'; sampled softmax, Jean et al., ACL 2015)."""
+        items ('ce'), or over the target and `negatives` trainable items shared by the batch
+        ('sampled'; sampled softmax, Jean et al., ACL 2015), drawn uniformly or by popularity,
+        with every logit corrected by the log of its chance to be drawn (logQ correction, Yi
+        et al., RecSys 2019), so the sampled loss estimates the full softmax's. `weight` and
+        `neg` come from `step_weight`."""
         items = self.item_emb.items(weight)  # (n, C)
         if self.loss_kind == "sampled":
-            pool = torch.nonzero(self.trainable).squeeze(1)
-            neg = pool[torch.randint(len(pool), (self.negatives,), device=pool.device)]
+            assert neg is not None, "sampled loss: take weight and negatives from step_weight"
             pos_logit = (hidden * items[targets]).sum(-1, keepdim=True)  # (N, 1)
-            neg_logit = hidden @ items[neg].T  # (N, K)
+            pos_logit = pos_logit - self.log_q[targets][:, None]
+            neg_logit = hidden @ items[neg].T - self.log_q[neg][None, :]  # (N, K)
             neg_logit = neg_logit.masked_fill(neg[None, :] == targets[:, None], float("-inf"))
             logits = torch.cat([pos_logit, neg_logit], dim=1).float()
             return F.cross_entropy(logits, torch.zeros_like(targets))
@@ -119,10 +181,10 @@ class SASRecNet(SequenceNet):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """batch: tokens (B, T) inputs, targets (B, T) the next item's token (0: none)."""
-        w = self.item_weight()
+        w, neg = self.step_weight(batch["tokens"], batch["targets"])
         h = self.encode(batch["tokens"], w)  # (B, T, C)
         sel = batch["targets"] > 0
-        return self.prediction_loss(h[sel], batch["targets"][sel] - 1, w)
+        return self.prediction_loss(h[sel], batch["targets"][sel] - 1, w, neg)
 
     def last_hidden(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens: (B, T) histories, newest last."""
@@ -141,10 +203,10 @@ class BERT4RecNet(SequenceNet):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """batch: tokens (B, T) with some items replaced by the mask token, targets (B, T)
         the masked items' tokens (0 elsewhere)."""
-        w = self.item_weight()
+        w, neg = self.step_weight(batch["tokens"], batch["targets"])
         h = self.encode(batch["tokens"], w)
         sel = batch["targets"] > 0
-        return self.prediction_loss(h[sel], batch["targets"][sel] - 1, w)
+        return self.prediction_loss(h[sel], batch["targets"][sel] - 1, w, neg)
 
     def last_hidden(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens: (B, T) histories whose last slot holds the mask token."""
@@ -189,10 +251,10 @@ class XLNetNet(SequenceNet):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """batch: tokens (B, T), ranks (B, T) a permutation of each row's items, targets
         (B, T) the tokens to predict (the last part of the order; 0 elsewhere)."""
-        w = self.item_weight()
+        w, neg = self.step_weight(batch["tokens"], batch["targets"])
         g = self.query_stream(batch["tokens"], batch["ranks"], w)
         sel = batch["targets"] > 0
-        return self.prediction_loss(g[sel], batch["targets"][sel] - 1, w)
+        return self.prediction_loss(g[sel], batch["targets"][sel] - 1, w, neg)
 
     def last_hidden(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens: (B, T) histories with an empty (PAD) query slot last."""
