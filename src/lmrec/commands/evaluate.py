@@ -137,7 +137,7 @@ def breakdown_csv_path(csv_path: str | Path) -> Path:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from lmrec.commands.models import _snapshot
+    from lmrec.data import snapshot
     from lmrec.evaluation import run_protocol
     from lmrec.evaluation.protocols import ProtocolResult, make_splits
     from lmrec.evaluation.report import (
@@ -165,7 +165,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     for lab in labels:  # unknown names and bad parameters fail before the data is read
         create_model(lab, **params.get(lab, {}))
-    ds = _snapshot(args)
+    ds = snapshot(args.db)
     splits = make_splits(ds, args.protocol, seed=args.seed, folds=args.folds)
     kw: dict[str, Any] = {
         "metrics": metrics,

@@ -19,11 +19,12 @@ __all__ = [
     "ProtocolResult",
     "bootstrap_ci",
     "evaluate",
+    "leave_one_out_metrics",
     "paired_test",
     "rating_metrics",
     "run_protocol",
 ]
 
 from lmrec.evaluation.protocols import ProtocolResult, run_protocol
-from lmrec.evaluation.runner import EvalResult, evaluate, rating_metrics
+from lmrec.evaluation.runner import EvalResult, evaluate, leave_one_out_metrics, rating_metrics
 from lmrec.evaluation.stats import bootstrap_ci, paired_test
