@@ -238,6 +238,10 @@ def test_run_protocol_pools_the_breakdown_over_folds() -> None:
     models = {r["model"] for r in rows["popularity"]}
     assert models == {"popularity", "itemknn"}
     assert all(r["reference"] == "popularity" for r in rows["history"])
+    sampled = run_protocol(["popularity"], _catalogue(), k=5, sampled=5, breakdown=["history"])
+    assert {r["ranking"] for r in sampled.breakdown()["history"]} == {
+        "sampled: 5 negatives, uniform"
+    }
     with pytest.raises(LmrecError, match="unknown breakdown"):
         evaluate(
             create_model("popularity").fit(_catalogue()),
@@ -267,6 +271,7 @@ def test_cli_prints_and_writes_the_breakdown(db: str, tmp_path: Path, capsys) ->
     text = capsys.readouterr().out
     assert "popularity breakdown by item popularity" in text
     assert "history breakdown by user history length" in text
+    assert "ranking: full; against popularity" in text
     lines = text.splitlines()
     head = next(i for i, line in enumerate(lines) if line.startswith("bucket  items"))
     assert lines[head].split()[:6] == [
@@ -294,6 +299,7 @@ def test_cli_prints_and_writes_the_breakdown(db: str, tmp_path: Path, capsys) ->
     assert len(got) == len(rows) + len(rep["breakdown"]["history"])
     tail = next(r for r in got if r["bucket"] == "tail" and r["model"] == "popularity")
     assert float(tail["ndcg@10"]) == 0 and tail["by"] == "popularity" and tail["users"] == "30"
+    assert tail["ranking"] == "full" and all(r["ranking"] == "full" for r in rows)
     # The main CSV keeps its rows, one per model.
     with table.open() as fh:
         assert [r["model"] for r in csv.DictReader(fh)] == ["popularity", "itemknn"]

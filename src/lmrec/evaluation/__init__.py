@@ -9,6 +9,7 @@ res.per_user         # {"ndcg@10": (n,) array, ...} aligned with res.users
 paired_test(res_a, res_b, metric="ndcg@10", test="wilcoxon")
 bootstrap_ci(res.per_user["ndcg@10"])
 run_protocol(["popularity", "ease"], dataset, protocol="loo", k=10)
+evaluate(model, split, breakdown=("popularity", "history")).breakdown  # lmrec.evaluation.breakdown
 ```
 """
 

@@ -202,7 +202,8 @@ class ProtocolResult:
         """Every breakdown the runs were evaluated with ("popularity", "history"; folds
         pooled) -> rows (bucket, model) with the users, the metric means and, against the
         baseline (default: the first model) on `metric` (default NDCG at the smallest k),
-        the ratio and the paired test's p-value per bucket (`compare_breakdowns`)."""
+        the ratio and the paired test's p-value per bucket (`compare_breakdowns`), and the
+        ranking label ("full" or "sampled: ...")."""
         labels = list(self.runs)
         base = baseline or labels[0]
         if base not in self.runs:
@@ -211,12 +212,14 @@ class ProtocolResult:
         out: dict[str, list[dict[str, Any]]] = {}
         for by in pooled[base].breakdown:
             parts = {lab: r.breakdown[by] for lab, r in pooled.items() if by in r.breakdown}
-            out[by] = compare_breakdowns(
+            rows = compare_breakdowns(
                 parts,
                 base,
                 metric=metric or f"ndcg@{self.k[0]}",
                 test=test,  # type: ignore[arg-type]
             )
+            # Like every report row, each says how it was ranked (full or sampled).
+            out[by] = [{"ranking": self.sampled or "full", **r} for r in rows]
         return out
 
     def to_dict(self, per_user: bool = False) -> dict[str, Any]:

@@ -147,7 +147,10 @@ def format_breakdown(rows: dict[str, list[dict[str, Any]]], k: int | None = None
         if lines:
             lines.append("")
         ref = part[0]["reference"]
-        lines.append(f"{by} breakdown {_BREAKDOWN_TITLES.get(by, '')}; against {ref}")
+        ranking = part[0].get("ranking", "full")
+        lines.append(
+            f"{by} breakdown {_BREAKDOWN_TITLES.get(by, '')}; ranking: {ranking}; against {ref}"
+        )
         lines.extend(_align(table))
     return "\n".join(lines)
 
@@ -227,7 +230,7 @@ def write_breakdown_csv(rows: dict[str, list[dict[str, Any]]], path: str | Path)
     bucket, model), one column per metric, then the ratio and p-value against the reference."""
     path = Path(path)
     flat = [r for part in rows.values() for r in part]
-    fixed = ["by", "bucket", "range", "items", "model", "users"]
+    fixed = ["ranking", "by", "bucket", "range", "items", "model", "users"]
     tail = ["reference", "ratio_metric", "ratio", "test", "p_value"]
     metrics = list(dict.fromkeys(k for r in flat for k in r if k not in fixed + tail))
     header = fixed + metrics + tail
