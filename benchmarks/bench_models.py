@@ -10,9 +10,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from lmrec.commands.models import leave_one_out_metrics
 from lmrec.data import Dataset
 from lmrec.data.split import leave_one_out
+from lmrec.evaluation import leave_one_out_metrics
 from lmrec.io.sample import import_sample
 from lmrec.models import create_model
 from lmrec.store import Store

@@ -129,3 +129,36 @@ def test_help(command: str, expected: str, capsys: pytest.CaptureFixture[str]) -
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert f"usage: lmrec {command}" in out and expected in out
+
+
+def test_db_after_the_subcommand(
+    db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = tmp_path / "good.csv"
+    good.write_text(GOOD)
+    assert main(["import", "--db", db, "--interactions", str(good), "-q"]) == 0
+    assert Store(db).counts()["interactions"] == 3
+    capsys.readouterr()
+    assert main(["stats", "--json", "--db", db]) == 0
+    assert json.loads(capsys.readouterr().out)["interactions"] == 3
+
+
+def test_db_given_twice_the_later_one_wins(
+    db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = tmp_path / "good.csv"
+    good.write_text(GOOD)
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    assert main(["--db", other, "import", "--db", db, "--interactions", str(good), "-q"]) == 0
+    assert Store(db).counts()["interactions"] == 3
+    assert Store(other).counts()["interactions"] == 0
+    # Before the subcommand only: that one.
+    assert main(["--db", other, "import", "--interactions", str(good), "-q"]) == 0
+    assert Store(other).counts()["interactions"] == 3
+    capsys.readouterr()
+    assert main(["--db", db, "stats", "--db", other, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["interactions"] == 3
+    # Each subcommand's help names the option.
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    assert "--db DB" in capsys.readouterr().out

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from lmrec.commands.models import leave_one_out_metrics
 from lmrec.data.split import leave_one_out
+from lmrec.evaluation import leave_one_out_metrics
 from lmrec.models import create_model
 
 #: RecBole 1.2.1 on ML-100K, LOO by time, full ranking (NDCG@10, Recall@10).

@@ -146,12 +146,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Nam
         description="Recommender system with language models, collaborative filtering and "
         "sequence models over a SQL store.",
     )
-    p.add_argument(
-        "--db",
-        default=None,
-        help="store URL (default: $LMREC_DB, else sqlite:///lmrec.db); "
-        "e.g. postgresql://user:pass@host/db",
-    )
+    p.add_argument("--db", default=None, help=DB_HELP)
     from lmrec import __version__
 
     p.add_argument("--version", action="version", version=f"lmrec {__version__}")
@@ -223,7 +218,25 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Nam
 
     for module in COMMAND_MODULES:
         importlib.import_module(module).register(sub, cmds)
+    _global_options_after_command(sub)
     return p, cmds
+
+
+DB_HELP = (
+    "store URL (default: $LMREC_DB, else sqlite:///lmrec.db); e.g. postgresql://user:pass@host/db"
+)
+
+
+def _global_options_after_command(sub: argparse._SubParsersAction) -> None:
+    """Accept `--db` after the subcommand too (`lmrec import --db URL ...`). The subcommand's
+    option has no default (SUPPRESS), so it replaces the one given before the subcommand only
+    when it is given itself: the later one wins."""
+    seen: set[int] = set()
+    for parser in sub.choices.values():
+        if id(parser) in seen:  # aliases share one parser
+            continue
+        seen.add(id(parser))
+        parser.add_argument("--db", default=argparse.SUPPRESS, help=DB_HELP)
 
 
 #: Modules with `register(subparsers, commands)` that add more subcommands (lmrec.commands).

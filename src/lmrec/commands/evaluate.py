@@ -117,11 +117,37 @@ def _diversity_variants(args: argparse.Namespace) -> dict[str, Any]:
     return {f"{args.method}={x:g}": wrap(x) for x in levels}
 
 
+def _breakdowns(text: str | None) -> list[str]:
+    """--breakdown popularity,history -> the names, checked."""
+    from lmrec.evaluation.breakdown import BREAKDOWNS
+
+    names = [x.strip() for x in (text or "").split(",") if x.strip()]
+    bad = [x for x in names if x not in BREAKDOWNS]
+    if bad or (text is not None and not names):
+        raise LmrecError(
+            f"--breakdown takes {' and/or '.join(BREAKDOWNS)} (comma-separated), got {text!r}"
+        )
+    return list(dict.fromkeys(names))
+
+
+def breakdown_csv_path(csv_path: str | Path) -> Path:
+    """Where `--csv OUT --breakdown ...` writes the breakdown rows: OUT-breakdown.csv."""
+    p = Path(csv_path)
+    return p.with_name(f"{p.stem}-breakdown{p.suffix or '.csv'}")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from lmrec.commands.models import _snapshot
+    from lmrec.data import snapshot
     from lmrec.evaluation import run_protocol
     from lmrec.evaluation.protocols import ProtocolResult, make_splits
-    from lmrec.evaluation.report import format_table, to_json, write_csv, write_json
+    from lmrec.evaluation.report import (
+        format_breakdown,
+        format_table,
+        to_json,
+        write_breakdown_csv,
+        write_csv,
+        write_json,
+    )
     from lmrec.evaluation.runner import ACCURACY
 
     labels = [m.strip() for m in (args.models or "").split(",") if m.strip()]
@@ -134,11 +160,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise LmrecError(f"--sampled must be a positive number of negatives, got {args.sampled}")
     if args.plots and max(ks) > 50:
         raise LmrecError("--plots draws metric@k for k = 1..50; use --k values up to 50")
+    breakdown = _breakdowns(args.breakdown)
     from lmrec.models import create_model
 
     for lab in labels:  # unknown names and bad parameters fail before the data is read
         create_model(lab, **params.get(lab, {}))
-    ds = _snapshot(args)
+    ds = snapshot(args.db)
     splits = make_splits(ds, args.protocol, seed=args.seed, folds=args.folds)
     kw: dict[str, Any] = {
         "metrics": metrics,
@@ -147,6 +174,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         "sampler": args.sampler,
         "batch_size": args.batch_size,
     }
+    if breakdown:
+        kw["breakdown"] = breakdown
     if args.plots:
         kw["depth"] = 50
     if args.protocol.replace("-", "_") == "cold_items":
@@ -199,13 +228,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
     if len(runs) >= 2 or args.compare:
         comparison = full.compare(args.compare, metric=metric, test=args.test)
+    by_bucket = None
+    if breakdown:
+        acc = metric if metric.partition("@")[0] in ACCURACY else f"ndcg@{ks[0]}"
+        by_bucket = full.breakdown(args.compare, metric=acc, test=args.test)
     if args.json:
         if args.json == "-":
-            print(json.dumps(to_json(full, comparison, args.per_user), indent=2))
+            print(json.dumps(to_json(full, comparison, args.per_user, by_bucket), indent=2))
         else:
-            write_json(full, args.json, comparison, args.per_user)
+            write_json(full, args.json, comparison, args.per_user, by_bucket)
+    bd_csv = None
     if args.csv:
         write_csv(full, args.csv)
+        if by_bucket:
+            bd_csv = write_breakdown_csv(by_bucket, breakdown_csv_path(args.csv))
     written = []
     if args.plots:
         from lmrec.evaluation.plots import write_plots
@@ -214,7 +250,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         written = write_plots(full, args.plots, metrics=curve[:2])
     if args.json != "-":
         print(format_table(full, comparison, metrics))
-        for what, path in (("JSON", args.json), ("CSV", args.csv)):
+        if by_bucket:
+            print("")
+            print(format_breakdown(by_bucket))
+        for what, path in (("JSON", args.json), ("CSV", args.csv), ("breakdown CSV", bd_csv)):
             if path:
                 print(f"{what} report: {path}")
         for p in written:
@@ -267,6 +306,16 @@ def register(
     )
     s.add_argument("--compare-metric", metavar="METRIC@K", help="default ndcg@<first k>")
     s.add_argument("--test", choices=["wilcoxon", "ttest"], default="wilcoxon")
+    s.add_argument(
+        "--breakdown",
+        metavar="popularity,history",
+        help="also report NDCG and Recall at k by item popularity (head / torso / tail thirds "
+        "of the catalogue by training interactions; a user counts with their test items in the "
+        "bucket) and/or by training history length (0, 1-4, 5-9, 10-19, 20-49, 50-99, 100-199, "
+        "200-499, 500+ interactions, merged up to 5%% of the users), with each model's ratio to "
+        "the baseline and the paired test per bucket; rows go to the JSON report ('breakdown') "
+        "and, with --csv OUT.csv, to OUT-breakdown.csv",
+    )
     s.add_argument("--json", metavar="OUT", help="write a JSON report ('-': print it instead)")
     s.add_argument("--per-user", action="store_true", help="include per-user values in JSON")
     s.add_argument("--csv", metavar="OUT", help="write a CSV report")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["leave_one_out_metrics", "parse_params", "register"]
+__all__ = ["add_rerank_options", "parse_params", "register"]
 
 import argparse
 import itertools
@@ -34,30 +34,6 @@ def parse_params(pairs: Sequence[str] | None, *, where: str = "--param") -> dict
             raise LmrecError(f"{where} expects NAME=VALUE, got {p!r}")
         out[key.strip()] = _value(val.strip())
     return out
-
-
-def leave_one_out_metrics(
-    model: Any, split: Any, on: str = "test", k: int = 10
-) -> dict[str, float]:
-    """Full-ranking NDCG@k and Recall@k of a fitted model on a split (`lmrec.evaluation`).
-
-    valid: history = train; test: history = train + valid. History items are excluded and
-    every other item of the catalogue is ranked.
-    """
-    from lmrec.evaluation import evaluate
-
-    return evaluate(model, split, on=on, k=k, metrics=("ndcg", "recall")).summary()
-
-
-def _snapshot(args: argparse.Namespace):
-    from lmrec.data import Dataset
-    from lmrec.store import Store
-
-    with Store(args.db) as store:
-        ds = Dataset.from_store(store)
-    if ds.n_interactions == 0:
-        raise LmrecError(f"the store {args.db_shown} holds no interactions: import data first")
-    return ds
 
 
 def _loo(ds):
@@ -98,6 +74,8 @@ def _launch_processes(args: argparse.Namespace, model: Any) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from lmrec.data import snapshot
+    from lmrec.evaluation import leave_one_out_metrics
     from lmrec.models import create_model
 
     model = create_model(args.model, **parse_params(args.param))
@@ -108,7 +86,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     distributed = "LOCAL_RANK" in os.environ  # a process of a torchrun launch
     if distributed:
         from lmrec.nn import is_main_process
-    ds = _snapshot(args)
+    ds = snapshot(args.db)
     split = _loo(ds) if args.protocol == "loo" else None
     data = split.train if split is not None else ds
     if split is not None:
@@ -260,6 +238,8 @@ def _grid(specs: Sequence[str] | None) -> dict[str, list[Any]]:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    from lmrec.data import snapshot
+    from lmrec.evaluation import leave_one_out_metrics
     from lmrec.models import create_model
 
     grid = _grid(args.grid)
@@ -270,7 +250,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         combos = random.Random(args.seed).sample(combos, args.trials)
     for c in combos:  # validate every combination before spending time on any
         create_model(args.model, **fixed, **c)
-    split = _loo(_snapshot(args))
+    split = _loo(snapshot(args.db))
     rows = []
     for c in combos:
         model = create_model(args.model, **fixed, **c)

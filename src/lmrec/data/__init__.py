@@ -1,6 +1,6 @@
 """In-memory, immutable snapshots of the store that models train on, and their splitters."""
 
-from lmrec.data.dataset import Dataset
+from lmrec.data.dataset import Dataset, snapshot
 from lmrec.data.split import (
     SPLITTERS,
     Split,
@@ -23,5 +23,6 @@ __all__ = [
     "kfold",
     "leave_one_out",
     "random_split",
+    "snapshot",
     "temporal_split",
 ]

@@ -8,7 +8,7 @@ user and item features and texts. A dataset saves to `.npz` + JSON and loads wit
 
 from __future__ import annotations
 
-__all__ = ["Dataset", "ItemFeatures", "UserFeatures", "csr_dedup"]
+__all__ = ["Dataset", "ItemFeatures", "UserFeatures", "csr_dedup", "snapshot"]
 
 import json
 from collections.abc import Mapping, Sequence
@@ -665,3 +665,18 @@ class Dataset:
             if len(vals):
                 out["values"] = dist(vals.astype(np.float64))
         return out
+
+
+def snapshot(url: str | None = None, **options: Any) -> Dataset:
+    """Open the store at `url` (default: $LMREC_DB, else sqlite:///lmrec.db), take a
+    `Dataset.from_store(store, **options)` snapshot and close the store; an error saying so
+    when the snapshot holds no interactions."""
+    from lmrec.store import Store, resolve_url
+
+    url = resolve_url(url)
+    with Store(url) as store:
+        ds = Dataset.from_store(store, **options)
+    if ds.n_interactions == 0:
+        shown = url.split("@")[-1] if "@" in url else url  # no credentials in messages
+        raise LmrecError(f"the store {shown} holds no interactions: import data first")
+    return ds

@@ -9,6 +9,7 @@ res.per_user         # {"ndcg@10": (n,) array, ...} aligned with res.users
 paired_test(res_a, res_b, metric="ndcg@10", test="wilcoxon")
 bootstrap_ci(res.per_user["ndcg@10"])
 run_protocol(["popularity", "ease"], dataset, protocol="loo", k=10)
+evaluate(model, split, breakdown=("popularity", "history")).breakdown  # lmrec.evaluation.breakdown
 ```
 """
 
@@ -19,11 +20,12 @@ __all__ = [
     "ProtocolResult",
     "bootstrap_ci",
     "evaluate",
+    "leave_one_out_metrics",
     "paired_test",
     "rating_metrics",
     "run_protocol",
 ]
 
 from lmrec.evaluation.protocols import ProtocolResult, run_protocol
-from lmrec.evaluation.runner import EvalResult, evaluate, rating_metrics
+from lmrec.evaluation.runner import EvalResult, evaluate, leave_one_out_metrics, rating_metrics
 from lmrec.evaluation.stats import bootstrap_ci, paired_test

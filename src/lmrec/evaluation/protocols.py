@@ -37,6 +37,7 @@ from lmrec.data.split import (
     temporal_split,
 )
 from lmrec.errors import LmrecError
+from lmrec.evaluation.breakdown import compare_breakdowns, pool_breakdowns
 from lmrec.evaluation.runner import EvalResult, evaluate
 from lmrec.evaluation.stats import bootstrap_ci, paired_test
 
@@ -97,6 +98,11 @@ def _pool(results: Sequence[EvalResult]) -> EvalResult:
         seconds=sum(r.seconds for r in results),
         hits=_cat([r.hits for r in results]),
         n_rel=_cat([r.n_rel for r in results]),
+        breakdown={
+            by: pool_breakdowns([r.breakdown[by] for r in results], n)
+            for by in r0.breakdown
+            if all(by in r.breakdown for r in results)
+        },
     )
 
 
@@ -185,6 +191,35 @@ class ProtocolResult:
                     diff_ci=[dlo, dhi],
                 )
             out[lab] = entry
+        return out
+
+    def breakdown(
+        self,
+        baseline: str | None = None,
+        metric: str | None = None,
+        test: str = "wilcoxon",
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Every breakdown the runs were evaluated with ("popularity", "history"; folds
+        pooled) -> rows (bucket, model) with the users, the metric means and, against the
+        baseline (default: the first model) on `metric` (default NDCG at the smallest k),
+        the ratio and the paired test's p-value per bucket (`compare_breakdowns`), and the
+        ranking label ("full" or "sampled: ...")."""
+        labels = list(self.runs)
+        base = baseline or labels[0]
+        if base not in self.runs:
+            raise LmrecError(f"--compare {base!r} is not one of the models: {', '.join(labels)}")
+        pooled = {lab: run.pooled() for lab, run in self.runs.items()}
+        out: dict[str, list[dict[str, Any]]] = {}
+        for by in pooled[base].breakdown:
+            parts = {lab: r.breakdown[by] for lab, r in pooled.items() if by in r.breakdown}
+            rows = compare_breakdowns(
+                parts,
+                base,
+                metric=metric or f"ndcg@{self.k[0]}",
+                test=test,  # type: ignore[arg-type]
+            )
+            # Like every report row, each says how it was ranked (full or sampled).
+            out[by] = [{"ranking": self.sampled or "full", **r} for r in rows]
         return out
 
     def to_dict(self, per_user: bool = False) -> dict[str, Any]:

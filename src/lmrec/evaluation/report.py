@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["format_table", "to_json", "write_csv", "write_json"]
+__all__ = [
+    "format_breakdown",
+    "format_table",
+    "to_json",
+    "write_breakdown_csv",
+    "write_csv",
+    "write_json",
+]
 
 import csv
 import json
@@ -100,14 +107,66 @@ def format_table(
     return "\n".join(lines)
 
 
+_BREAKDOWN_TITLES = {
+    "popularity": "by item popularity: thirds of the catalogue by training interactions "
+    "(items without any in the tail); a user counts in a bucket with their test items there",
+    "history": "by user history length: training interactions per user, buckets merged "
+    "up to 5% of the users",
+}
+
+
+def format_breakdown(rows: dict[str, list[dict[str, Any]]], k: int | None = None) -> str:
+    """One table per breakdown (`ProtocolResult.breakdown`): rows (bucket, model) with the
+    items and interaction range of a popularity bucket, the users, NDCG and Recall at k
+    (default: the k of the ratio metric), the ratio and the p-value against the reference."""
+    lines: list[str] = []
+    for by, part in rows.items():
+        if not part:
+            continue
+        metric = part[0]["ratio_metric"]
+        kk = k if k is not None else metric.partition("@")[2]
+        cols = list(dict.fromkeys([f"ndcg@{kk}", f"recall@{kk}", metric]))
+        cols = [c for c in cols if c in part[0]]
+        test = f"{part[0]['test']} p"
+        pop = by == "popularity"
+        head = ["bucket", *(["items", "interactions"] if pop else []), "model", "users"]
+        table = [[*head, *cols, f"ratio {metric}", test]]
+        for r in part:
+            p = r["p_value"]
+            table.append(
+                [
+                    str(r["bucket"]),
+                    *([str(r["items"] or "-"), str(r["range"])] if pop else []),
+                    str(r["model"]),
+                    str(r["users"]),
+                    *(_fmt(r[c]) for c in cols),
+                    "-" if r["ratio"] is None else f"{r['ratio']:.3f}",
+                    "-" if p is None else f"{p:.3g}",
+                ]
+            )
+        if lines:
+            lines.append("")
+        ref = part[0]["reference"]
+        ranking = part[0].get("ranking", "full")
+        lines.append(
+            f"{by} breakdown {_BREAKDOWN_TITLES.get(by, '')}; ranking: {ranking}; against {ref}"
+        )
+        lines.extend(_align(table))
+    return "\n".join(lines)
+
+
 def to_json(
     result: ProtocolResult,
     comparison: dict[str, dict[str, Any]] | None = None,
     per_user: bool = False,
+    breakdown: dict[str, list[dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
+    """The protocol result as JSON, with the comparison and the breakdown rows if given."""
     d = result.to_dict(per_user=per_user)
     if comparison is not None:
         d["comparison"] = comparison
+    if breakdown:
+        d["breakdown"] = breakdown
     return d
 
 
@@ -116,11 +175,13 @@ def write_json(
     path: str | Path,
     comparison: dict[str, dict[str, Any]] | None = None,
     per_user: bool = False,
+    breakdown: dict[str, list[dict[str, Any]]] | None = None,
 ) -> Path:
     path = Path(path)
+    report = to_json(result, comparison, per_user, breakdown)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(to_json(result, comparison, per_user), indent=2) + "\n")
+        path.write_text(json.dumps(report, indent=2) + "\n")
     except OSError as exc:
         raise LmrecError(f"cannot write JSON report {path}: {exc.strerror}") from None
     return path
@@ -159,6 +220,26 @@ def write_csv(result: ProtocolResult, path: str | Path) -> Path:
             w = csv.writer(fh)
             w.writerow(header)
             w.writerows(rows)
+    except OSError as exc:
+        raise LmrecError(f"cannot write CSV report {path}: {exc.strerror}") from None
+    return path
+
+
+def write_breakdown_csv(rows: dict[str, list[dict[str, Any]]], path: str | Path) -> Path:
+    """The breakdown rows (`ProtocolResult.breakdown`) as CSV: one row per (breakdown,
+    bucket, model), one column per metric, then the ratio and p-value against the reference."""
+    path = Path(path)
+    flat = [r for part in rows.values() for r in part]
+    fixed = ["ranking", "by", "bucket", "range", "items", "model", "users"]
+    tail = ["reference", "ratio_metric", "ratio", "test", "p_value"]
+    metrics = list(dict.fromkeys(k for r in flat for k in r if k not in fixed + tail))
+    header = fixed + metrics + tail
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(header)
+            w.writerows([["" if r.get(c) is None else r.get(c) for c in header] for r in flat])
     except OSError as exc:
         raise LmrecError(f"cannot write CSV report {path}: {exc.strerror}") from None
     return path

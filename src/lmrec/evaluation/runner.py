@@ -13,16 +13,22 @@ from __future__ import annotations
 __all__ = [
     "ACCURACY",
     "BEYOND",
+    "METRICS",
     "EvalResult",
+    "Metric",
+    "Ranking",
     "evaluate",
     "item_category_matrix",
+    "leave_one_out_metrics",
+    "measure",
+    "rank_targets",
     "rating_metrics",
 ]
 
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -31,14 +37,121 @@ from lmrec.data import Dataset
 from lmrec.errors import LmrecError
 from lmrec.evaluation import metrics as M
 
+if TYPE_CHECKING:
+    from lmrec.evaluation.breakdown import Breakdown
+
+
+@dataclass
+class Ranking:
+    """What the ranking step hands to the metrics: the top lists of the evaluated users and
+    what the metrics need to measure them.
+
+    users: (U,) user indices; lists: (U, depth) item indices, best first (-1 pads);
+    relevant: (U, n_items) CSR of each user's target items; hits: (U, depth) relevance of each
+    ranked item; n_rel: (U,) number of target items. popularity: (n_items,) users per item in
+    the history part, over n_hist_users users with a history; n_items: the catalogue;
+    n_candidates: the items that could be ranked; categories / item_vectors: for diversity;
+    auc: (U,) per-user AUC when asked (it needs the whole ranking, so the ranking step
+    measures it); fallback_users: users answered by the model's fallback.
+    """
+
+    users: np.ndarray
+    lists: np.ndarray
+    relevant: sp.csr_matrix
+    hits: np.ndarray
+    n_rel: np.ndarray
+    popularity: np.ndarray | None = None
+    n_hist_users: int = 0
+    n_items: int = 0
+    n_candidates: int = 0
+    categories: sp.csr_matrix | None = None
+    item_vectors: np.ndarray | None = None
+    auc: np.ndarray | None = None
+    fallback_users: int = 0
+
+
+MetricValue = np.ndarray | float | None
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One row of the metric table: `fn(ranking, k)` gives (U,) per-user values, one float
+    over all lists, or None where the metric cannot be measured (diversity without item
+    categories). kind: "accuracy" (per user, from hits and n_rel only: curves and breakdowns
+    use these), "list" (per user, from the lists and item data), "overall" (one value over all
+    lists), "ranking" (per user, measured by the ranking step over the whole ranking, no k)."""
+
+    fn: Callable[[Ranking, int], MetricValue]
+    kind: Literal["accuracy", "list", "overall", "ranking"]
+
+
+def _accuracy(fn: Callable[[np.ndarray, np.ndarray, int], np.ndarray]) -> Metric:
+    return Metric(lambda r, k: fn(r.hits, r.n_rel, k), "accuracy")
+
+
+def _diversity(r: Ranking, k: int) -> MetricValue:
+    if r.categories is None:
+        return None
+    return M.intra_list_diversity(r.lists, categories=r.categories, k=k)
+
+
+#: The metric table: name -> how to measure it from a Ranking at k. A new metric is one row.
+METRICS: dict[str, Metric] = {
+    "ndcg": _accuracy(M.ndcg),
+    "recall": _accuracy(M.recall),
+    "precision": _accuracy(lambda h, n, k: M.precision(h, k)),
+    "hr": _accuracy(lambda h, n, k: M.hit_rate(h, k)),
+    "mrr": _accuracy(lambda h, n, k: M.mrr(h, k)),
+    "map": _accuracy(M.map_at_k),
+    "f1": _accuracy(M.f1),
+    "auc": Metric(lambda r, k: r.auc, "ranking"),
+    "coverage": Metric(lambda r, k: M.catalog_coverage(r.lists, r.n_candidates, k), "overall"),
+    "novelty": Metric(lambda r, k: M.novelty(r.lists, r.popularity, r.n_hist_users, k), "list"),
+    "diversity": Metric(_diversity, "list"),
+    "diversity_emb": Metric(
+        lambda r, k: M.intra_list_diversity(r.lists, vectors=r.item_vectors, k=k), "list"
+    ),
+    "arp": Metric(lambda r, k: M.mean_popularity(r.lists, r.popularity, k), "list"),
+    "gini": Metric(lambda r, k: M.gini_exposure(r.lists, r.n_items, k), "overall"),
+    "personalization": Metric(lambda r, k: M.personalization(r.lists, k), "overall"),
+}
+
 #: Per-user accuracy metrics at k.
-ACCURACY = ("ndcg", "recall", "precision", "hr", "mrr", "map", "f1")
+ACCURACY = tuple(m for m, row in METRICS.items() if row.kind == "accuracy")
 #: Beyond-accuracy metrics at k: per-user (novelty, diversity, diversity_emb, arp) and over all
 #: lists (coverage, gini, personalization).
 BEYOND = ("coverage", "novelty", "diversity", "diversity_emb", "arp", "gini", "personalization")
-PER_USER_BEYOND = ("novelty", "diversity", "diversity_emb", "arp")
+PER_USER_BEYOND = tuple(m for m in BEYOND if METRICS[m].kind == "list")
 DEFAULT_METRICS = (*ACCURACY, "coverage", "novelty", "diversity", "arp", "gini", "personalization")
-KNOWN = (*ACCURACY, "auc", *BEYOND)
+KNOWN = tuple(METRICS)
+
+
+def measure(
+    ranking: Ranking, ks: Sequence[int], names: Sequence[str]
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Measure the metrics `names` (rows of METRICS) of a ranking at each k: per-user values
+    keyed "metric@k" (by k, then in the order of `names`; "ranking" metrics once, without k)
+    and list-level values keyed the same way."""
+    per_user: dict[str, np.ndarray] = {}
+    overall: dict[str, float] = {}
+    for kk in ks:
+        for m in names:
+            row = METRICS[m]
+            if row.kind == "ranking":
+                continue
+            value = row.fn(ranking, kk)
+            if value is None:
+                continue
+            if row.kind == "overall":
+                overall[f"{m}@{kk}"] = float(value)  # type: ignore[arg-type]
+            else:
+                per_user[f"{m}@{kk}"] = value  # type: ignore[assignment]
+    for m in names:
+        if METRICS[m].kind == "ranking":
+            value = METRICS[m].fn(ranking, 0)
+            if value is not None:
+                per_user[m] = value  # type: ignore[assignment]
+    return per_user, overall
 
 
 @dataclass
@@ -52,6 +165,8 @@ class EvalResult:
     lists: (U, depth) recommended item indices (-1 pads), for further analysis.
     hits, n_rel: (U, depth) relevance of each ranked item and (U,) number of relevant items,
     from which `curve` computes accuracy metrics at any k <= depth without ranking again.
+    breakdown: "popularity" / "history" -> the accuracy metrics by bucket, when asked
+    (`evaluate(..., breakdown=...)`, `lmrec.evaluation.breakdown`).
     """
 
     model: str
@@ -68,6 +183,7 @@ class EvalResult:
     lists: np.ndarray | None = field(default=None, repr=False)
     hits: np.ndarray | None = field(default=None, repr=False)
     n_rel: np.ndarray | None = field(default=None, repr=False)
+    breakdown: dict[str, Breakdown] = field(default_factory=dict, repr=False)
 
     def curve(self, metric: str, ks: Iterable[int]) -> np.ndarray:
         """Mean `metric` (one of ACCURACY) at each k of `ks` (each <= the ranking depth)."""
@@ -77,10 +193,11 @@ class EvalResult:
         depth = self.hits.shape[1]
         if max(ks) > depth:
             raise LmrecError(f"curve up to k={max(ks)} needs evaluate(..., depth>={max(ks)})")
-        fn = _ACC_FN.get(metric)
-        if fn is None:
+        row = METRICS.get(metric)
+        if row is None or row.kind != "accuracy":
             raise LmrecError(f"curve: {metric!r} is not one of {', '.join(ACCURACY)}")
-        return np.array([float(np.mean(fn(self.hits, self.n_rel, kk))) for kk in ks])
+        r = Ranking(self.users, self.lists, sp.csr_matrix((0, 0)), self.hits, self.n_rel)
+        return np.array([float(np.mean(row.fn(r, kk))) for kk in ks])
 
     def summary(self) -> dict[str, float | int]:
         """Mean of each per-user metric (NaN ignored), the list-level metrics and the number
@@ -117,18 +234,9 @@ class EvalResult:
         if per_user:
             d["users"] = self.users.tolist()
             d["per_user"] = {k: [_json_num(x) for x in v] for k, v in self.per_user.items()}
+        if self.breakdown:
+            d["breakdown"] = {by: b.to_dict() for by, b in self.breakdown.items()}
         return d
-
-
-_ACC_FN: dict[str, Callable[[np.ndarray, np.ndarray, int], np.ndarray]] = {
-    "ndcg": M.ndcg,
-    "recall": M.recall,
-    "precision": lambda h, n, k: M.precision(h, k),
-    "hr": lambda h, n, k: M.hit_rate(h, k),
-    "mrr": lambda h, n, k: M.mrr(h, k),
-    "map": M.map_at_k,
-    "f1": M.f1,
-}
 
 
 def _json_num(x: Any) -> Any:
@@ -305,6 +413,191 @@ def _sample_negatives(
     return out
 
 
+def _check_call(
+    model: Any, split: Any, on: str, batch_size: int, sampled: int | None, sampler: str
+) -> None:
+    if on not in ("valid", "test"):
+        raise LmrecError(f"on must be 'valid' or 'test', not {on!r}")
+    for part in ("train", "valid", "test"):
+        if not isinstance(getattr(split, part, None), Dataset):
+            raise LmrecError(f"evaluate needs a Split (train, valid, test), got {type(split)}")
+    if not callable(getattr(model, "rank", None)):
+        raise LmrecError(f"{type(model).__name__} has no rank(history, k, ...) method")
+    if batch_size < 1:
+        raise LmrecError(f"batch_size must be >= 1, got {batch_size}")
+    if sampled is not None and (isinstance(sampled, bool) or int(sampled) < 1):
+        raise LmrecError(f"sampled must be a positive number of negatives, got {sampled!r}")
+    if sampler not in ("uniform", "popularity"):
+        raise LmrecError(f"sampler must be 'uniform' or 'popularity', got {sampler!r}")
+
+
+def _item_data(
+    names: Sequence[str],
+    hist: Dataset,
+    item_categories: sp.spmatrix | Literal["auto"] | None,
+    item_vectors: np.ndarray | None,
+) -> tuple[sp.csr_matrix | None, np.ndarray | None]:
+    """The item categories and vectors the diversity metrics among `names` read, checked."""
+    n_items = hist.n_items
+    cats = None
+    if "diversity" in names:
+        cats = item_category_matrix(hist) if item_categories == "auto" else item_categories
+        if cats is not None and cats.shape[0] != n_items:
+            raise LmrecError(f"item_categories has {cats.shape[0]} rows for {n_items} items")
+    if "diversity_emb" in names:
+        if item_vectors is None:
+            raise LmrecError("metric 'diversity_emb' needs item_vectors (n_items, d)")
+        if len(item_vectors) != n_items:
+            raise LmrecError(f"item_vectors has {len(item_vectors)} rows for {n_items} items")
+    return cats, item_vectors
+
+
+def _progress_bar(progress: Any, total: int, label: str) -> Any:
+    if progress is not True:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(  # disable=None: no bar when stderr is not a terminal (logs, make)
+        total=total, desc=f"evaluate {label}", unit="user", leave=False, disable=None
+    )
+
+
+@dataclass
+class _Batch:
+    """What ranking one batch of users needs besides the model."""
+
+    hist_m: sp.csr_matrix
+    al: _Aligner
+    cand: np.ndarray | None
+    n_cand: int
+    eligible: np.ndarray
+    weights: np.ndarray
+    rng: np.random.Generator
+    sampled: int | None
+    auc: bool
+
+
+def _rank_full(
+    model: Any, h: Any, bu: np.ndarray, rel: sp.csr_matrix, b: _Batch
+) -> tuple[np.ndarray, np.ndarray | None, Any]:
+    """Rank every rankable item (for sampled ranking and AUC): the lists, best first, and the
+    per-user AUC when asked."""
+    idx, _, used = model.rank(
+        h, b.al.n_model_items, exclude_seen=True, candidates=b.al.mask(b.cand)
+    )
+    full = b.al.lists(np.asarray(idx))  # (B, n) every rankable item, best first
+    if b.sampled is not None:
+        neg = _sample_negatives(int(b.sampled), b.hist_m[bu] + rel, b.eligible, b.weights, b.rng)
+        keep = neg | (rel.toarray() > 0)
+        rows = np.arange(len(bu))[:, None]
+        inset = (full >= 0) & keep[rows, np.maximum(full, 0)]
+        order = np.argsort(~inset, axis=1, kind="stable")
+        full = np.where(
+            np.take_along_axis(inset, order, axis=1),
+            np.take_along_axis(full, order, axis=1),
+            -1,
+        )
+        n_u = keep.sum(axis=1)
+    else:
+        seen = b.hist_m[bu].multiply(b.eligible[None, :]) != 0
+        n_u = np.full(len(bu), b.n_cand) - np.asarray(seen.sum(axis=1)).ravel()
+    if not b.auc:
+        return full, None, used
+    hit_full = M.hits_matrix(full, rel)
+    ranks = [np.flatnonzero(r) + 1 for r in hit_full]
+    # Relevant items that could not be ranked (seen / not candidates) count last.
+    n_rel = np.diff(rel.indptr)
+    ranks = [
+        np.concatenate([r, np.full(n_rel[i] - len(r), n_u[i])]) if len(r) < n_rel[i] else r
+        for i, r in enumerate(ranks)
+    ]
+    return full, M.auc(ranks, n_u), used
+
+
+def rank_targets(
+    model: Any,
+    split: Any,
+    on: Literal["valid", "test"] = "test",
+    depth: int = 10,
+    candidates: str | np.ndarray | None = None,
+    batch_size: int = 1024,
+    *,
+    sampled: int | None = None,
+    sampler: Literal["uniform", "popularity"] = "uniform",
+    seed: int = 0,
+    auc: bool = False,
+    progress: bool | Callable[[int, int], None] = False,
+    label: str = "",
+) -> Ranking:
+    """The ranking step of `evaluate`: the top-`depth` lists of every user with targets in
+    split.<on> (history: train for "valid", train + valid for "test"; history items
+    excluded), with what the metrics read. Arguments as for `evaluate`; auc: also measure the
+    per-user AUC over the whole ranking."""
+    target = split.test if on == "test" else split.valid
+    hist = split.train_valid() if on == "test" else split.train
+    n_items = hist.n_items
+    if target.n_interactions == 0:
+        raise LmrecError(f"split {getattr(split, 'name', '')!r} has no {on} interactions")
+    rel_all = sp.csr_matrix(
+        (np.ones(target.n_interactions, np.float32), (target.user, target.item)),
+        shape=(target.n_users, n_items),
+    )
+    rel_all.data[:] = 1.0
+    users = np.flatnonzero(np.diff(rel_all.indptr) > 0)
+    cand, _ = _candidate_mask(candidates, split.train, n_items)
+    pop = hist.item_counts().astype(np.float64)
+    b = _Batch(
+        hist_m=hist.matrix(),
+        al=_Aligner(model, hist),
+        cand=cand,
+        n_cand=int(cand.sum()) if cand is not None else n_items,
+        eligible=cand if cand is not None else np.ones(n_items, bool),
+        weights=pop if sampler == "popularity" else np.ones(n_items),
+        rng=np.random.default_rng(seed),
+        sampled=sampled,
+        auc=auc,
+    )
+    bar = _progress_bar(progress, len(users), label or _name(model))
+    lists = np.full((len(users), depth), -1, np.int64)
+    auc_vals = np.full(len(users), np.nan)
+    fallback = 0
+    for s in range(0, len(users), batch_size):
+        bu = users[s : s + batch_size]
+        h = _history(model, hist, bu, b.al)
+        if sampled is None and not auc:
+            idx, _, used = model.rank(h, depth, exclude_seen=True, candidates=b.al.mask(cand))
+            top = b.al.lists(np.asarray(idx))
+        else:
+            full, auc_b, used = _rank_full(model, h, bu, rel_all[bu], b)
+            top = full[:, :depth]
+            if auc_b is not None:
+                auc_vals[s : s + len(bu)] = auc_b
+        if top.shape[1] < depth:
+            top = np.pad(top, ((0, 0), (0, depth - top.shape[1])), constant_values=-1)
+        lists[s : s + len(bu)] = top
+        fallback += sum(1 for x in used if x)
+        if bar is not None:
+            bar.update(len(bu))
+        elif callable(progress):
+            progress(s + len(bu), len(users))
+    if bar is not None:
+        bar.close()
+    rel_users = rel_all[users]
+    return Ranking(
+        users=users,
+        lists=lists,
+        relevant=rel_users,
+        hits=M.hits_matrix(lists, rel_users),
+        n_rel=np.diff(rel_users.indptr),
+        popularity=pop,
+        n_hist_users=int((np.diff(hist.user_ptr) > 0).sum()),
+        n_items=n_items,
+        n_candidates=b.n_cand,
+        auc=auc_vals if auc else None,
+        fallback_users=fallback,
+    )
+
+
 def evaluate(
     model: Any,
     split: Any,
@@ -323,6 +616,7 @@ def evaluate(
     name: str | None = None,
     keep_lists: bool = True,
     depth: int | None = None,
+    breakdown: Sequence[str] = (),
 ) -> EvalResult:
     """Rank, measure and keep per-user values of a fitted model on a split part.
 
@@ -337,170 +631,82 @@ def evaluate(
     from the dataset's item categories); item_vectors: (n_items, d) for embedding diversity.
     progress: True for a tqdm bar on stderr, or a callback(done_users, total_users).
     depth: rank this many items (default max k) and keep them for `EvalResult.curve`.
+    breakdown: any of "popularity", "history": the accuracy metrics also by item popularity
+    bucket and by history length (`lmrec.evaluation.breakdown`), in `EvalResult.breakdown`.
     """
     t0 = time.perf_counter()
-    if on not in ("valid", "test"):
-        raise LmrecError(f"on must be 'valid' or 'test', not {on!r}")
-    for part in ("train", "valid", "test"):
-        if not isinstance(getattr(split, part, None), Dataset):
-            raise LmrecError(f"evaluate needs a Split (train, valid, test), got {type(split)}")
-    if not callable(getattr(model, "rank", None)):
-        raise LmrecError(f"{type(model).__name__} has no rank(history, k, ...) method")
+    _check_call(model, split, on, batch_size, sampled, sampler)
     ks = _ks(k)
     kmax = max(ks[-1], int(depth or 0))
     names = _metric_names(metrics)
-    if batch_size < 1:
-        raise LmrecError(f"batch_size must be >= 1, got {batch_size}")
-    if sampled is not None and (isinstance(sampled, bool) or int(sampled) < 1):
-        raise LmrecError(f"sampled must be a positive number of negatives, got {sampled!r}")
-    if sampler not in ("uniform", "popularity"):
-        raise LmrecError(f"sampler must be 'uniform' or 'popularity', got {sampler!r}")
-
-    target = split.test if on == "test" else split.valid
+    by = _breakdowns(breakdown)
     hist = split.train_valid() if on == "test" else split.train
-    n_items = hist.n_items
-    if target.n_interactions == 0:
-        raise LmrecError(f"split {getattr(split, 'name', '')!r} has no {on} interactions")
-    rel_all = sp.csr_matrix(
-        (np.ones(target.n_interactions, np.float32), (target.user, target.item)),
-        shape=(target.n_users, n_items),
+    _, cand_label = _candidate_mask(candidates, split.train, hist.n_items)
+    cats, vectors = _item_data(names, hist, item_categories, item_vectors)
+    ranking = rank_targets(
+        model,
+        split,
+        on,
+        kmax,
+        candidates,
+        batch_size,
+        sampled=sampled,
+        sampler=sampler,
+        seed=seed,
+        auc=any(METRICS[m].kind == "ranking" for m in names),
+        progress=progress,
+        label=name or _name(model),
     )
-    rel_all.data[:] = 1.0
-    users = np.flatnonzero(np.diff(rel_all.indptr) > 0)
-    cand, cand_label = _candidate_mask(candidates, split.train, n_items)
-    n_cand = int(cand.sum()) if cand is not None else n_items
-    al = _Aligner(model, hist)
-    pop = hist.item_counts().astype(np.float64)
-    n_hist_users = int((np.diff(hist.user_ptr) > 0).sum())
-    need_full = sampled is not None or "auc" in names
+    ranking.categories, ranking.item_vectors = cats, vectors
+    per_user, overall = measure(ranking, ks, names)
+    parts = {}
+    if by:
+        from lmrec.evaluation.breakdown import breakdown as breakdown_of
 
-    cats = None
-    if "diversity" in names:
-        cats = item_category_matrix(hist) if item_categories == "auto" else item_categories
-        if cats is not None and cats.shape[0] != n_items:
-            raise LmrecError(f"item_categories has {cats.shape[0]} rows for {n_items} items")
-    if "diversity_emb" in names:
-        if item_vectors is None:
-            raise LmrecError("metric 'diversity_emb' needs item_vectors (n_items, d)")
-        if len(item_vectors) != n_items:
-            raise LmrecError(f"item_vectors has {len(item_vectors)} rows for {n_items} items")
-
-    bar = None
-    if progress is True:
-        from tqdm import tqdm
-
-        bar = tqdm(  # disable=None: no bar when stderr is not a terminal (logs, make)
-            total=len(users),
-            desc=f"evaluate {name or _name(model)}",
-            unit="user",
-            leave=False,
-            disable=None,
-        )
-    rng = np.random.default_rng(seed)
-    hist_m = hist.matrix()
-    weights = pop if sampler == "popularity" else np.ones(n_items)
-    eligible = cand if cand is not None else np.ones(n_items, bool)
-    lists = np.full((len(users), kmax), -1, np.int64)
-    auc_vals = np.full(len(users), np.nan)
-    fallback = 0
-    for s in range(0, len(users), batch_size):
-        bu = users[s : s + batch_size]
-        h = _history(model, hist, bu, al)
-        rel = rel_all[bu]
-        if not need_full:
-            idx, _, used = model.rank(h, kmax, exclude_seen=True, candidates=al.mask(cand))
-            top = al.lists(np.asarray(idx))
-        else:
-            idx, _, used = model.rank(
-                h, al.n_model_items, exclude_seen=True, candidates=al.mask(cand)
-            )
-            full = al.lists(np.asarray(idx))  # (B, n) every rankable item, best first
-            if sampled is not None:
-                neg = _sample_negatives(int(sampled), hist_m[bu] + rel, eligible, weights, rng)
-                keep = neg | (rel.toarray() > 0)
-                rows = np.arange(len(bu))[:, None]
-                inset = (full >= 0) & keep[rows, np.maximum(full, 0)]
-                order = np.argsort(~inset, axis=1, kind="stable")
-                full = np.where(
-                    np.take_along_axis(inset, order, axis=1),
-                    np.take_along_axis(full, order, axis=1),
-                    -1,
-                )
-                n_u = keep.sum(axis=1)
-            else:
-                n_u = (
-                    np.full(len(bu), n_cand)
-                    - np.asarray((hist_m[bu].multiply(eligible[None, :]) != 0).sum(axis=1)).ravel()
-                )
-            top = full[:, :kmax]
-            if "auc" in names:
-                hit_full = M.hits_matrix(full, rel)
-                ranks = [np.flatnonzero(r) + 1 for r in hit_full]
-                # Relevant items that could not be ranked (seen / not candidates) count last.
-                n_rel = np.diff(rel.indptr)
-                ranks = [
-                    np.concatenate([r, np.full(n_rel[i] - len(r), n_u[i])])
-                    if len(r) < n_rel[i]
-                    else r
-                    for i, r in enumerate(ranks)
-                ]
-                auc_vals[s : s + len(bu)] = M.auc(ranks, n_u)
-        if top.shape[1] < kmax:
-            top = np.pad(top, ((0, 0), (0, kmax - top.shape[1])), constant_values=-1)
-        lists[s : s + len(bu)] = top
-        fallback += sum(1 for x in used if x)
-        if bar is not None:
-            bar.update(len(bu))
-        elif callable(progress):
-            progress(s + len(bu), len(users))
-    if bar is not None:
-        bar.close()
-
-    rel_users = rel_all[users]
-    n_rel = np.diff(rel_users.indptr)
-    hits = M.hits_matrix(lists, rel_users)
-    per_user: dict[str, np.ndarray] = {}
-    overall: dict[str, float] = {}
-    for kk in ks:
-        for m in names:
-            key = f"{m}@{kk}"
-            if m in _ACC_FN:
-                per_user[key] = _ACC_FN[m](hits, n_rel, kk)
-            elif m == "novelty":
-                per_user[key] = M.novelty(lists, pop, n_hist_users, kk)
-            elif m == "arp":
-                per_user[key] = M.mean_popularity(lists, pop, kk)
-            elif m == "diversity" and cats is not None:
-                per_user[key] = M.intra_list_diversity(lists, categories=cats, k=kk)
-            elif m == "diversity_emb":
-                per_user[key] = M.intra_list_diversity(lists, vectors=item_vectors, k=kk)
-            elif m == "coverage":
-                overall[key] = M.catalog_coverage(lists, n_cand, kk)
-            elif m == "gini":
-                overall[key] = M.gini_exposure(lists, n_items, kk)
-            elif m == "personalization":
-                overall[key] = M.personalization(lists, kk)
-    if "auc" in names:
-        per_user["auc"] = auc_vals
-    label = None
-    if sampled is not None:
-        label = f"sampled: {int(sampled)} negatives, {sampler}"
+        acc = [m for m in names if METRICS[m].kind == "accuracy"]
+        acc += [m for m in ("ndcg", "recall") if m not in acc]
+        parts = {b: breakdown_of(ranking, split.train, b, ks, acc) for b in by}
     return EvalResult(
         model=name or _name(model),
         on=on,
         k=ks,
-        users=users,
+        users=ranking.users,
         per_user=per_user,
         overall=overall,
-        sampled=label,
+        sampled=f"sampled: {int(sampled)} negatives, {sampler}" if sampled is not None else None,
         candidates=cand_label,
-        n_candidates=n_cand,
+        n_candidates=ranking.n_candidates,
         seconds=time.perf_counter() - t0,
-        fallback_users=fallback,
-        lists=lists if keep_lists else None,
-        hits=hits if keep_lists else None,
-        n_rel=n_rel if keep_lists else None,
+        fallback_users=ranking.fallback_users,
+        lists=ranking.lists if keep_lists else None,
+        hits=ranking.hits if keep_lists else None,
+        n_rel=ranking.n_rel if keep_lists else None,
+        breakdown=parts,
     )
+
+
+def _breakdowns(breakdown: Sequence[str] | str) -> tuple[str, ...]:
+    items = [breakdown] if isinstance(breakdown, str) else list(breakdown or ())
+    if not items:
+        return ()
+    from lmrec.evaluation.breakdown import BREAKDOWNS
+
+    for b in items:
+        if b not in BREAKDOWNS:
+            raise LmrecError(f"unknown breakdown {b!r}; available: {', '.join(BREAKDOWNS)}")
+    return tuple(dict.fromkeys(items))
+
+
+def leave_one_out_metrics(
+    model: Any, split: Any, on: Literal["valid", "test"] = "test", k: int = 10
+) -> dict[str, float | int]:
+    """Full-ranking NDCG@k and Recall@k (and the number of users) of a fitted model on a
+    split part: `evaluate(model, split, on, k, metrics=("ndcg", "recall")).summary()`.
+
+    valid: history = train; test: history = train + valid. History items are excluded and
+    every other item of the catalogue is ranked.
+    """
+    return evaluate(model, split, on=on, k=k, metrics=("ndcg", "recall")).summary()
 
 
 def rating_metrics(model: Any, split: Any, on: Literal["valid", "test"] = "test") -> dict:
