@@ -390,18 +390,31 @@ def _drops(
     items: np.ndarray,
     full: np.ndarray,
     cands: list[list[int]],
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """(M, H) score drop of each candidate item when history item dec.hist[j] is removed
-    (measured by re-scoring, in one batch, only where some item names it; NaN elsewhere)."""
+    (measured by re-scoring, in one batch, where some item names it; NaN elsewhere), and (M,)
+    the drop when the whole history is removed (the query's other signals stay)."""
     drops = np.full(dec.contrib.shape, np.nan)
-    if dec.method == "leave-one-out":  # the contributions are these drops
-        return np.asarray(dec.contrib, np.float64)
-    used = sorted({j for cs in cands for j in cs})
-    if not used:
-        return drops
-    s = np.asarray(model.score(_without(history, dec.hist[used])), np.float64)[:, items]
-    drops[:, used] = (full[items][None, :] - s).T
-    return drops
+    loo = dec.method == "leave-one-out"  # the contributions are these drops
+    used = [] if loo else sorted({j for cs in cands for j in cs})
+    batch = _without(history, dec.hist[used])
+    q = history.queries[0] if history.queries else None
+    n = history.matrix.shape[1]
+    empty = History(
+        history.users[:1], sp.csr_matrix((1, n), dtype=np.float32), [np.zeros(0, np.int64)], [q]
+    )
+    both = History(
+        np.concatenate([batch.users, empty.users]),
+        sp.vstack([batch.matrix, empty.matrix]).tocsr(),
+        [*batch.sequences, *empty.sequences],
+        [*batch.queries, *empty.queries],
+    )
+    s = np.asarray(model.score(both), np.float64)[:, items]
+    if loo:
+        drops = np.asarray(dec.contrib, np.float64)
+    elif used:
+        drops[:, used] = (full[items][None, :] - s[:-1]).T
+    return drops, full[items] - s[-1]
 
 
 def explain_history(
@@ -438,7 +451,7 @@ def explain_history(
     tol = score_margin(scores, history.matrix.indices, len(items))
     dec = contributions(base, history, items, loo_limit)
     cands = [_candidates(dec.contrib[m], max_items, min_ratio) for m in range(len(items))]
-    drops = _drops(base, history, dec, items, scores, cands)
+    drops, whole = _drops(base, history, dec, items, scores, cands)
     personal = getattr(base, "personalized", True) and history.matrix.nnz > 0
     out: list[Explanation] = []
     for m, i in enumerate(items.tolist()):
@@ -464,15 +477,12 @@ def explain_history(
                 kind = max(pos, key=lambda k: pos[k])
                 r = _part_reason(base, history, kind, i, pos[kind] / total)
                 reasons += [r] if r is not None else []
-            if not reasons and personal:
-                reasons.append(
-                    Reason(
-                        "overall",
-                        1.0,
-                        text="suggested by your history as a whole (no single item of it "
-                        "changes the score by itself)",
-                    )
-                )
+            if not reasons and personal and whole[m] > tol:
+                text = "suggested by your history as a whole (no single item of it decides)"
+                reasons.append(Reason("overall", 1.0, text=text))
+            elif not reasons and personal:
+                text = "fills the list: nothing in your history raises its score"
+                reasons.append(Reason("filler", 0.0, text=text))
         reasons.sort(key=lambda r: -r.weight)
         out.append(
             Explanation(

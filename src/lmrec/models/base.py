@@ -526,6 +526,14 @@ class Recommender(ABC):
         """(B, d) query vectors p_u matching `item_embeddings`, or None."""
         return None
 
+    def make_contiguous(self) -> None:
+        """Store the model's 2-d arrays in C order: sparse @ dense copies a Fortran-ordered
+        dense operand on every call (EASE's 1682 x 1682 weights: ~40 ms per request on
+        ML-100K). Services call it once after loading."""
+        for name, value in list(vars(self).items()):
+            if isinstance(value, np.ndarray) and value.ndim == 2 and not value.flags.c_contiguous:
+                setattr(self, name, np.ascontiguousarray(value))
+
     # -- persistence -------------------------------------------------------------------------
 
     def _state(self) -> dict[str, np.ndarray]:
