@@ -36,7 +36,9 @@ Each recommended item gets reasons of these kinds:
 Parts beside the history (`Contributions.parts`) are named when they exceed the same margin.
 When nothing passes, the largest positive part is named (it is what decided between near-equal
 scores, e.g. lmcontent's popularity tie-break); failing that, a personalised answer says it came
-from the history as a whole ("overall"), never a history item that did not move the score.
+from the history as a whole ("overall") when removing the whole history lowers the score by the
+margin, else that it only fills the list ("filler", weight 0); never a history item that did
+not move the score.
 """
 
 from __future__ import annotations
