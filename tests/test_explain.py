@@ -85,6 +85,17 @@ def test_contributions_add_up_to_the_score(ds, name):
         assert np.abs(dec.rest).max() <= 1e-6 + f32
 
 
+def _score_without(model: Recommender, hist: History, item: str, target: int) -> float:
+    """The score of `target` when the one-row history forgets `item` (matrix and sequence)."""
+    j = model.items.index(item)
+    m = sp.lil_matrix(hist.matrix)
+    m[0, j] = 0
+    m = sp.csr_matrix(m)
+    m.eliminate_zeros()
+    without = History(hist.users, m, [hist.sequences[0][hist.sequences[0] != j]], hist.queries)
+    return float(model.score(without)[0, target])
+
+
 @pytest.mark.parametrize("name", ["itemknn", "ease", "als", "bpr"])
 def test_named_items_are_in_the_history_and_drove_the_score(ds, name):
     model = create_model(name, **EXACT[name]).fit(ds)
@@ -103,7 +114,13 @@ def test_named_items_are_in_the_history_and_drove_the_score(ds, name):
             byitem = dict(zip(model.items.ids_of(dec.hist), dec.contrib[0], strict=True))
             named = [byitem[x] for x in r.items]
             assert all(c > 0 for c in named)
-            assert named == sorted(byitem.values(), reverse=True)[: len(named)]
+            # The strongest contributions whose removal really lowers the score (a fold-in
+            # contribution can be positive while removing the item raises the score).
+            full = float(model.score(hist)[0, i])
+            drops = {x: full - _score_without(model, hist, x, i) for x in byitem}
+            true = [c for x, c in byitem.items() if drops[x] > 1e-6]
+            assert all(drops[x] > 1e-6 for x in r.items)
+            assert named == sorted(true, reverse=True)[: len(named)]
             assert r.contributions == pytest.approx(named)
             for t in r.titles:
                 assert f'"{t}"' in e.sentence

@@ -10,11 +10,13 @@ persistence live here, once. Artifacts are a JSON config plus `.npz` arrays: nev
 from __future__ import annotations
 
 __all__ = [
+    "Contributions",
     "History",
     "ModelConfig",
     "Query",
     "Recommendations",
     "Recommender",
+    "linear_contributions",
     "recency_weighted",
     "sparse_from_state",
     "sparse_state",
@@ -23,7 +25,7 @@ __all__ = [
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -105,6 +107,45 @@ class History:
             sequences=[dataset.sequence(int(u)) for u in users],
             queries=[None] * len(users),
         )
+
+
+@dataclass
+class Contributions:
+    """How a model's score of M candidate items for one history row decomposes.
+
+    hist: (H,) history item indices; contrib: (M, H) contribution of each history item to each
+    candidate; rest: (M,) the part no history item explains (NaN if unknown); exact: whether
+    contrib.sum(1) + rest equals the model's score; method: how it was computed; parts: named
+    pieces of the score beside the history items, kind -> (M,) values (kinds: "popular",
+    "interest", "similar_users", "content", "profile", "random"), which `lmrec.explain`
+    turns into reasons.
+    """
+
+    hist: np.ndarray
+    contrib: np.ndarray
+    rest: np.ndarray
+    exact: bool
+    method: str
+    parts: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def of_parts(cls, scores: np.ndarray, method: str, **parts: np.ndarray) -> Contributions:
+        """A decomposition without history items: the scores (M,) made of named parts."""
+        scores = np.asarray(scores, np.float64)
+        return cls(np.zeros(0, np.int64), np.zeros((len(scores), 0)), scores, True, method, parts)
+
+
+def linear_contributions(
+    h: sp.spmatrix, weights: Any, items: np.ndarray, method: str
+) -> Contributions:
+    """For a score sum_j h_j W[j, i] of a one-row history h: contributions h_j W[j, i]."""
+    h = sp.csr_matrix(h)
+    hist = h.indices.astype(np.int64)
+    hv = h.data.astype(np.float64)
+    w = weights[hist]
+    w = w[:, items].toarray() if sp.issparse(w) else np.asarray(w)[:, items]
+    contrib = (hv[:, None] * w).T
+    return Contributions(hist, contrib, np.zeros(len(items)), True, method)
 
 
 def top_k(
@@ -264,9 +305,13 @@ class Recommender(ABC):
     def is_fitted(self) -> bool:
         return self.items is not None
 
-    def _check_fitted(self) -> None:
+    def check_fitted(self) -> None:
+        """Raise `LmrecError` unless the model is fitted (or loaded)."""
         if not self.is_fitted:
             raise LmrecError(f"model {self.name!r} is not fitted: call fit(dataset) or load()")
+
+    def _check_fitted(self) -> None:
+        self.check_fitted()
 
     # -- answering ---------------------------------------------------------------------------
 
@@ -328,6 +373,11 @@ class Recommender(ABC):
             )
             m.has_sorted_indices = True
         return History(users=users, matrix=m, sequences=seqs, queries=list(queries))
+
+    def fallbacks(self, history: History) -> list[str | None]:
+        """Per row, the fallback that answers it ("popularity") or None (the model does)."""
+        assert self.items is not None
+        return self._fallback_scores(history, np.zeros((len(history), len(self.items)), np.float32))
 
     def _fallback_scores(self, history: History, scores: np.ndarray) -> list[str | None]:
         """Rows with neither a known user nor any history get popularity scores."""
@@ -421,6 +471,68 @@ class Recommender(ABC):
         if item not in self.items:
             raise LmrecError(f"unknown item {item!r}")
         return self.recommend(Query(items=[item]), n, exclude_seen=True)
+
+    # -- optional capabilities (hooks with safe defaults) ------------------------------------
+
+    def contributions(self, history: History, items: np.ndarray) -> Contributions | None:
+        """The exact decomposition of a one-row history's scores of `items` (indices) into
+        contributions of its history items and named parts, or None (the default) when the
+        model has none: `lmrec.explain` then measures the score drop of leaving each history
+        item out."""
+        return None
+
+    def similar_users(self, history: History) -> tuple[np.ndarray, np.ndarray, Any] | None:
+        """For models that score through similar users: (their indices in `users` (K,), their
+        weights (K,), their rows of item votes (K, n_items), sparse); None by default."""
+        return None
+
+    def text_similarity(self, texts: Sequence[str], items: np.ndarray) -> np.ndarray | None:
+        """(T, M) similarity of free texts (e.g. interest tags) to `items`, for text models;
+        None by default."""
+        return None
+
+    def text_encoder(self) -> tuple[Callable[[list[str]], np.ndarray], str] | None:
+        """(encode, name) of the model's item-text encoder, for services that search item
+        text in the model's own vector space; None by default."""
+        return None
+
+    #: Whether `with_items` can add items the model was not trained on (from their text).
+    accepts_new_items: ClassVar[bool] = False
+
+    def with_items(
+        self,
+        ids: Sequence[str],
+        texts: Sequence[str],
+        categories: Sequence[Sequence[Any]] | None = None,
+        attributes: Sequence[Mapping[str, Any] | None] | None = None,
+    ) -> Recommender:
+        """A copy of the model whose catalogue also holds these new items (from their text,
+        categories and attributes), the original left as it was. Models that cannot score
+        items they were not trained on (the default) refuse; they learn them by retraining."""
+        if not ids:
+            return self
+        raise LmrecError(
+            f"model {self.name!r} cannot score items it was not trained on; retrain it to "
+            "include them"
+        )
+
+    def item_embeddings(self) -> np.ndarray | None:
+        """(n_items, d) item vectors q_i with score = <p_u, q_i> for the `query_embeddings`
+        p_u (for a retrieval index); None (the default) when the score is not such a dot
+        product."""
+        return None
+
+    def query_embeddings(self, history: History) -> np.ndarray | None:
+        """(B, d) query vectors p_u matching `item_embeddings`, or None."""
+        return None
+
+    def make_contiguous(self) -> None:
+        """Store the model's 2-d arrays in C order: sparse @ dense copies a Fortran-ordered
+        dense operand on every call (EASE's 1682 x 1682 weights: ~40 ms per request on
+        ML-100K). Services call it once after loading."""
+        for name, value in list(vars(self).items()):
+            if isinstance(value, np.ndarray) and value.ndim == 2 and not value.flags.c_contiguous:
+                setattr(self, name, np.ascontiguousarray(value))
 
     # -- persistence -------------------------------------------------------------------------
 

@@ -173,6 +173,19 @@ class ColdStartItem(_TextModel):
         x = self._features(text, side)
         return (self.map_y_mean + (x - self.map_x_mean) @ self.map_weights).astype(np.float32)
 
+    def _add_items(
+        self,
+        vecs: np.ndarray,
+        side: np.ndarray,
+        texts: Sequence[str],
+        categories: Sequence[Sequence[Any]] | None,
+        attributes: Sequence[Mapping[str, Any] | None] | None,
+    ) -> None:
+        """New items get collaborative parameters mapped from their features."""
+        params = self.map_items(texts, categories, attributes)
+        self.item_params = np.vstack([self.item_params, params]).astype(np.float32)
+        self.warm = np.concatenate([self.warm, np.zeros(len(params), bool)])
+
     # -- scoring ------------------------------------------------------------------------------
 
     def _user_side(self, history: History) -> Any:

@@ -14,11 +14,19 @@ from collections.abc import Mapping
 
 import numpy as np
 import scipy.linalg
+import scipy.sparse as sp
 from pydantic import Field
 
 from lmrec.data import Dataset
 from lmrec.errors import LmrecError
-from lmrec.models.base import History, ModelConfig, Recommender, recency_weighted
+from lmrec.models.base import (
+    Contributions,
+    History,
+    ModelConfig,
+    Recommender,
+    linear_contributions,
+    recency_weighted,
+)
 
 
 class EASEConfig(ModelConfig):
@@ -63,12 +71,20 @@ class EASE(Recommender):
         self.lam = lam
         self.weights = np.ascontiguousarray(b, dtype=np.float32)  # C order: fast h @ W
 
-    def score(self, history: History) -> np.ndarray:
+    def _history_matrix(self, history: History) -> sp.csr_matrix:
         h = history.matrix.astype(np.float32, copy=True)
         if self.config.binary:
             h.data[:] = 1.0
-        h = recency_weighted(history, self.config.half_life, h)
-        return np.asarray(h @ self.weights, np.float32)
+        return recency_weighted(history, self.config.half_life, h)
+
+    def score(self, history: History) -> np.ndarray:
+        return np.asarray(self._history_matrix(history) @ self.weights, np.float32)
+
+    def contributions(self, history: History, items: np.ndarray) -> Contributions:
+        """h_j B[j, i]: the weighted history item times its EASE weight for the item."""
+        return linear_contributions(
+            self._history_matrix(history), self.weights, items, "ease weights"
+        )
 
     def _state(self) -> dict[str, np.ndarray]:
         return {"weights": self.weights, "lambda": np.asarray(self.lam)}

@@ -13,7 +13,7 @@ from __future__ import annotations
 __all__ = ["ItemKNN", "ItemKNNConfig", "Similarity", "UserKNN", "UserKNNConfig", "similarity"]
 
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -21,9 +21,11 @@ from pydantic import Field
 
 from lmrec.data import Dataset
 from lmrec.models.base import (
+    Contributions,
     History,
     ModelConfig,
     Recommender,
+    linear_contributions,
     recency_weighted,
     sparse_from_state,
     sparse_state,
@@ -173,6 +175,12 @@ class ItemKNN(Recommender):
     def score(self, history: History) -> np.ndarray:
         return np.asarray((self._history_matrix(history) @ self.sim).toarray(), np.float32)
 
+    def contributions(self, history: History, items: np.ndarray) -> Contributions:
+        """h_j S[j, i]: the weighted history item times its similarity to the item."""
+        return linear_contributions(
+            self._history_matrix(history), self.sim.tocsr(), items, "itemknn similarity"
+        )
+
     def _state(self) -> dict[str, np.ndarray]:
         return sparse_state("sim", self.sim)
 
@@ -202,6 +210,34 @@ class UserKNN(Recommender):
     def _cache(self) -> None:
         self._train_t = self.train.T.tocsr()
         self._train_stats = _stats(self.train, axis=1)
+
+    def _similarity_rows(self, history: History) -> np.ndarray:
+        """(B, n_users) similarity of each history row to each training user (0 to itself)."""
+        cfg = self.config
+        h = recency_weighted(history, cfg.half_life, _prepare(history.matrix, self._binary()))
+        co = (h @ self._train_t).toarray()
+        sim = similarity(
+            co, _stats(h, axis=1), self._train_stats, h.shape[1], cfg.similarity, cfg.shrink,
+            cfg.alpha,
+        )  # fmt: skip
+        users = history.users
+        own = np.flatnonzero((users >= 0) & (users < sim.shape[1]))
+        sim[own, users[own]] = 0.0
+        return sim
+
+    def similar_users(self, history: History) -> tuple[np.ndarray, np.ndarray, Any]:
+        """The `n_neighbors` training users most similar to a one-row history (positive
+        similarity only), their similarities and their training rows."""
+        sim = self._similarity_rows(history)[0]
+        k = min(self.config.n_neighbors, len(sim))
+        top = np.argpartition(-sim, k - 1)[:k]
+        top = top[sim[top] > 0]
+        return top, sim[top].astype(np.float64), self.train[top]
+
+    def contributions(self, history: History, items: np.ndarray) -> Contributions:
+        """The whole score comes from the similar users' votes."""
+        s = self.score(history)[0, items]
+        return Contributions.of_parts(s, "userknn neighbours", similar_users=s)
 
     def score(self, history: History) -> np.ndarray:
         cfg = self.config

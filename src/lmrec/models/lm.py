@@ -32,8 +32,9 @@ __all__ = [
     "LMMFConfig",
 ]
 
+import copy
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,9 +42,10 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import Field
 
-from lmrec.data import Dataset
+from lmrec.data import Dataset, Vocabulary
 from lmrec.errors import LmrecError
 from lmrec.models.base import (
+    Contributions,
     History,
     ModelConfig,
     Recommender,
@@ -103,6 +105,12 @@ def _side_matrix(
     return normalize(out) if out.size else out
 
 
+def _widen(m: sp.spmatrix, n: int) -> sp.csr_matrix:
+    """The sparse matrix with n columns (new columns empty)."""
+    m = sp.csr_matrix(m)
+    return sp.csr_matrix((m.data, m.indices, m.indptr), shape=(m.shape[0], n))
+
+
 def _resolve_spec(spec: str) -> str:
     """An encoder spec with a directory made absolute, so a saved model finds it from any cwd."""
     low = spec.strip().lower()
@@ -122,6 +130,9 @@ class _TextModel(Recommender):
         super().__init__(config, **params)
         self._encoder: TextEncoder | None = None
         self._tfidf_state: dict[str, np.ndarray] | None = None
+
+    #: New items are represented by the encoder's vector of their text (`with_items`).
+    accepts_new_items = True
 
     # -- encoding ------------------------------------------------------------------------------
 
@@ -147,6 +158,58 @@ class _TextModel(Recommender):
             with Store(self.config.cache_db) as store:
                 return encode_cached(enc, texts, store)
         return encode_cached(enc, texts)
+
+    def text_encoder(self) -> tuple[Callable[[list[str]], np.ndarray], str]:
+        """`encode` and the encoder spec the item vectors came from."""
+        return self.encode, str(self.config.encoder)
+
+    def text_similarity(self, texts: Sequence[str], items: np.ndarray) -> np.ndarray:
+        """(T, M) cosine of the texts' vectors with the items' text vectors."""
+        return self.encode(list(texts)) @ self.item_vectors[np.asarray(items, np.int64)].T
+
+    # -- new items -----------------------------------------------------------------------------
+
+    def with_items(
+        self,
+        ids: Sequence[str],
+        texts: Sequence[str],
+        categories: Sequence[Sequence[Any]] | None = None,
+        attributes: Sequence[Mapping[str, Any] | None] | None = None,
+    ) -> Recommender:
+        """A copy whose catalogue also holds these new items, represented by the encoder's
+        vector of their text (and, with `side_features`, their categories and attributes),
+        popularity 0; each model widens its own per-item state (`_add_items`). The original
+        model is left as it was."""
+        self.check_fitted()
+        assert self.items is not None and self.popularity is not None
+        if not ids:
+            return self
+        if len(texts) != len(ids):
+            raise LmrecError(f"model {self.name!r}: {len(ids)} new item ids but {len(texts)} texts")
+        known = [i for i in ids if i in self.items]
+        if known or len(set(ids)) != len(ids):
+            raise LmrecError(f"model {self.name!r}: items already in the catalogue: {known or ids}")
+        vecs = self.encode(list(texts))
+        side = self.side_vectors_of(categories, attributes, len(ids))
+        new = copy.copy(self)
+        new.items = Vocabulary([*self.items.ids.tolist(), *ids])
+        new.popularity = np.concatenate([self.popularity, np.zeros(len(ids), np.float32)])
+        new.item_vectors = np.vstack([self.item_vectors, vecs]).astype(np.float32)
+        new.side_vectors = np.vstack([self.side_vectors, side]).astype(np.float32)
+        new._joint = None  # the joint [text, side] vectors are rebuilt on first use
+        new._add_items(vecs, side, texts, categories, attributes)
+        return new
+
+    def _add_items(
+        self,
+        vecs: np.ndarray,
+        side: np.ndarray,
+        texts: Sequence[str],
+        categories: Sequence[Sequence[Any]] | None,
+        attributes: Sequence[Mapping[str, Any] | None] | None,
+    ) -> None:
+        """Widen the model's own per-item state for the new items (called on the copy, whose
+        items, popularity and vectors already hold them); replace arrays, never mutate."""
 
     def _fit_text(self, dataset: Dataset, *, users: bool) -> None:
         texts = item_texts(dataset, template=self.config.item_template)
@@ -435,6 +498,48 @@ class LMContent(_TextModel):
         pop = self.popularity / max(float(self.popularity.max()), 1.0)
         return s + np.float32(1e-6) * pop[None, :]
 
+    def _add_items(
+        self,
+        vecs: np.ndarray,
+        side: np.ndarray,
+        texts: Sequence[str],
+        categories: Sequence[Sequence[Any]] | None,
+        attributes: Sequence[Mapping[str, Any] | None] | None,
+    ) -> None:
+        assert self.items is not None
+        self.values = _widen(self.values, len(self.items))
+
+    def contributions(self, history: History, items: np.ndarray) -> Contributions:
+        """kernel: w_j exp((cos(j, i) - 1) / T) / sum |w|; cosine and dot: the history item's
+        share of the interest vector's product with the item. Parts: the user text
+        ("interest") and the popularity tie-break ("popular")."""
+        c = self.config
+        w = sp.csr_matrix(self._weights(history))
+        w.eliminate_zeros()
+        hist = w.indices.astype(np.int64)
+        wv = w.data.astype(np.float64)
+        total = float(np.abs(wv).sum()) or 1.0
+        v = self.joint_vectors().astype(np.float64)
+        score = self.score(history)[0, items].astype(np.float64)
+        assert self.popularity is not None
+        pop = self.popularity / max(float(self.popularity.max()), 1.0)
+        tie = np.float32(1e-6) * pop[items].astype(np.float64)
+        if len(hist) == 0:
+            contrib = np.zeros((len(items), 0))
+        elif c.scoring == "kernel":
+            kern = np.exp((v[hist] @ v[items].T - 1.0) / c.temperature)  # (H, M)
+            contrib = (wv[:, None] * kern / total).T
+        else:
+            p, _ = self.interest_vectors(history)
+            norm = float(np.linalg.norm(p[0]))
+            scale = 1.0 if c.scoring == "dot" or norm == 0 else 1.0 / norm  # cosine: p / |p|
+            contrib = ((wv / total)[:, None] * (v[hist] @ v[items].T) * scale).T
+        rest = score - contrib.sum(axis=1)  # user text and the popularity tie-break
+        parts = {"popular": tie}
+        if self._row_user_vectors(history)[1][0]:
+            parts["interest"] = rest - tie
+        return Contributions(hist, contrib, rest, True, f"lmcontent {c.scoring}", parts)
+
     def _kernel_scores(self, history: History, cosine: np.ndarray) -> np.ndarray:
         """Rows with a history: sum_j w_j exp((cos(j, i) - 1) / T); others keep `cosine` (the
         user-text match, plus user_text_weight times it beside a history)."""
@@ -643,6 +748,42 @@ class LMMF(_TextModel):
         u = self.user_vectors_of(history)
         return (u @ self.item_factors.T + self.item_bias[None, :]).astype(np.float32)
 
+    def contributions(self, history: History, items: np.ndarray) -> Contributions:
+        """h_j (e_j . q_i) / sum |h|; the rest is the item bias and the user-text part."""
+        h = sp.csr_matrix(recency_weighted(history, self.config.half_life), dtype=np.float64)
+        h.data = np.abs(h.data)
+        hist = h.indices.astype(np.int64)
+        total = float(h.data.sum()) or 1.0
+        e = self.history_factors.astype(np.float64)
+        q = self.item_factors.astype(np.float64)
+        contrib = ((h.data / total)[:, None] * (e[hist] @ q[items].T)).T
+        score = self.score(history)[0, items].astype(np.float64)
+        return Contributions(hist, contrib, score - contrib.sum(axis=1), True, "lmmf factors")
+
+    def item_embeddings(self) -> np.ndarray:
+        """[q_i, b_i]: score = <[p_u, 1], [q_i, b_i]>."""
+        return np.hstack([self.item_factors, self.item_bias[:, None]]).astype(np.float32)
+
+    def query_embeddings(self, history: History) -> np.ndarray:
+        """[p_u, 1] per history row, matching `item_embeddings`."""
+        u = self.user_vectors_of(history)
+        return np.hstack([u, np.ones((len(u), 1), np.float32)])
+
+    def _add_items(
+        self,
+        vecs: np.ndarray,
+        side: np.ndarray,
+        texts: Sequence[str],
+        categories: Sequence[Sequence[Any]] | None,
+        attributes: Sequence[Mapping[str, Any] | None] | None,
+    ) -> None:
+        """Factors from the text projection alone (no collaborative offset)."""
+        p, x = self.proj, self._mf_inputs(vecs, side)
+        self.item_factors = np.vstack([self.item_factors, x @ p["wq"]]).astype(np.float32)
+        self.history_factors = np.vstack([self.history_factors, x @ p["we"]]).astype(np.float32)
+        self.item_bias = np.concatenate([self.item_bias, x @ p["wb"]]).astype(np.float32)
+        self.active = np.concatenate([self.active, np.zeros(len(vecs), bool)])
+
     def _state(self) -> dict[str, np.ndarray]:
         return {
             **self._text_state(),
@@ -788,6 +929,55 @@ class ColdStartUser(_TextModel):
                 out[has] += c.content_weight * _normalize_rows(np.clip(cos, 0, None))
         assert out.shape == (b, n)
         return out
+
+    def similar_users(self, history: History) -> tuple[np.ndarray, np.ndarray, Any]:
+        """The `n_neighbors` most similar training users of a one-row history (text and
+        history overlap), their weights sim^neighbor_power and their vote rows."""
+        cfg = self.config
+        uvec, has_text, _ = self._row_user_vectors(history)
+        sim = self._similarities(history, uvec, has_text)[0]
+        k = min(cfg.n_neighbors, len(sim))
+        top = np.argpartition(-sim, k - 1)[:k]
+        w = np.clip(sim[top], 0, None) ** cfg.neighbor_power
+        keep = w > 0
+        return self.neighbors[top[keep]], w[keep].astype(np.float64), self.votes[top[keep]]
+
+    def contributions(self, history: History, items: np.ndarray) -> Contributions:
+        """Each part's exact share of the score, measured by scoring again without it:
+        similar users, content ("interest" when it came from tags or free text), popularity,
+        and the rest, the map from the user's attributes and text ("profile")."""
+        c = self.config
+        full = self.score(history)[0, items].astype(np.float64)
+        parts: dict[str, np.ndarray] = {}
+        for part, key in (
+            ("similar_users", "neighbor_weight"),
+            ("content", "content_weight"),
+            ("popular", "popularity_weight"),
+        ):
+            if getattr(c, key) > 0:
+                m = copy.copy(self)
+                m.config = c.model_copy(update={key: 0.0})
+                parts[part] = full - m.score(history)[0, items].astype(np.float64)
+        parts["profile"] = full - sum(parts.values())
+        if "content" in parts and self._row_user_vectors(history)[2][0]:
+            parts["interest"] = parts.pop("content")
+        return Contributions.of_parts(full, "coldstart_user neighbours", **parts)
+
+    def _add_items(
+        self,
+        vecs: np.ndarray,
+        side: np.ndarray,
+        texts: Sequence[str],
+        categories: Sequence[Sequence[Any]] | None,
+        attributes: Sequence[Mapping[str, Any] | None] | None,
+    ) -> None:
+        """New items: no votes, interaction rate 0, nothing from the text-to-items map."""
+        k = len(vecs)
+        self.votes = _widen(self.votes, self.votes.shape[1] + k)
+        self.rate = np.concatenate([self.rate, np.zeros(k, np.float32)])
+        self.text_map = np.hstack(
+            [self.text_map, np.zeros((self.text_map.shape[0], k), np.float32)]
+        )
 
     def _state(self) -> dict[str, np.ndarray]:
         return {

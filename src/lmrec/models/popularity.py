@@ -9,7 +9,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from lmrec.data import Dataset
-from lmrec.models.base import History, ModelConfig, Recommender
+from lmrec.models.base import Contributions, History, ModelConfig, Recommender
 
 
 class PopularityConfig(ModelConfig):
@@ -34,6 +34,11 @@ class Popularity(Recommender):
 
     def score(self, history: History) -> np.ndarray:
         return np.broadcast_to(self.counts, (len(history), len(self.counts))).copy()
+
+    def contributions(self, history: History, items: np.ndarray) -> Contributions:
+        """The score is the item's popularity and nothing else."""
+        s = self.counts[items]
+        return Contributions.of_parts(s, "popularity", popular=s)
 
     def _state(self) -> dict[str, np.ndarray]:
         return {"counts": self.counts}
@@ -65,3 +70,8 @@ class Random(Recommender):
             key = int(u) if u >= 0 else hash(tuple(history.sequences[r].tolist())) & 0xFFFFFFFF
             out[r] = np.random.default_rng([self.config.seed, key]).random(len(self.items))
         return out
+
+    def contributions(self, history: History, items: np.ndarray) -> Contributions:
+        """The score is a random number and nothing else."""
+        s = self.score(history)[0, items]
+        return Contributions.of_parts(s, "random", random=s)

@@ -153,7 +153,7 @@ class Service:
 
     def _prepare(self, slot: Slot) -> None:
         """Bring a freshly loaded version up to date with the store (runs in a loader thread)."""
-        _c_order(slot.model)
+        slot.model.make_contiguous()
         with self._lock:
             items = list(self.catalog.values())
             slot.sync_with_store(self.store, items, set(self.users))
@@ -294,7 +294,7 @@ class Service:
             return ranker.rank(hist, n, exclude_seen=exclude_seen, candidates=mask)
         index = slot.index
         if index is not None and mask is None and hist.matrix.nnz:
-            vecs = _query_vectors(m, hist)
+            vecs = m.query_embeddings(hist)
             if vecs is not None:
                 ex = [hist.matrix[r].indices if exclude_seen else [] for r in range(len(hist))]
                 idx, val = index.search(vecs, n, exclude=ex)
@@ -386,9 +386,10 @@ class Service:
         spec = self.settings.search_encoder
         if spec is None:
             active = self.registry.slots.get(self.registry.active or "")
-            if active is not None and supports_new_items(active.model):
-                model = active.model
-                return model.encode, f"{model.config.encoder} ({active.name})"  # type: ignore[attr-defined]
+            own = active.model.text_encoder() if active is not None else None
+            if active is not None and own is not None:
+                encode, name = own
+                return encode, f"{name} ({active.name})"
             spec = "minilm"
         enc = load_encoder(spec)
         if not hasattr(enc, "name") or type(enc).__name__ == "TfidfEncoder":
@@ -420,7 +421,7 @@ class Service:
         kind = self.settings.index
         if kind == "off":
             return None
-        items = _item_matrix(m)
+        items = m.item_embeddings()
         if items is None:
             return None
         if kind == "auto" and len(items) <= self.settings.exact_limit:
@@ -701,42 +702,6 @@ class Service:
             "feedback_committed": self.writer.committed,
             "feedback_queued": self.writer.queued(),
         }
-
-
-def _c_order(model: Recommender) -> None:
-    """Store the model's 2-d arrays in C order: sparse @ dense copies a Fortran-ordered dense
-    operand on every call (EASE's 1682 x 1682 weights: ~40 ms per request on ML-100K)."""
-    for name, value in list(vars(model).items()):
-        if isinstance(value, np.ndarray) and value.ndim == 2 and not value.flags.c_contiguous:
-            setattr(model, name, np.ascontiguousarray(value))
-
-
-# -- embedding access for the retrieval index --------------------------------------------------
-
-
-def _item_matrix(m: Recommender) -> np.ndarray | None:
-    """Item vectors q_i such that the model's score is <p_u, q_i> (LMMF: [q_i, b_i])."""
-    from lmrec.models.lm import LMMF
-    from lmrec.models.mf import _MF
-
-    if isinstance(m, _MF):
-        return np.asarray(m.item_factors, np.float32)
-    if isinstance(m, LMMF):
-        return np.hstack([m.item_factors, m.item_bias[:, None]]).astype(np.float32)
-    return None
-
-
-def _query_vectors(m: Recommender, hist: History) -> np.ndarray | None:
-    """User vectors p_u matching `_item_matrix` (LMMF: [p_u, 1])."""
-    from lmrec.models.lm import LMMF
-    from lmrec.models.mf import _MF
-
-    if isinstance(m, _MF):
-        return np.asarray(m._user_vectors(hist), np.float32)
-    if isinstance(m, LMMF):
-        u = m.user_vectors_of(hist)
-        return np.hstack([u, np.ones((len(u), 1), np.float32)])
-    return None
 
 
 def _diversified(slot: Slot, m: Recommender, diversity: float, categories: dict) -> Any:

@@ -11,17 +11,17 @@ changes the next answer without retraining:
 - `Slot.forget`: users of the snapshot deleted since (or deleted and created again): they are
   answered as unknown users, with only their new events.
 - `Slot.blocked`: items of the model deleted since; never recommended.
-- New items: text models (lmcontent, lmmf, coldstart_user) get them appended to their
-  catalogue at once, with vectors from the encoder (`extend_catalogue`); other models cannot
-  score an item they were not trained on until retraining (the item is still searchable and
-  has similar items through the text index).
+- New items: models that accept them (`Recommender.accepts_new_items`: the text models
+  lmcontent, lmmf, coldstart_user, coldstart_item) get them appended to their catalogue at
+  once, from their text (`Recommender.with_items`); other models cannot score an item they were
+  not trained on until retraining (the item is still searchable and has similar items through
+  the text index).
 """
 
 from __future__ import annotations
 
 __all__ = ["Event", "Feed", "Slot", "extend_catalogue", "supports_new_items"]
 
-import copy
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -30,9 +30,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
-from lmrec.data import Vocabulary
 from lmrec.models.base import Query, Recommender
 from lmrec.store import Store
 
@@ -237,20 +235,12 @@ class Slot:
         self._snapshot_keys = {}
 
 
-# -- new items for text models ---------------------------------------------------------------
+# -- new items ---------------------------------------------------------------------------------
 
 
 def supports_new_items(model: Recommender) -> bool:
-    """Whether `extend_catalogue` can add items to this model (text-vector models)."""
-    from lmrec.models.coldstart_item import ColdStartItem
-    from lmrec.models.lm import LMMF, ColdStartUser, LMContent
-
-    return isinstance(model, LMContent | LMMF | ColdStartUser | ColdStartItem)
-
-
-def _widen(m: sp.spmatrix, n: int) -> sp.csr_matrix:
-    m = sp.csr_matrix(m)
-    return sp.csr_matrix((m.data, m.indices, m.indptr), shape=(m.shape[0], n))
+    """Whether the model can add items it was not trained on (`Recommender.with_items`)."""
+    return bool(model.accepts_new_items)
 
 
 def extend_catalogue(
@@ -260,38 +250,6 @@ def extend_catalogue(
     categories: Sequence[Sequence[Any]] | None = None,
     attributes: Sequence[Mapping[str, Any] | None] | None = None,
 ) -> Recommender:
-    """A copy of a text model whose catalogue also holds these new items, represented by the
-    encoder's vector of their text (and, for models with `side_features`, their categories and
-    attributes): LMMF factors from its text projection with no collaborative offset;
-    coldstart_item's mapped collaborative parameters; popularity 0. The original model is left
-    as it was."""
-    from lmrec.models.coldstart_item import ColdStartItem
-    from lmrec.models.lm import LMMF, ColdStartUser, LMContent
-
-    assert model.items is not None and model.popularity is not None
-    if not ids:
-        return model
-    vecs = model.encode(list(texts))  # type: ignore[attr-defined]
-    side = model.side_vectors_of(categories, attributes, len(ids))  # type: ignore[attr-defined]
-    new = copy.copy(model)
-    n = len(model.items) + len(ids)
-    new.items = Vocabulary([*model.items.ids.tolist(), *ids])
-    new.popularity = np.concatenate([model.popularity, np.zeros(len(ids), np.float32)])
-    new.item_vectors = np.vstack([model.item_vectors, vecs]).astype(np.float32)
-    new.side_vectors = np.vstack([model.side_vectors, side]).astype(np.float32)
-    new._joint = None  # the joint [text, side] vectors are rebuilt on first use
-    if isinstance(model, LMContent):
-        new.values = _widen(model.values, n)
-    elif isinstance(model, LMMF):
-        p, x = model.proj, model._mf_inputs(vecs, side)
-        new.item_factors = np.vstack([model.item_factors, x @ p["wq"]]).astype(np.float32)
-        new.history_factors = np.vstack([model.history_factors, x @ p["we"]]).astype(np.float32)
-        new.item_bias = np.concatenate([model.item_bias, x @ p["wb"]]).astype(np.float32)
-        new.active = np.concatenate([model.active, np.zeros(len(ids), bool)])
-    elif isinstance(model, ColdStartUser):
-        new.votes = _widen(model.votes, n)
-    elif isinstance(model, ColdStartItem):
-        params = model.map_items(texts, categories, attributes)
-        new.item_params = np.vstack([model.item_params, params]).astype(np.float32)
-        new.warm = np.concatenate([model.warm, np.zeros(len(ids), bool)])
-    return new
+    """A copy of the model whose catalogue also holds these new items, from their text,
+    categories and attributes (`Recommender.with_items`); the original is left as it was."""
+    return model.with_items(ids, texts, categories, attributes)
