@@ -308,6 +308,29 @@ def test_diversity_reranks(server: Server) -> None:
         assert len(diverse) == 8 and genres(diverse) > genres(plain), (plain, diverse)
 
 
+def test_reranking_parameters_are_the_rerank_config(server: Server) -> None:
+    """A request's re-ranking parameters replace fields of the one `RerankConfig` default that
+    the CLI and the evaluation use: the service's list is `diversify(model, config)`'s."""
+    from lmrec.rerank import RerankConfig, diversify
+
+    slot = server.service.registry.slots["knn"]
+    model: Recommender = Recommender.load(slot.path)
+    params = {"diversity": 0.6, "method": "mmr", "similarity": "jaccard", "pool": 15}
+    with server.client(READ) as c:
+        for user in ("u5", "u6"):
+            want = diversify(model, RerankConfig(**params)).recommend(user, 6).items
+            assert recs(c, user, model="knn", n=6, **params) == want, user
+            body = {"user": user, "n": 6, "model": "knn", **params}
+            r = c.post("/recommendations", json=body)
+            assert [x["item"] for x in r.json()["items"]] == want
+        # The defaults are the config's: maxsum over category cosine, a pool of 50.
+        want = diversify(model, RerankConfig(diversity=0.6)).recommend("u5", 6).items
+        assert recs(c, "u5", model="knn", n=6, diversity=0.6) == want
+        for bad in ({"method": "zigzag"}, {"pool": 0}, {"relevance": "prob"}):
+            r = c.get("/users/u5/recommendations", params={"diversity": 0.3, **bad})
+            assert r.status_code == 422, (bad, r.text)
+
+
 # -- live feedback --------------------------------------------------------------------------------
 
 
