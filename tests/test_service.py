@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lmrec.data import Dataset
 from lmrec.models import create_model
@@ -286,6 +288,52 @@ def test_fast_path_answers_like_fastapi(server: Server) -> None:
         assert r.status_code == 422 and "ts" in r.json()["detail"]
     with server.client(ADMIN) as c:
         assert set(_history(server, "fp-1")) == {"i1", "i2"}
+
+
+_USERS = st.sampled_from(["u0", "u3", "u17", "u39", "nobody", "shop/1"])
+_REQUESTS = st.fixed_dictionaries(
+    {},
+    optional={
+        "n": st.integers(1, 45).map(str),
+        "model": st.sampled_from(["knn", "als", "lmc", "nope"]),
+        "exclude_seen": st.sampled_from(["true", "false", "1", "0"]),
+        "category": st.sampled_from([*NAMES, "zzz"]),
+    },
+)
+
+
+def test_fast_path_is_fastapi_and_recommend_for_any_request(server: Server) -> None:
+    """For any plain request, the fast path (lmrec.service.app `fast`, batched through
+    `recommend_users`) answers as FastAPI does (an unknown parameter sends a request that way)
+    and as `Service.recommend` does called alone: same status, same JSON."""
+    from lmrec.errors import LmrecError
+    from lmrec.service.core import NotFound
+
+    svc = server.service
+
+    @settings(max_examples=40, deadline=None)
+    @given(user=_USERS, params=_REQUESTS)
+    def check(c: httpx.Client, user: str, params: dict[str, str]) -> None:
+        path = f"/users/{user}/recommendations"
+        fast = c.get(path, params=params)
+        slow = c.get(path, params={**params, "via": "fastapi"})
+        assert (fast.status_code, fast.json()) == (slow.status_code, slow.json()), params
+        try:
+            want = svc.recommend(
+                user,
+                int(params.get("n", 10)),
+                model=params.get("model"),
+                exclude_seen=params.get("exclude_seen", "true") in ("true", "1"),
+                category=params.get("category"),
+            )
+            assert (fast.status_code, fast.json()) == (200, want), params
+        except NotFound:
+            assert fast.status_code == 404, params
+        except LmrecError:
+            assert fast.status_code == 400, params
+
+    with server.client(READ) as c:
+        check(c)
 
 
 def test_explanations(server: Server) -> None:
