@@ -100,7 +100,7 @@ def tradeoff(args, ds) -> dict:
     from lmrec.data.split import leave_one_out
     from lmrec.evaluation import bootstrap_ci, paired_test
     from lmrec.models import create_model
-    from lmrec.rerank import diversify, item_similarity
+    from lmrec.rerank import RerankConfig, diversify, item_similarity
 
     split = leave_one_out(ds)
     gvec = genre_vectors(ds)
@@ -122,7 +122,8 @@ def tradeoff(args, ds) -> dict:
     rows = []
     t0 = time.perf_counter()
     for method, d, pool, disc, rl in settings:
-        rr = diversify(model, method, d, similarity=sim, pool=pool, discount=disc, relevance=rl)
+        cfg = RerankConfig(method=method, diversity=d, pool=pool, discount=disc, relevance=rl)
+        rr = diversify(model, cfg, similarity=sim)
         v, _ = measure(rr, split, "valid", gvec)
         rows.append(
             {
@@ -148,26 +149,21 @@ def tradeoff(args, ds) -> dict:
     best_b = max(ok_b, key=lambda r: r["valid"][key])
     ok = [r for r in rows if r["valid"]["ndcg"] >= 0.96 * base_v["ndcg"]]
     best = max(ok, key=lambda r: r["valid"][key])
-    chosen = diversify(
-        model,
-        best["method"],
-        best["d"],
-        similarity=sim,
-        pool=best["pool"],
-        discount=best["discount"],
-        relevance=best["relevance"],
-    )
+
+    def config(r: dict, discount: bool | None = None) -> RerankConfig:
+        disc = r["discount"] if discount is None else discount
+        return RerankConfig(
+            method=r["method"],
+            diversity=r["d"],
+            pool=r["pool"],
+            discount=disc,
+            relevance=r["relevance"],
+        )
+
+    chosen = diversify(model, config(best), similarity=sim)
     base_t, res_base = measure(model, split, "test", gvec)
     best_t, res_best = measure(chosen, split, "test", gvec)
-    chosen_b = diversify(
-        model,
-        best_b["method"],
-        best_b["d"],
-        similarity=sim,
-        pool=best_b["pool"],
-        discount=best_b["discount"],
-        relevance=best_b["relevance"],
-    )
+    chosen_b = diversify(model, config(best_b), similarity=sim)
     best_b_t, res_b = measure(chosen_b, split, "test", gvec)
     test_b = paired_test(res_base, res_b, metric="ndcg@10", test="wilcoxon")
     test = paired_test(res_base, res_best, metric="ndcg@10", test="wilcoxon")
@@ -176,14 +172,7 @@ def tradeoff(args, ds) -> dict:
     # Test points of every setting, for the plot only (the choice above used validation).
     for r in rows:
         if r["discount"] and r["pool"] == best["pool"] and r["relevance"] == best["relevance"]:
-            rr = diversify(
-                model,
-                r["method"],
-                r["d"],
-                similarity=sim,
-                pool=r["pool"],
-                relevance=r["relevance"],
-            )
+            rr = diversify(model, config(r, discount=True), similarity=sim)
             r["test"], _ = measure(rr, split, "test", gvec)
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -269,7 +258,7 @@ def calibrated(args, ds) -> dict:
     from lmrec.data.split import leave_one_out
     from lmrec.evaluation import bootstrap_ci, paired_test
     from lmrec.models import create_model
-    from lmrec.rerank import calibrate, diversify, item_similarity
+    from lmrec.rerank import RerankConfig, calibrate, diversify, item_similarity
 
     split = leave_one_out(ds)
     gvec = genre_vectors(ds)
@@ -316,7 +305,8 @@ def calibrated(args, ds) -> dict:
             extra = {"relevance": "prob", **cals[(pool, v == "prob")].params()}
         else:
             extra = {"relevance": "rank"}
-        return diversify(model, "maxsum", d, similarity=sim, pool=pool, local_search=ls, **extra)
+        cfg = RerankConfig(method="maxsum", diversity=d, pool=pool, local_search=ls, **extra)
+        return diversify(model, cfg, similarity=sim)
 
     rows = []
     t0 = time.perf_counter()
@@ -439,7 +429,7 @@ def speed(args, ds) -> dict:
     from lmrec.data.split import leave_one_out
     from lmrec.models import create_model
     from lmrec.models.base import History
-    from lmrec.rerank import ItemSimilarity, dpp, maxsum, mmr
+    from lmrec.rerank import ItemSimilarity, RerankConfig, dpp, maxsum, mmr
 
     split = leave_one_out(ds)
     model = create_model(args.model).fit(split.train)
@@ -455,10 +445,11 @@ def speed(args, ds) -> dict:
     for sname, sim in sims.items():
         for fname, fn in (("dpp", dpp), ("mmr", mmr), ("maxsum", maxsum)):
             times = []
+            cfg = RerankConfig(diversity=0.3)
             for r in range(len(users)):
-                fn(idx[r], val[r], 10, sim, 0.3)  # warm
+                fn(idx[r], val[r], 10, sim, cfg)  # warm
                 t = time.perf_counter()
-                fn(idx[r], val[r], 10, sim, 0.3)
+                fn(idx[r], val[r], 10, sim, cfg)
                 times.append(time.perf_counter() - t)
             ms = np.array(times) * 1e3
             out[f"{fname}, {sname}"] = {

@@ -15,7 +15,7 @@ from lmrec.data.dataset import ItemFeatures, UserFeatures
 from lmrec.explain import contributions, explain, explain_history
 from lmrec.models import create_model
 from lmrec.models.base import History, ModelConfig, Query, Recommender
-from lmrec.rerank import diversify
+from lmrec.rerank import RerankConfig, diversify
 
 N_USERS, N_ITEMS = 80, 48
 GROUPS = ["horror", "comedy", "drama", "scifi"]
@@ -222,7 +222,7 @@ def test_interest_tags_and_popularity_fallback(ds):
 
 def test_reranked_models_are_explained_by_their_base_model(ds):
     model = create_model("ease").fit(ds)
-    rr = diversify(model, "dpp", 0.5, pool=20)
+    rr = diversify(model, RerankConfig(method="dpp", diversity=0.5, pool=20))
     exps = explain(rr, "u3", n=5)
     assert [e.item for e in exps] == rr.recommend("u3", 5).items
     hist = model.history_of([Query(user="u3")])

@@ -76,3 +76,34 @@ def test_errors_are_messages(db: str, tmp_path: Path, capsys) -> None:
     assert "no saved model" in capsys.readouterr().err
     assert main(["--db", db, "tune", "--model", "ease", "--grid", "reg"]) == 1
     assert "--grid expects" in capsys.readouterr().err
+
+
+def test_recommend_options_are_the_rerank_config(db: str, tmp_path: Path, capsys) -> None:
+    """`lmrec recommend`'s re-ranking options build a `RerankConfig` field by field: the CLI's
+    list is the library's `diversify(model, config)` list."""
+    from lmrec.models.base import Recommender
+    from lmrec.rerank import Filters, RerankConfig, diversify
+
+    out = tmp_path / "knn"
+    assert main(["--db", db, "train", "--model", "itemknn", "--out", str(out)]) == 0
+    capsys.readouterr()
+    opts = ["--diversity", "0.4", "--method", "mmr", "--similarity", "jaccard", "--pool", "30"]
+    opts += ["--max-per-category", "4", "--exclude-categories", "Drama", "--no-discount"]
+    assert main(["recommend", "--model", str(out), "--user", "7", "-n", "8", "--json", *opts]) == 0
+    got = [r["item"] for r in json.loads(capsys.readouterr().out)["items"]]
+    config = RerankConfig(
+        diversity=0.4,
+        method="mmr",
+        similarity="jaccard",
+        pool=30,
+        max_per_category=4,
+        discount=False,
+        filters=Filters(exclude_categories=("Drama",)),
+    )
+    model = Recommender.load(out)
+    assert got == diversify(model, config).recommend("7", 8).items
+    assert got != model.recommend("7", 8).items
+    cats = model.history.item_features.categories
+    assert all("Drama" not in cats[model.items.index(i)] for i in got)
+    assert main(["recommend", "--model", str(out), "--user", "7", "--pool", "0"]) == 1
+    assert "invalid re-ranking options: pool" in capsys.readouterr().err

@@ -17,11 +17,11 @@ from lmrec.rerank import (
     CategoryConstraints,
     Filters,
     ItemSimilarity,
+    RerankConfig,
     Reranked,
     Reranker,
     diversify,
     dpp,
-    intra_list_diversity,
     make_reranker,
     maxsum,
     mmr,
@@ -32,6 +32,18 @@ CATS = [["a"], ["a"], ["a"], ["b"], ["b"], ["c"], ["a", "b"], []]
 
 def _sim() -> ItemSimilarity:
     return ItemSimilarity.from_categories(CATS)
+
+
+def C(diversity: float, **fields) -> RerankConfig:
+    """The config of a kernel call at this diversity."""
+    return RerankConfig.of(diversity=diversity, **fields)
+
+
+def _ild(lists: np.ndarray, ds: Dataset) -> np.ndarray:
+    from lmrec.evaluation.metrics import intra_list_diversity
+    from lmrec.evaluation.runner import item_category_matrix
+
+    return intra_list_diversity(lists, categories=item_category_matrix(ds))
 
 
 def test_category_similarity_is_cosine_of_genre_sets():
@@ -47,14 +59,14 @@ def test_zero_diversity_is_relevance_order():
     items = np.arange(8)
     scores = np.array([5, 4, 3, 2, 1, 0.5, 0.2, 0.1])
     for fn in (mmr, maxsum, dpp):
-        assert fn(items, scores, 4, _sim(), 0.0).tolist() == [0, 1, 2, 3]
+        assert fn(items, scores, 4, _sim(), C(0.0)).tolist() == [0, 1, 2, 3]
 
 
 def test_diversity_swaps_in_other_categories():
     items = np.arange(6)
     scores = np.array([1.0, 0.99, 0.98, 0.5, 0.4, 0.3])  # the top three are all "a"
     for fn in (mmr, maxsum, dpp):
-        chosen = fn(items, scores, 3, _sim(), 0.7)
+        chosen = fn(items, scores, 3, _sim(), C(0.7))
         assert chosen[0] == 0  # the most relevant item comes first
         assert {CATS[i][0] for i in chosen} == {"a", "b", "c"}, fn.__name__
 
@@ -87,7 +99,7 @@ def test_dpp_matches_brute_force_log_det_greedy(d):
     scores = rng.normal(size=40)
     rel = (scores - scores.min()) / (scores.max() - scores.min())
     q = np.exp((1 - d) / (2 * d) * rel)
-    got = dpp(np.arange(40), scores, 8, sim, d, discount=False)
+    got = dpp(np.arange(40), scores, 8, sim, C(d, discount=False))
     want = _brute_force_dpp_greedy(sim.vectors(np.arange(40)).astype(np.float64), q, 8)
     assert got.tolist() == want
 
@@ -95,7 +107,7 @@ def test_dpp_matches_brute_force_log_det_greedy(d):
 def test_dpp_fills_by_relevance_when_the_pool_is_exhausted():
     # Rank-1 similarity: after one pick nothing new is left; relevance fills the rest.
     f = np.ones((5, 1))
-    chosen = dpp(np.arange(5), np.array([5.0, 4, 3, 2, 1]), 3, ItemSimilarity(f), 0.5)
+    chosen = dpp(np.arange(5), np.array([5.0, 4, 3, 2, 1]), 3, ItemSimilarity(f), C(0.5))
     assert chosen.tolist() == [0, 1, 2]
 
 
@@ -104,7 +116,7 @@ def test_maxsum_greedy_builds_mean_pairwise_distance():
     f = rng.normal(size=(30, 5))
     sim = ItemSimilarity.from_vectors(f)
     scores = np.zeros(30)  # relevance tied: pure dispersion
-    chosen = maxsum(np.arange(30), scores, 3, sim, 1.0, discount=False)
+    chosen = maxsum(np.arange(30), scores, 3, sim, C(1.0, discount=False))
     s = sim.matrix(np.arange(30))
     # Greedy check: each step adds the item farthest (in summed distance) from those chosen.
     for t in range(1, 3):
@@ -131,47 +143,82 @@ def test_category_caps_and_minimums():
     with pytest.raises(LmrecError, match="unknown categories"):
         CategoryConstraints(CATS, min_per_category={"zzz": 1})
     # Constraints also bind the diverse methods.
-    chosen = make_reranker("dpp", 0.3, _sim(), cap)(items, scores, 3)
+    chosen = make_reranker(C(0.3, method="dpp"), _sim(), cap)(items, scores, 3)
     assert len({c for i in chosen for c in CATS[i]}) == 3
 
 
 def test_bad_arguments_are_refused_with_a_message():
-    with pytest.raises(LmrecError, match="diversity must be in"):
-        mmr(np.arange(3), np.ones(3), 2, _sim(), 1.5)
+    with pytest.raises(LmrecError, match=r"re-ranking options: diversity: .*less than or equal"):
+        C(1.5)
+    with pytest.raises(LmrecError, match="pool"):
+        RerankConfig.of(pool=0)
+    with pytest.raises(LmrecError, match="pol: Extra inputs"):
+        RerankConfig.of(pol=5)
+    with pytest.raises(LmrecError, match="min_per_category must be >= 0"):
+        RerankConfig.of(min_per_category={"a": -1})
     with pytest.raises(LmrecError, match="distinct"):
-        dpp(np.array([1, 1]), np.ones(2), 1, _sim(), 0.5)
+        dpp(np.array([1, 1]), np.ones(2), 1, _sim(), C(0.5))
     with pytest.raises(LmrecError, match="scores"):
-        maxsum(np.arange(3), np.ones(2), 1, _sim(), 0.5)
-    with pytest.raises(LmrecError, match="unknown re-ranking method"):
-        make_reranker("zigzag", 0.3, _sim())  # type: ignore[arg-type]
+        maxsum(np.arange(3), np.ones(2), 1, _sim(), C(0.5))
+    with pytest.raises(LmrecError, match="method: Input should be 'maxsum'"):
+        C(0.3, method="zigzag")
+    with pytest.raises(LmrecError, match="needs an item similarity"):
+        make_reranker(C(0.3))
     with pytest.raises(LmrecError, match="out of the similarity"):
-        mmr(np.array([0, 99]), np.ones(2), 1, _sim(), 0.5)
+        mmr(np.array([0, 99]), np.ones(2), 1, _sim(), C(0.5))
 
 
-def test_intra_list_diversity_matches_the_evaluation_metric():
-    from lmrec.evaluation.metrics import intra_list_diversity as shared
-    from lmrec.evaluation.runner import item_category_matrix
-
-    titles = [str(i) for i in range(len(CATS))]
-    ds = Dataset(
-        Vocabulary(["u"]),
-        Vocabulary(titles),
-        np.zeros(0),
-        np.zeros(0),
-        item_features=ItemFeatures(
-            titles, [""] * len(CATS), CATS, [{} for _ in CATS], np.zeros(len(CATS))
-        ),
+def test_config_is_one_validated_object_with_the_cli_defaults():
+    """One default for the CLI, the evaluation runner and the service (benchmarks/rerank.md)."""
+    c = RerankConfig()
+    assert (c.method, c.diversity, c.pool, c.similarity, c.relevance) == (
+        "maxsum",
+        0.0,
+        50,
+        "categories",
+        "scores",
     )
-    lists = np.array([list(c) for c in itertools.combinations(range(len(CATS)), 4)])
-    lists[::5, -1] = -1  # padding
-    mine = intra_list_diversity(lists, CATS, "jaccard")
-    theirs = shared(lists, categories=item_category_matrix(ds))
-    np.testing.assert_allclose(mine, theirs, rtol=1e-6)
-    assert intra_list_diversity(np.array([[0, 1]]), CATS)[0] == 0.0
-    assert intra_list_diversity(np.array([[0, 3]]), CATS)[0] == 1.0
-    assert intra_list_diversity(np.array([[0, 6]]), CATS, "cosine")[0] == pytest.approx(
-        1 - 1 / np.sqrt(2)
+    assert not c.active and C(0.2).active and RerankConfig(max_per_category=2).active
+    assert not C(0.2, method="none").diversifies
+    assert RerankConfig.of(filters={"exclude_items": ["i1"]}).active
+    with pytest.raises(ValueError):  # frozen
+        c.pool = 3  # type: ignore[misc]
+    moved = c.replace(temperature=0.5, rank_power=0.1, relevance="prob")
+    assert (moved.temperature, moved.relevance, c.relevance) == (0.5, "prob", "scores")
+    with pytest.raises(LmrecError, match="temperature"):
+        c.replace(temperature=float("inf"))
+    for name, f in RerankConfig.model_fields.items():
+        assert f.description, f"RerankConfig.{name} has no docstring"
+
+
+def test_cli_options_are_generated_from_the_config():
+    import argparse
+
+    from lmrec.commands.rerank import DEST, add_rerank_options, rerank_config
+
+    p = argparse.ArgumentParser()
+    add_rerank_options(p)
+    assert rerank_config(p.parse_args([])) == RerankConfig()
+    dests = {a.dest for a in p._actions}
+    fields = [n for n in RerankConfig.model_fields if n != "filters"] + list(Filters.model_fields)
+    assert dests >= {DEST + n for n in fields}
+    argv = ["--min-per-category", "a=1,b=2", "--include-items", "i1, i2", "--order", "greedy"]
+    argv += ["--no-discount", "--relevance", "prob", "--temperature", "0.5", "--min-score", "0.1"]
+    args = p.parse_args(argv)
+    assert rerank_config(args, diversity=0.3) == RerankConfig(
+        diversity=0.3,
+        min_per_category={"a": 1, "b": 2},
+        order="greedy",
+        discount=False,
+        relevance="prob",
+        temperature=0.5,
+        filters=Filters(include_items=("i1", "i2"), min_score=0.1),
     )
+    with pytest.raises(LmrecError, match="maxsum only"):
+        rerank_config(p.parse_args(["--local-search", "--method", "dpp"]))
+    q = argparse.ArgumentParser()
+    add_rerank_options(q, skip=["diversity"])
+    assert DEST + "diversity" not in {a.dest for a in q._actions}
 
 
 # -- on a fitted model ---------------------------------------------------------------------------
@@ -212,13 +259,9 @@ def test_reranked_model_raises_diversity_and_behaves_like_a_model(tmp_path):
     model = create_model("itemknn").fit(ds)
     hist = History.from_dataset(ds, np.arange(ds.n_users))
     base_idx, _, _ = model.rank(hist, 8)
-    rr = diversify(model, "dpp", 0.5, pool=30)
+    rr = diversify(model, C(0.5, method="dpp", pool=30))
     idx, val, _ = rr.rank(hist, 8)
-    cats = ds.item_features.categories
-    assert (
-        np.nanmean(intra_list_diversity(idx, cats))
-        > np.nanmean(intra_list_diversity(base_idx, cats)) + 0.1
-    )
+    assert np.nanmean(_ild(idx, ds)) > np.nanmean(_ild(base_idx, ds)) + 0.1
     seen = ds.matrix()
     for r in range(ds.n_users):  # history excluded, scores are the model's, sorted
         assert not set(idx[r].tolist()) & set(seen[r].indices.tolist())
@@ -237,7 +280,11 @@ def test_reranked_model_raises_diversity_and_behaves_like_a_model(tmp_path):
     split = leave_one_out(ds)
     fitted = create_model("itemknn").fit(split.train)
     res = evaluate(
-        diversify(fitted, "mmr", 0.5, pool=20), split, on="test", k=5, metrics=["ndcg", "diversity"]
+        diversify(fitted, C(0.5, method="mmr", pool=20)),
+        split,
+        on="test",
+        k=5,
+        metrics=["ndcg", "diversity"],
     )
     res0 = evaluate(fitted, split, on="test", k=5, metrics=["ndcg", "diversity"])
     assert res.summary()["diversity@5"] > res0.summary()["diversity@5"]
@@ -247,27 +294,26 @@ def test_filters_and_min_score():
     ds = _dataset()
     model = create_model("itemknn").fit(ds)
     f = Filters(exclude_items=["i1", "i5"], exclude_categories=["x"])
+    config = C(0.3, method="dpp", pool=20, filters=f)
     rr = Reranked(
-        model,
-        DPP(ItemSimilarity.from_categories(ds.item_features.categories), 0.3),
-        pool=20,
-        filters=f,
+        model, DPP(ItemSimilarity.from_categories(ds.item_features.categories), config), config
     )
+    assert rr.recommend("u0", 10).items == diversify(model, config).recommend("u0", 10).items
     cats = ds.item_features.categories
     for u in range(10):
         rec = rr.recommend(f"u{u}", 10)
         assert "i1" not in rec.items and "i5" not in rec.items
         assert all("x" not in cats[model.items.index(i)] for i in rec.items)
-    keep = Reranked(model, Reranker(), filters=Filters(include_categories=["y"]))
+    keep = diversify(model, RerankConfig(filters=Filters(include_categories=["y"])))
     assert all("y" in cats[model.items.index(i)] for i in keep.recommend("u0", 10).items)
     scores = model.score(model.history_of([Query(user="u0")]))[0]
     floor = float(np.sort(scores)[-5])
-    rec = Reranked(model, Reranker(), filters=Filters(min_score=floor)).recommend("u0", 10)
+    rec = diversify(model, RerankConfig(filters=Filters(min_score=floor))).recommend("u0", 10)
     assert rec.scores and min(rec.scores) >= floor
     with pytest.raises(LmrecError, match="unknown item ids in exclude_items: nope"):
-        Reranked(model, Reranker(), filters=Filters(exclude_items=["nope"]))
+        diversify(model, RerankConfig(filters=Filters(exclude_items=["nope"])))
     with pytest.raises(LmrecError, match="unknown categories in include_categories"):
-        Reranked(model, Reranker(), filters=Filters(include_categories=["nope"]))
+        diversify(model, RerankConfig(filters=Filters(include_categories=["nope"])))
 
 
 def test_dpp_speed_500_to_10():
@@ -279,11 +325,11 @@ def test_dpp_speed_500_to_10():
     sim = ItemSimilarity.from_vectors(rng.normal(size=(2000, 384)))
     items = rng.choice(2000, 500, replace=False)
     scores = rng.normal(size=500)
-    dpp(items, scores, 10, sim, 0.3)  # warm
+    dpp(items, scores, 10, sim, C(0.3))  # warm
     times = []
     for _ in range(20):
         t = time.perf_counter()
-        dpp(items, scores, 10, sim, 0.3)
+        dpp(items, scores, 10, sim, C(0.3))
         times.append(time.perf_counter() - t)
     assert np.median(times) < 0.05
 
@@ -303,7 +349,7 @@ def test_jaccard_similarity_of_genre_sets():
     # Max-sum with Jaccard distances builds exactly the list's Jaccard ILD.
     rng = np.random.default_rng(1)
     scores = rng.random(len(cats))
-    chosen = maxsum(np.arange(len(cats)), scores, 4, sim, 1.0, discount=False)
+    chosen = maxsum(np.arange(len(cats)), scores, 4, sim, C(1.0, discount=False))
     rest = [i for i in range(len(cats)) if i not in chosen[:3]]
     dist = {i: sum(1 - s[i, j] for j in chosen[:3]) for i in rest}
     assert dist[chosen[3]] == pytest.approx(max(dist.values()))
@@ -316,21 +362,21 @@ def test_rank_relevance_uses_only_the_model_order():
     a = np.array([10.0, 9.99, 9.98, 1.0, 0.9, 0.8, 0.7, 0.6])
     b = np.array([8.0, 7, 6, 5, 4, 3, 2, 1])  # same order, other spacing
     for fn in (mmr, maxsum, dpp):
-        ra = fn(items, a, 4, _sim(), 0.4, relevance="rank")
-        rb = fn(items, b, 4, _sim(), 0.4, relevance="rank")
+        ra = fn(items, a, 4, _sim(), C(0.4, relevance="rank"))
+        rb = fn(items, b, 4, _sim(), C(0.4, relevance="rank"))
         assert ra.tolist() == rb.tolist(), fn.__name__
     # With scores, the big gap after the top three keeps them; rank relevance lets "b" in.
-    assert maxsum(items, a, 3, _sim(), 0.1).tolist() == [0, 1, 2]
-    assert maxsum(items, a, 3, _sim(), 0.1, relevance="rank").tolist() == [0, 1, 3]
-    with pytest.raises(LmrecError, match="unknown relevance"):
-        make_reranker("mmr", 0.3, _sim(), relevance="zz")  # type: ignore[arg-type]
+    assert maxsum(items, a, 3, _sim(), C(0.1)).tolist() == [0, 1, 2]
+    assert maxsum(items, a, 3, _sim(), C(0.1, relevance="rank")).tolist() == [0, 1, 3]
+    with pytest.raises(LmrecError, match="relevance: Input should be 'scores'"):
+        C(0.3, relevance="zz")
 
 
 # -- calibrated relevance and max-sum local search ------------------------------------------------
 
 
 def test_prob_relevance_is_the_calibrated_softmax():
-    from lmrec.rerank import _relevance
+    from lmrec.rerank.greedy import _relevance
 
     s = np.array([3.0, 1.0, 2.0, 0.5])
     r = np.array([0, 2, 1, 3])  # the model's ranks of these items
@@ -354,7 +400,7 @@ def _maxsum_value(pos, rel, dist, d, k):
 
 
 def test_local_search_never_lowers_the_value_and_ends_at_a_swap_optimum():
-    from lmrec.rerank import _relevance
+    from lmrec.rerank.greedy import _relevance
 
     rng = np.random.default_rng(1)
     genres = ["a", "b", "c", "d", "e"]
@@ -367,8 +413,8 @@ def test_local_search_never_lowers_the_value_and_ends_at_a_swap_optimum():
         scores = rng.normal(size=n)
         d = float(rng.uniform(0.1, 0.6))
         kw = {"relevance": "prob", "temperature": 0.7, "rank_power": 0.3}
-        greedy = maxsum(np.arange(n), scores, k, sim, d, **kw)
-        local = maxsum(np.arange(n), scores, k, sim, d, local_search=True, **kw)
+        greedy = maxsum(np.arange(n), scores, k, sim, C(d, **kw))
+        local = maxsum(np.arange(n), scores, k, sim, C(d, local_search=True, **kw))
         rel = _relevance(scores, "prob", 0.7, 0.3)
         v_greedy = _maxsum_value(greedy, rel, dist, d, k)
         v_local = _maxsum_value(local, rel, dist, d, k)
@@ -390,12 +436,12 @@ def test_prob_relevance_diversifies_unsure_users_more():
     unsure = np.array([1.0, 0.99, 0.98, 0.9, 0.85, 0.8])  # the same order, nearly flat
     kw = {"relevance": "prob", "temperature": 1.0}
     for fn in (maxsum, mmr):
-        assert sorted(fn(items, sure, 3, _sim(), 0.05, **kw).tolist()) == [0, 1, 2], fn.__name__
-        chosen = fn(items, unsure, 3, _sim(), 0.05, **kw)
+        assert sorted(fn(items, sure, 3, _sim(), C(0.05, **kw)).tolist()) == [0, 1, 2], fn.__name__
+        chosen = fn(items, unsure, 3, _sim(), C(0.05, **kw))
         assert {CATS[i][0] for i in chosen} == {"a", "b", "c"}, fn.__name__
         # Min-max scaled scores cannot tell the two users apart at this weight.
         for s in (sure, unsure):
-            assert sorted(fn(items, s, 3, _sim(), 0.05).tolist()) == [0, 1, 2], fn.__name__
+            assert sorted(fn(items, s, 3, _sim(), C(0.05)).tolist()) == [0, 1, 2], fn.__name__
 
 
 def _popularity_split(t0: float, n_users: int = 2500, n_items: int = 30):
@@ -435,16 +481,8 @@ def test_calibrate_recovers_a_known_temperature():
     both = calibrate(model, train, heldout, pool=10)
     assert abs(both.rank_power) < 0.2  # the truth has no rank term
     assert both.nll <= cal.nll + 1e-9  # one more free parameter never fits worse
-    rr = diversify(
-        model,
-        "maxsum",
-        0.1,
-        similarity=ItemSimilarity.from_vectors(np.eye(30)),
-        pool=10,
-        relevance="prob",
-        local_search=True,
-        **both.params(),
-    )
+    config = C(0.1, pool=10, relevance="prob", local_search=True).replace(**both.params())
+    rr = diversify(model, config, similarity=ItemSimilarity.from_vectors(np.eye(30)))
     assert "relevance=prob" in repr(rr.reranker) and "local_search=True" in repr(rr.reranker)
     idx, _, _ = rr.rank(History.from_dataset(train, [0, 1]), 5)
     assert (idx >= 0).all()
@@ -457,11 +495,23 @@ def test_calibrated_relevance_and_local_search_errors():
     model = create_model("popularity").fit(train)
     sim = ItemSimilarity.from_vectors(np.eye(30))
     with pytest.raises(LmrecError, match="maxsum only"):
-        make_reranker("mmr", 0.3, sim, local_search=True)
+        C(0.3, method="mmr", local_search=True)
     with pytest.raises(LmrecError, match="constraints"):
-        make_reranker("maxsum", 0.3, _sim(), CategoryConstraints(CATS, 1), local_search=True)
+        C(0.3, local_search=True, max_per_category=1)
+    with pytest.raises(LmrecError, match="constraints"):
+        make_reranker(C(0.3, local_search=True), _sim(), CategoryConstraints(CATS, 1))
+    with pytest.raises(LmrecError, match="constraints"):
+        maxsum(
+            np.arange(8),
+            np.ones(8),
+            2,
+            _sim(),
+            C(0.3, local_search=True),
+            CategoryConstraints(CATS, 1),
+        )
     with pytest.raises(LmrecError, match="temperature"):
-        make_reranker("maxsum", 0.3, sim, relevance="prob", temperature=0.0)
+        C(0.3, relevance="prob", temperature=0.0)
+    assert make_reranker(C(0.3, local_search=True), sim).config.local_search
     other = Dataset(Vocabulary(["x"]), Vocabulary(["i0"]), np.array([0]), np.array([0]))
     with pytest.raises(LmrecError, match="same vocabularies"):
         calibrate(model, train, other)

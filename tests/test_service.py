@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lmrec.data import Dataset
 from lmrec.models import create_model
@@ -288,6 +290,52 @@ def test_fast_path_answers_like_fastapi(server: Server) -> None:
         assert set(_history(server, "fp-1")) == {"i1", "i2"}
 
 
+_USERS = st.sampled_from(["u0", "u3", "u17", "u39", "nobody", "shop/1"])
+_REQUESTS = st.fixed_dictionaries(
+    {},
+    optional={
+        "n": st.integers(1, 45).map(str),
+        "model": st.sampled_from(["knn", "als", "lmc", "nope"]),
+        "exclude_seen": st.sampled_from(["true", "false", "1", "0"]),
+        "category": st.sampled_from([*NAMES, "zzz"]),
+    },
+)
+
+
+def test_fast_path_is_fastapi_and_recommend_for_any_request(server: Server) -> None:
+    """For any plain request, the fast path (lmrec.service.app `fast`, batched through
+    `recommend_users`) answers as FastAPI does (an unknown parameter sends a request that way)
+    and as `Service.recommend` does called alone: same status, same JSON."""
+    from lmrec.errors import LmrecError
+    from lmrec.service.core import NotFound
+
+    svc = server.service
+
+    @settings(max_examples=40, deadline=None)
+    @given(user=_USERS, params=_REQUESTS)
+    def check(c: httpx.Client, user: str, params: dict[str, str]) -> None:
+        path = f"/users/{user}/recommendations"
+        fast = c.get(path, params=params)
+        slow = c.get(path, params={**params, "via": "fastapi"})
+        assert (fast.status_code, fast.json()) == (slow.status_code, slow.json()), params
+        try:
+            want = svc.recommend(
+                user,
+                int(params.get("n", 10)),
+                model=params.get("model"),
+                exclude_seen=params.get("exclude_seen", "true") in ("true", "1"),
+                category=params.get("category"),
+            )
+            assert (fast.status_code, fast.json()) == (200, want), params
+        except NotFound:
+            assert fast.status_code == 404, params
+        except LmrecError:
+            assert fast.status_code == 400, params
+
+    with server.client(READ) as c:
+        check(c)
+
+
 def test_explanations(server: Server) -> None:
     with server.client(READ) as c:
         r = c.get("/users/u2/recommendations", params={"n": 3, "explain": True}).json()
@@ -306,6 +354,29 @@ def test_diversity_reranks(server: Server) -> None:
         diverse = recs(c, "u0", n=8, model="lmc", diversity=0.9)
         genres = lambda items: len({int(i[1:]) % 4 for i in items})  # noqa: E731
         assert len(diverse) == 8 and genres(diverse) > genres(plain), (plain, diverse)
+
+
+def test_reranking_parameters_are_the_rerank_config(server: Server) -> None:
+    """A request's re-ranking parameters replace fields of the one `RerankConfig` default that
+    the CLI and the evaluation use: the service's list is `diversify(model, config)`'s."""
+    from lmrec.rerank import RerankConfig, diversify
+
+    slot = server.service.registry.slots["knn"]
+    model: Recommender = Recommender.load(slot.path)
+    params = {"diversity": 0.6, "method": "mmr", "similarity": "jaccard", "pool": 15}
+    with server.client(READ) as c:
+        for user in ("u5", "u6"):
+            want = diversify(model, RerankConfig(**params)).recommend(user, 6).items
+            assert recs(c, user, model="knn", n=6, **params) == want, user
+            body = {"user": user, "n": 6, "model": "knn", **params}
+            r = c.post("/recommendations", json=body)
+            assert [x["item"] for x in r.json()["items"]] == want
+        # The defaults are the config's: maxsum over category cosine, a pool of 50.
+        want = diversify(model, RerankConfig(diversity=0.6)).recommend("u5", 6).items
+        assert recs(c, "u5", model="knn", n=6, diversity=0.6) == want
+        for bad in ({"method": "zigzag"}, {"pool": 0}, {"relevance": "prob"}):
+            r = c.get("/users/u5/recommendations", params={"diversity": 0.3, **bad})
+            assert r.status_code == 422, (bad, r.text)
 
 
 # -- live feedback --------------------------------------------------------------------------------

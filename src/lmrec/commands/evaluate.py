@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from lmrec.commands.models import add_rerank_options
+from lmrec.commands.rerank import add_rerank_options, rerank_config
 from lmrec.errors import LmrecError
 
 
@@ -89,11 +89,10 @@ def _saved_runs(dirs: list[str], splits: list[Any], k: list[int], kw: dict[str, 
 
 
 def _diversity_variants(args: argparse.Namespace) -> dict[str, Any]:
-    """--diversity L1,L2,...: each model is also evaluated re-ranked at each setting."""
+    """--diversity L1,L2,...: each model is also evaluated re-ranked at each setting, as
+    {label suffix: `RerankConfig`} (the other re-ranking options are shared)."""
     if not args.diversity:
         return {}
-    from lmrec.rerank import diversify
-
     try:
         levels = [float(x) for x in args.diversity.split(",") if x.strip()]
     except ValueError:
@@ -103,18 +102,8 @@ def _diversity_variants(args: argparse.Namespace) -> dict[str, Any]:
     bad = [x for x in levels if not 0 <= x <= 1]
     if bad or not levels:
         raise LmrecError(f"--diversity values must lie in [0, 1], got {args.diversity!r}")
-
-    def wrap(level: float) -> Any:
-        return lambda model: diversify(
-            model,
-            args.method,
-            level,
-            similarity=args.similarity,
-            pool=args.pool,
-            relevance=args.relevance,
-        )
-
-    return {f"{args.method}={x:g}": wrap(x) for x in levels}
+    base = rerank_config(args)
+    return {f"{base.method}={x:g}": base.replace(diversity=x) for x in levels}
 
 
 def _breakdowns(text: str | None) -> list[str]:
@@ -200,7 +189,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             seed=args.seed,
             splits=splits,
             on_model=fitted,
-            variants=variants,
+            rerank=variants,
             **kw,
         )
         runs.update(result.runs)
@@ -327,6 +316,6 @@ def register(
         help="also evaluate each model re-ranked for diversity at these settings in [0, 1] "
         "(accuracy and diversity side by side; with --plots, a trade-off plot)",
     )
-    add_rerank_options(s)
+    add_rerank_options(s, skip=["diversity"])
     s.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     cmds["evaluate"] = cmd_evaluate

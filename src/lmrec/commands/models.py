@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from lmrec.commands.rerank import add_rerank_options, rerank_config
 from lmrec.errors import LmrecError
 
 
@@ -190,33 +191,12 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
-def _csv(text: str | None) -> list[str]:
-    return [x.strip() for x in (text or "").split(",") if x.strip()]
-
-
 def _reranked(model: Any, args: argparse.Namespace) -> Any:
     """The model, or the model behind diversity re-ranking and filters (`lmrec.rerank`)."""
-    from lmrec.rerank import Filters, diversify
+    from lmrec.rerank import diversify
 
-    filters = Filters(
-        exclude_items=_csv(args.exclude_items),
-        include_items=_csv(args.include_items) or None,
-        exclude_categories=_csv(args.exclude_categories),
-        include_categories=_csv(args.include_categories) or None,
-        min_score=args.min_score,
-    )
-    if not args.diversity and args.max_per_category is None and filters.empty:
-        return model
-    return diversify(
-        model,
-        args.method,
-        args.diversity,
-        similarity=args.similarity,
-        pool=args.pool,
-        relevance=args.relevance,
-        max_per_category=args.max_per_category,
-        filters=filters,
-    )
+    config = rerank_config(args)
+    return diversify(model, config) if config.active else model
 
 
 def cmd_similar(args: argparse.Namespace) -> int:
@@ -280,31 +260,6 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_rerank_options(s: argparse.ArgumentParser) -> None:
-    """--method, --similarity, --pool and --relevance of the diversity re-ranking (recommend,
-    evaluate)."""
-    s.add_argument(
-        "--method",
-        choices=["mmr", "maxsum", "dpp"],
-        default="maxsum",
-        help="diversity re-ranking method (default maxsum)",
-    )
-    s.add_argument(
-        "--similarity",
-        choices=["categories", "jaccard", "text"],
-        default="categories",
-        help="item similarity: categories (cosine), jaccard, text (default categories)",
-    )
-    s.add_argument("--pool", type=int, default=50, help="candidates re-ranked (default 50)")
-    s.add_argument(
-        "--relevance",
-        choices=["scores", "rank"],
-        default="scores",
-        help="relevance the re-ranker trades against diversity: the model's scores min-max "
-        "scaled, or (rank + 1)^-1/2 of the model's rank (default scores)",
-    )
-
-
 def register(
     sub: argparse._SubParsersAction, cmds: dict[str, Callable[[argparse.Namespace], int]]
 ) -> None:
@@ -337,22 +292,7 @@ def register(
     s.add_argument("--items", help="comma-separated recent item ids, oldest first")
     s.add_argument("-n", type=int, default=10, help="how many items (default 10)")
     s.add_argument("--json", action="store_true", help="print JSON")
-    s.add_argument(
-        "--diversity",
-        type=float,
-        default=0.0,
-        metavar="D",
-        help="diversity weight in [0, 1] of the re-ranking (default 0: the model's order)",
-    )
     add_rerank_options(s)
-    s.add_argument(
-        "--max-per-category", type=int, help="at most this many items sharing a category"
-    )
-    s.add_argument("--exclude-items", metavar="A,B", help="item ids never to recommend")
-    s.add_argument("--include-items", metavar="A,B", help="recommend only among these item ids")
-    s.add_argument("--exclude-categories", metavar="C,D", help="leave out items of these")
-    s.add_argument("--include-categories", metavar="C,D", help="only items of these categories")
-    s.add_argument("--min-score", type=float, help="leave out items the model scores below this")
     s.add_argument(
         "--explain", action="store_true", help="say why each item is recommended (true reasons)"
     )

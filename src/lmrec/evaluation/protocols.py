@@ -18,11 +18,12 @@ from __future__ import annotations
 
 __all__ = ["PROTOCOLS", "ModelRun", "ProtocolResult", "make_splits", "run_protocol"]
 
+import functools
 import inspect
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -40,6 +41,9 @@ from lmrec.errors import LmrecError
 from lmrec.evaluation.breakdown import compare_breakdowns, pool_breakdowns
 from lmrec.evaluation.runner import EvalResult, evaluate
 from lmrec.evaluation.stats import bootstrap_ci, paired_test
+
+if TYPE_CHECKING:
+    from lmrec.rerank import RerankConfig
 
 PROTOCOLS = ("loo", "temporal", "random", "kfold", "cold_users", "cold_items")
 ModelSpec = str | Callable[[], Any]
@@ -311,6 +315,7 @@ def run_protocol(
     progress: bool = False,
     on_model: Callable[[str, int, float], None] | None = None,
     variants: Mapping[str, Callable[[Any], Any]] | None = None,
+    rerank: Mapping[str, RerankConfig] | None = None,
     **eval_kw: Any,
 ) -> ProtocolResult:
     """Split `dataset` by `protocol`, fit each model on train, evaluate on test (and valid when
@@ -318,7 +323,8 @@ def run_protocol(
     model, or {label: name or factory}; params: {label: {param: value}} for named models.
     `splits` reuses splits made beforehand. `variants` {suffix: wrap} also evaluates
     `wrap(fitted model)` (e.g. a diversity re-ranker) as the run "label suffix", on the same
-    fit and split, so that the variants can be compared with paired tests. Extra keywords go to
+    fit and split, so that the variants can be compared with paired tests; `rerank`
+    {suffix: RerankConfig} adds the model re-ranked by each config. Extra keywords go to
     `evaluate` (sampled, sampler, candidates, item_vectors, batch_size)."""
     resolved = _resolve(models, params)
     if not isinstance(dataset, Dataset):
@@ -335,6 +341,10 @@ def run_protocol(
     runs: dict[str, ModelRun] = {}
     sampled_label = None
     variants = dict(variants or {})
+    if rerank:
+        from lmrec.rerank import diversify
+
+        variants.update({v: functools.partial(diversify, config=c) for v, c in rerank.items()})
     for lab, factory, prm in resolved:
         run = ModelRun(label=lab, params=prm, test=[])
         extra = {v: ModelRun(label=f"{lab} {v}", params=dict(prm), test=[]) for v in variants}

@@ -257,10 +257,11 @@ def _split_unquoted(name: str, text: str, sep: str) -> _Table:
     starts[1:] = ends[:-1] + 1
     seppos = np.flatnonzero(buf == ord(sep))
     seps = np.diff(np.searchsorted(seppos, np.concatenate([[0], ends])))
-    # Lines without separators may be blank (only whitespace): look at those few in Python.
+    # Lines without separators may be blank (only whitespace): look at those few in Python,
+    # with str's idea of whitespace (as the csv path's strip), which bytes' lacks for \x1c-\x1f.
     blank = ends == starts
     for i in np.flatnonzero((seps == 0) & ~blank):
-        blank[i] = data[starts[i] : ends[i]].isspace()
+        blank[i] = data[starts[i] : ends[i]].decode("utf-8").isspace()
     nonblank = np.flatnonzero(~blank)
     if not len(nonblank):
         raise DataError(Problem(name, None, None, None, "the file is empty"))

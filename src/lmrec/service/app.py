@@ -30,9 +30,20 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lmrec.errors import LmrecError
 from lmrec.models.base import Query as ModelQuery
+from lmrec.rerank.config import Method, SimilaritySource
 from lmrec.service.core import NotFound, Service, Unavailable
 from lmrec.service.metrics import Metrics
-from lmrec.service.schemas import Feedback, FeedbackBatch, ItemBody, QueryBody, TrainBody, UserBody
+from lmrec.service.schemas import (
+    MAX_POOL,
+    Feedback,
+    FeedbackBatch,
+    ItemBody,
+    QueryBody,
+    ServedRelevance,
+    TrainBody,
+    UserBody,
+    rerank_config,
+)
 from lmrec.service.settings import SCOPES, Settings
 
 IdPath = Annotated[str, Path(min_length=1, max_length=255)]
@@ -321,7 +332,7 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
         parameter models, telemetry, exception middleware; about 0.5 ms of a core each):
         GET /users/{id}/recommendations with plain valid parameters and POST /feedback with a
         valid JSON body. Anything else, including every invalid or unauthorised request and
-        the diversity and explanation options, goes through FastAPI unchanged, so answers and
+        the re-ranking and explanation options, goes through FastAPI unchanged, so answers and
         error messages are the same either way."""
         path, method = scope["path"], scope["method"]
         if scope.get("root_path"):
@@ -491,11 +502,28 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
         exclude_seen: bool = True,
         category: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
         diversity: Annotated[
-            float | None, Query(ge=0, le=1, description="MMR diversity weight (0: off)")
+            float | None, Query(ge=0, le=1, description="re-ranking diversity weight (0: off)")
+        ] = None,
+        method: Annotated[Method | None, Query(description="re-ranking method")] = None,
+        similarity: Annotated[
+            SimilaritySource | None, Query(description="item similarity of the re-ranking")
+        ] = None,
+        pool: Annotated[
+            int | None, Query(ge=1, le=MAX_POOL, description="candidates re-ranked")
+        ] = None,
+        relevance: Annotated[
+            ServedRelevance | None, Query(description="relevance the re-ranking weighs")
         ] = None,
         explain: Annotated[bool, Query(description="add reasons to each item")] = False,
     ) -> Response:
-        if diversity or explain:
+        rerank = rerank_config(
+            diversity=diversity,
+            method=method,
+            similarity=similarity,
+            pool=pool,
+            relevance=relevance,
+        )
+        if rerank is not None or explain:
             return _json(
                 await run_in_threadpool(
                     svc.recommend,
@@ -504,7 +532,7 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
                     model=model,
                     exclude_seen=exclude_seen,
                     category=category,
-                    diversity=diversity,
+                    rerank=rerank,
                     explain=explain,
                 )
             )
@@ -525,6 +553,8 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
             text=body.text,
         )
 
+        rerank = body.rerank()
+
         def run() -> dict[str, Any]:
             return svc.recommend(
                 body.user,
@@ -532,13 +562,13 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
                 model=body.model,
                 exclude_seen=body.exclude_seen,
                 category=body.category,
-                diversity=body.diversity,
+                rerank=rerank,
                 explain=body.explain,
                 extra=extra,
             )
 
         if (
-            body.text or body.tags or body.attributes or body.explain or body.diversity
+            body.text or body.tags or body.attributes or body.explain or rerank is not None
         ):  # may run the text encoder: off the loop
             return _json(await run_in_threadpool(run))
         return _json(run())

@@ -22,6 +22,7 @@ import numpy as np
 
 from lmrec.errors import LmrecError
 from lmrec.models.base import History, Query, Recommender
+from lmrec.rerank.config import RerankConfig
 from lmrec.service.index import VectorIndex
 from lmrec.service.live import Event, Feed, Slot, extend_catalogue, supports_new_items
 from lmrec.service.registry import ModelRegistry
@@ -209,11 +210,12 @@ class Service:
         model: str | None = None,
         exclude_seen: bool = True,
         category: str | None = None,
-        diversity: float | None = None,
+        rerank: RerankConfig | None = None,
         explain: bool = False,
         extra: Query | None = None,
     ) -> dict[str, Any]:
-        """Top-n items for a user and/or an anonymous query, with the version that answered."""
+        """Top-n items for a user and/or an anonymous query, with the version that answered;
+        re-ranked as `rerank` says when it is active (diversity, constraints, filters)."""
         if n > self.settings.max_n:
             raise LmrecError(f"n must be at most {self.settings.max_n}, got {n}")
         slot = self._slot(model)
@@ -221,7 +223,7 @@ class Service:
         q = self._query(slot, user, extra)
         hist = m.history_of([q])
         mask = slot.candidates(category, self.categories)
-        idx, val, used = self._rank(slot, m, hist, n, exclude_seen, mask, diversity)
+        idx, val, used = self._rank(slot, m, hist, n, exclude_seen, mask, rerank)
         keep = idx[0] >= 0
         ids = m.items.ids_of(idx[0][keep])  # type: ignore[union-attr]
         out: dict[str, Any] = {
@@ -287,10 +289,10 @@ class Service:
         n: int,
         exclude_seen: bool,
         mask: np.ndarray | None,
-        diversity: float | None,
+        rerank: RerankConfig | None,
     ) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
-        if diversity:
-            ranker = _diversified(slot, m, diversity, self.categories)
+        if rerank is not None and rerank.active:
+            ranker = _reranked(slot, m, rerank, self.categories)
             return ranker.rank(hist, n, exclude_seen=exclude_seen, candidates=mask)
         index = slot.index
         if index is not None and mask is None and hist.matrix.nnz:
@@ -704,21 +706,22 @@ class Service:
         }
 
 
-def _diversified(slot: Slot, m: Recommender, diversity: float, categories: dict) -> Any:
-    """The model wrapped in MMR re-ranking (lmrec.rerank; Carbonell & Goldstein, SIGIR 1998)
-    over a pool of the model's top items; item similarity from the model's text vectors when it
-    has them, else from categories. The similarity is cached per model object."""
-    from lmrec.rerank import MMR, ItemSimilarity, Reranked
+def _reranked(slot: Slot, m: Recommender, config: RerankConfig, categories: dict) -> Any:
+    """The model re-ranked as `config` says (`lmrec.rerank.diversify`, the same as the CLI and
+    the evaluation), with the live catalogue's categories; similarity=text uses the model's text
+    vectors. The similarity is cached per model object and source."""
+    from lmrec.rerank import diversify, item_similarity
 
-    cache = slot.__dict__.setdefault("_similarity", {})
-    sim = cache.get(id(m))
-    if sim is None:
-        vectors = getattr(m, "item_vectors", None)
-        if vectors is not None:
-            sim = ItemSimilarity.from_vectors(np.asarray(vectors, np.float32))
-        else:
-            assert m.items is not None
-            sim = ItemSimilarity.from_categories([categories.get(i, []) for i in m.items])
-        cache.clear()
-        cache[id(m)] = sim
-    return Reranked(m, MMR(sim, diversity), pool=100)
+    assert m.items is not None
+    cats = [categories.get(i, []) for i in m.items]
+    sim = None
+    if config.diversifies:
+        cache = slot.__dict__.setdefault("_similarity", {})
+        key = (id(m), config.similarity)
+        sim = cache.get(key)
+        if sim is None:
+            sim = item_similarity(m, config.similarity, categories=cats)
+            if any(k[0] != id(m) for k in cache):
+                cache.clear()
+            cache[key] = sim
+    return diversify(m, config, similarity=sim, categories=cats)

@@ -9,12 +9,15 @@ __all__ = [
     "QueryBody",
     "TrainBody",
     "UserBody",
+    "rerank_config",
 ]
 
 import math
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from lmrec.rerank.config import Method, RerankConfig, SimilaritySource
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f]+$")]
 EventName = Annotated[
@@ -22,6 +25,19 @@ EventName = Annotated[
 ]
 Tag = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 Text = Annotated[str, StringConstraints(max_length=10_000)]
+#: Largest candidate pool a request may ask to re-rank.
+MAX_POOL = 10_000
+#: Relevances a request may re-rank by (prob needs a calibration the service does not fit).
+ServedRelevance = Literal["scores", "rank"]
+
+
+def rerank_config(**given: Any) -> RerankConfig | None:
+    """The `RerankConfig` of a request's re-ranking parameters (those given replace the
+    defaults, the ones the CLI and the evaluation use); None when it would change nothing."""
+    config = RerankConfig.of(**{k: v for k, v in given.items() if v is not None})
+    return config if config.active else None
+
+
 #: Unix seconds between 1970 and 2200.
 Timestamp = Annotated[float, Field(ge=0, le=7_258_118_400)]
 
@@ -76,7 +92,21 @@ class QueryBody(_Body):
     exclude_seen: bool = True
     category: Tag | None = None
     diversity: float | None = Field(None, ge=0, le=1)
+    method: Method | None = None
+    similarity: SimilaritySource | None = None
+    pool: int | None = Field(None, ge=1, le=MAX_POOL)
+    relevance: ServedRelevance | None = None
     explain: bool = False
+
+    def rerank(self) -> RerankConfig | None:
+        """The re-ranking asked for (fields of `RerankConfig`; None: none)."""
+        return rerank_config(
+            diversity=self.diversity,
+            method=self.method,
+            similarity=self.similarity,
+            pool=self.pool,
+            relevance=self.relevance,
+        )
 
     _attrs = field_validator("attributes")(_scalar_attributes)
 
