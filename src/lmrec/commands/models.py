@@ -9,13 +9,17 @@ import itertools
 import json
 import os
 import random
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmrec.commands.rerank import add_rerank_options, rerank_config
 from lmrec.errors import LmrecError
+
+if TYPE_CHECKING:
+    from lmrec.models.base import Recommender
 
 
 def _value(text: str) -> Any:
@@ -173,6 +177,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     if args.user is None and not args.items:
         raise LmrecError("give --user ID and/or --items A,B,...")
     model = _load(args.model)
+    if args.new_items:
+        model = _with_store_items(model, args.db)
     items = [x.strip() for x in (args.items or "").split(",") if x.strip()]
     unknown = [i for i in items if i not in model.items]
     if unknown:
@@ -189,6 +195,29 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         explanations = explain(model, query, recs.items) if recs.items else []
     _print_recs(model, recs, args.json, f"top {args.n} for {who} ({how})", explanations)
     return 0
+
+
+def _with_store_items(model: Recommender, db: str) -> Recommender:
+    """The model with the store's items that it does not know, added from their text."""
+    from lmrec.service.live import with_records
+    from lmrec.store import Store
+
+    with Store(db, create=False) as store:
+        assert model.items is not None
+        new = [r for r in store.read_table("item") if r["ext_id"] not in model.items]
+    if not new:
+        return model
+    if not model.accepts_new_items:
+        raise LmrecError(
+            f"--new-items: the store holds {len(new)} items the {model.name!r} model was not "
+            "trained on, and it cannot score items from their text; retrain it"
+        )
+    print(
+        f"added {len(new)} new item(s) from the store by their text: "
+        + ", ".join(f"{r['ext_id']} ({r.get('title') or ''})" for r in new[:5]),
+        file=sys.stderr,
+    )
+    return with_records(model, new)
 
 
 def _reranked(model: Any, args: argparse.Namespace) -> Any:
@@ -295,6 +324,13 @@ def register(
     add_rerank_options(s)
     s.add_argument(
         "--explain", action="store_true", help="say why each item is recommended (true reasons)"
+    )
+    s.add_argument(
+        "--new-items",
+        action="store_true",
+        help="first add the items of the store (--db) that the model was not trained on, "
+        "placed by their text, as the service does (models that accept new items: hybrid, "
+        "sasrec text=fuse, lmcontent, lmmf, coldstart_item, ...)",
     )
     cmds["recommend"] = cmd_recommend
 

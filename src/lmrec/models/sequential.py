@@ -62,8 +62,10 @@ class SequentialConfig(ModelConfig):
     """Attention heads (must divide embedding_size)."""
     ffn_mult: int = Field(4, ge=1)
     """Inner width of the feed-forward network, in multiples of embedding_size."""
-    dropout: float = Field(0.2, ge=0, lt=1)
-    """Dropout on embeddings, attention weights and residual branches."""
+    dropout: float | None = Field(None, ge=0, lt=1)
+    """Dropout on embeddings, attention weights and residual branches. None: scaled to the
+    data by `auto_dropout` (0.5 for short sparse histories such as Amazon's, 0.2 for long
+    dense ones such as MovieLens')."""
     max_len: int = Field(50, ge=2)
     """Most recent items of a sequence that the model reads."""
     batch_size: int = Field(64, ge=1)
@@ -143,6 +145,17 @@ class XLNetConfig(SequentialConfig):
     last_target_prob: float = Field(0.1, ge=0, le=1)
     """Chance that a training sequence is read left to right and only its last item predicted
     (the answering case)."""
+
+
+def auto_dropout(seqs: Sequence[np.ndarray]) -> float:
+    """Dropout for training sequences of this length: 0.5 when the mean training sequence
+    has at most 20 items, 0.2 from 50 items on, linear in between. Short histories over a
+    large catalogue give each item vector few updates and overfit fast (SASRec's own setting
+    for Amazon Beauty and Games was 0.5, for MovieLens-1M 0.2); chosen on the validation
+    parts of Amazon Beauty and ML-100K (`benchmarks/text_aware.md`)."""
+    lengths = [len(s) for s in seqs]
+    mean = float(np.mean(lengths)) if lengths else 0.0
+    return float(np.clip(0.5 - 0.3 * (mean - 20.0) / 30.0, 0.2, 0.5))
 
 
 def _chunks(seqs: Sequence[np.ndarray], width: int, overlap: int) -> list[np.ndarray]:
@@ -247,6 +260,8 @@ class _SequenceModel(Recommender):
         self.trained_items: np.ndarray | None = None
         self.train_result: Any = None
         self._valid: Dataset | None = None
+        #: The dropout trained with (the config's, or `auto_dropout` of the training data).
+        self.dropout_: float = self.config.dropout if self.config.dropout is not None else 0.2
 
     def fit(self, dataset: Dataset, valid: Dataset | None = None) -> Self:
         """Learn from `dataset`; stop early on NDCG@10 of `valid` (each user's first item
@@ -281,7 +296,7 @@ class _SequenceModel(Recommender):
             "layers": c.layers,
             "heads": c.heads,
             "ffn_mult": c.ffn_mult,
-            "dropout": c.dropout,
+            "dropout": self.dropout_,
             "max_len": c.max_len,
             "text_mode": c.text,
             "id_dropout": c.id_dropout,
@@ -292,12 +307,14 @@ class _SequenceModel(Recommender):
     def _extra_net_args(self) -> dict[str, Any]:
         return {}
 
-    def _build_net(self, n_items: int, text: np.ndarray | None) -> Any:
+    def _build_net(self, n_items: int, text: np.ndarray | None, text_dim: int = 0) -> Any:
+        """The network and its constructor arguments; without `text`, a text-mode network
+        gets zero placeholders of width `text_dim` (filled by loading saved weights)."""
         import torch
 
         from lmrec.nn.sequence import NETWORKS
 
-        args = self._net_args(0 if text is None else text.shape[1])
+        args = self._net_args(text_dim if text is None else text.shape[1])
         t = None if text is None else torch.from_numpy(np.asarray(text, np.float32))
         return NETWORKS[self.network](n_items, text=t, **args), args
 
@@ -311,6 +328,54 @@ class _SequenceModel(Recommender):
         if isinstance(enc, TfidfEncoder):
             enc.fit(texts)
         return np.asarray(encode_cached(enc, texts), np.float32)
+
+    @property
+    def accepts_new_items(self) -> bool:  # type: ignore[override]
+        """Items the model was not trained on are placed by their text (text="fuse", or
+        `hybrid` with a text view) when the encoder is a fixed one (not TF-IDF, which is
+        fitted per catalogue)."""
+        return self._places_new_items() and not self.config.encoder.lower().startswith("tfidf")
+
+    def _places_new_items(self) -> bool:
+        return self.config.text == "fuse"
+
+    def with_items(
+        self,
+        ids: Sequence[str],
+        texts: Sequence[str],
+        categories: Sequence[Sequence[Any]] | None = None,
+        attributes: Sequence[Mapping[str, Any] | None] | None = None,
+    ) -> Self:
+        """A copy whose catalogue also holds these new items, placed by the encoder's vector
+        of their text (no id vector, popularity 0); the original is left as it was."""
+        import copy
+
+        import torch
+
+        from lmrec.data import Vocabulary
+        from lmrec.text.encoders import load_encoder
+
+        if not ids:
+            return self
+        if not self.accepts_new_items:
+            return super().with_items(ids, texts, categories, attributes)  # type: ignore[return-value]
+        self.check_fitted()
+        assert self.items is not None and self.popularity is not None
+        assert self.trained_items is not None
+        if len(texts) != len(ids):
+            raise LmrecError(f"model {self.name!r}: {len(ids)} new item ids but {len(texts)} texts")
+        known = [i for i in ids if i in self.items]
+        if known or len(set(ids)) != len(ids):
+            raise LmrecError(f"model {self.name!r}: items already in the catalogue: {known or ids}")
+        vecs = load_encoder(self.config.encoder).encode([str(t) for t in texts])
+        new = copy.copy(self)
+        new.items = Vocabulary([*self.items.ids.tolist(), *ids])
+        new.popularity = np.concatenate([self.popularity, np.zeros(len(ids), np.float32)])
+        new.trained_items = np.concatenate([self.trained_items, np.zeros(len(ids), bool)])
+        with torch.no_grad():
+            new.net = self.net.with_new_items(torch.from_numpy(np.asarray(vecs, np.float32)))
+        new.net.eval()
+        return new
 
     def _uses_text(self) -> bool:
         """Whether the network reads the items' text vectors."""
@@ -358,6 +423,7 @@ class _SequenceModel(Recommender):
                 f"{self.name}: no training sequence has two or more items "
                 f"({dataset.n_interactions} interactions over {dataset.n_users} users)"
             )
+        self.dropout_ = c.dropout if c.dropout is not None else auto_dropout(train_seqs)
         counts = np.bincount(np.concatenate(train_seqs), minlength=dataset.n_items)
         self.trained_items = counts > 0
         text = self._text_vectors(dataset) if self._uses_text() else None
@@ -428,6 +494,7 @@ class _SequenceModel(Recommender):
         assert self.trained_items is not None
         return {
             "trained_items": self.trained_items,
+            "dropout": np.float32(self.dropout_),
             **{f"net.{k}": v for k, v in state_arrays(self.net).items()},
         }
 
@@ -436,9 +503,14 @@ class _SequenceModel(Recommender):
 
         assert self.items is not None
         self.trained_items = state["trained_items"].astype(bool)
+        if "dropout" in state:
+            self.dropout_ = float(state["dropout"])
         weights = {k[4:]: v for k, v in state.items() if k.startswith("net.")}
-        text = weights.get("item_emb.text")
-        self.net, _ = self._build_net(len(self.items), text)
+        if "item_emb.text_map" in weights:  # dual view: the text buffer is already mapped
+            dim = weights["item_emb.text_map"].shape[0]
+            self.net, _ = self._build_net(len(self.items), None, text_dim=dim)
+        else:
+            self.net, _ = self._build_net(len(self.items), weights.get("item_emb.text"))
         load_state_arrays(self.net, weights, f"saved {self.name} model")
         self.net.to(resolve_device(self.config.device))
         self.net.eval()
@@ -576,4 +648,7 @@ class Hybrid(SASRec):
         return True
 
     def _text_places_items(self) -> bool:
+        return self.config.views != "id"
+
+    def _places_new_items(self) -> bool:
         return self.config.views != "id"

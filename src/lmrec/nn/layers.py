@@ -20,7 +20,7 @@ __all__ = [
     "TransformerBlock",
     "TransformerEncoder",
     "causal_mask",
-    "reduce_text",
+    "text_reduction",
 ]
 
 import math
@@ -253,6 +253,12 @@ class ItemEmbedding(nn.Module):
         items = w[1 : 1 + self.n_items] * m[:, None] + self.proj(self.text)  # (n, C)
         return torch.cat([w[:1], items, w[1 + self.n_items :]], dim=0)
 
+    def text_rows(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Rows of the `text` buffer for new items of these encoder vectors (mode fuse)."""
+        if self.mode != "fuse":
+            raise ValueError(f"items are placed by text only in mode fuse, not {self.mode!r}")
+        return vectors
+
     def items(self, weight: torch.Tensor | None = None) -> torch.Tensor:
         """(n_items, C) output vectors of the items (from `weight()` when given)."""
         w = self.weight() if weight is None else weight
@@ -265,22 +271,31 @@ def _scatter_rows(table: torch.Tensor, rows: torch.Tensor, values: torch.Tensor)
     return table.index_put((rows,), values)
 
 
-def reduce_text(text: torch.Tensor, dim: int, whiten: bool) -> torch.Tensor:
-    """(n, min(dim, D)) text vectors: centred, projected on their `dim` principal directions
-    and, with `whiten`, scaled to equal variance per direction (WhitenRec, Zhang et al.,
-    ICDE 2024: isotropic text vectors separate items better); rows then have unit mean norm.
-    Cheap to adapt at every training step, whatever the encoder's width."""
+def text_reduction(text: torch.Tensor, dim: int, whiten: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean (1, D), map (D, k)) with k = min(dim, D) such that (text - mean) @ map are the
+    text vectors centred, projected on their k principal directions and, with `whiten`,
+    scaled towards equal variance per direction, with unit mean norm. Language-model vectors
+    are anisotropic (a few directions shared by all texts dominate); whitening them separates
+    items better (WhitenRec, Zhang et al., ICDE 2024). The whitening is shrunk: direction j
+    with variance l_j is scaled by 1 / sqrt(l_j + mean(l)), so directions of little variance
+    (noise, or all of them when the catalogue has fewer items than dimensions) are not blown
+    up. The same map places new items later. Cheap to adapt at every training step."""
     t = text.float()
-    t = t - t.mean(0, keepdim=True)
-    k = min(dim, *t.shape)
-    if k < t.shape[1]:
-        _, s, v = torch.linalg.svd(t, full_matrices=False)
-        t = t @ v[:k].T  # (n, k)
-        if whiten:
-            t = t / (s[:k] / math.sqrt(len(t))).clamp(min=1e-8)
-    elif whiten:
-        t = t / t.std(0, keepdim=True).clamp(min=1e-8)
-    return t / t.norm(dim=1).mean().clamp(min=1e-8)
+    mean = t.mean(0, keepdim=True)
+    t = t - mean
+    d = t.shape[1]
+    k = min(dim, d)
+    _, s, v = torch.linalg.svd(t, full_matrices=False)  # s: (min(n, D),)
+    var = s**2 / max(len(t), 1)
+    proj = v[:k].T  # (D, k') with k' = min(k, n, D)
+    if proj.shape[1] < k:  # fewer items than dimensions: pad with unused directions
+        proj = torch.cat([proj, torch.zeros(d, k - proj.shape[1])], dim=1)
+        var = torch.cat([var, torch.zeros(k - len(var))])
+    if whiten:
+        proj = proj / torch.sqrt(var[:k] + var.mean()).clamp(min=1e-8)
+    proj = proj.contiguous()
+    norm = (t @ proj).norm(dim=1).mean().clamp(min=1e-8)
+    return mean, proj / norm
 
 
 class DualViewEmbedding(nn.Module):
@@ -312,6 +327,7 @@ class DualViewEmbedding(nn.Module):
         adapter_dropout: float = 0.0,
         text_dim: int = 128,
         whiten: bool = True,
+        id_init: float = 0.1,
     ):
         super().__init__()
         if views not in ("both", "text", "id"):
@@ -319,12 +335,17 @@ class DualViewEmbedding(nn.Module):
         self.n_items = n_items
         self.views = views
         self.id_dropout = id_dropout
-        self.register_buffer("text", reduce_text(text, text_dim, whiten))  # (n, D')
+        mean, proj = text_reduction(text, text_dim, whiten)
+        self.register_buffer("text_mean", mean)  # (1, D)
+        self.register_buffer("text_map", proj)  # (D, k)
+        self.register_buffer("text", (text.float() - mean) @ proj)  # (n, k)
         d = self.text.shape[1]
         self.table = nn.Embedding(1 + n_items + n_special, width, padding_idx=PAD)
         nn.init.normal_(self.table.weight, std=1.0 / math.sqrt(width))
         with torch.no_grad():
             self.table.weight[PAD].zero_()
+            if views == "both":  # training starts from the text view; ids learn the residual
+                self.table.weight[1 : 1 + n_items].mul_(id_init)
         self.adapter = nn.Sequential(
             nn.Linear(d, d),
             nn.GELU(),
@@ -374,6 +395,13 @@ class DualViewEmbedding(nn.Module):
             return _scatter_rows(w, 1 + i, self._items(i))
         items = self._items(slice(None))
         return torch.cat([w[:1], items, w[1 + self.n_items :]], dim=0)
+
+    def text_rows(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Rows of the `text` buffer for new items of these encoder vectors: the map fitted
+        on the training catalogue's text, applied to them."""
+        if self.views == "id":
+            raise ValueError("items are placed by text only with a text view")
+        return (vectors - self.text_mean) @ self.text_map
 
     def items(self, weight: torch.Tensor | None = None) -> torch.Tensor:
         """(n_items, C) output vectors of the items (from `weight()` when given)."""

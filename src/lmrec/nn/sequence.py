@@ -64,8 +64,27 @@ class SequenceNet(nn.Module):
         sampler: str = "uniform",
         views: str = "both",
         adapter_dropout: float = 0.0,
+        text_width: int = 128,
     ):
         super().__init__()
+        # Constructor arguments besides the item count and text, for `with_new_items`.
+        self.hparams = {
+            "width": width,
+            "layers": layers,
+            "heads": heads,
+            "ffn_mult": ffn_mult,
+            "dropout": dropout,
+            "max_len": max_len,
+            "text_mode": text_mode,
+            "id_dropout": id_dropout,
+            "text_dim": text_dim,
+            "loss": loss,
+            "negatives": negatives,
+            "sampler": sampler,
+            "views": views,
+            "adapter_dropout": adapter_dropout,
+            "text_width": text_width,
+        }
         if text is None and text_mode != "none":
             text = torch.zeros(n_items, text_dim)  # filled by load_state_dict
         if sampler not in ("uniform", "popularity"):
@@ -86,6 +105,7 @@ class SequenceNet(nn.Module):
                 views=views,
                 id_dropout=id_dropout,
                 adapter_dropout=adapter_dropout,
+                text_dim=text_width,
             )
         else:
             self.item_emb = ItemEmbedding(
@@ -120,6 +140,34 @@ class SequenceNet(nn.Module):
 
     def item_weight(self) -> torch.Tensor:
         return self.item_emb.weight()
+
+    def with_new_items(self, vectors: torch.Tensor) -> SequenceNet:
+        """A copy of the network with len(vectors) more items after the current ones, placed
+        by their text vectors (vectors: (k, D) from the encoder the network was built with):
+        no id vector, no training data, out of the training softmax. Needs a text mode that
+        places items by text (fuse, or dual with a text view)."""
+        n, k = self.n_items, len(vectors)
+        hparams = dict(self.hparams)
+        if isinstance(self.item_emb, DualViewEmbedding):  # the width the map was fitted to
+            hparams["text_width"] = self.item_emb.text.shape[1]
+        net = type(self)(n + k, **hparams)
+        old = self.state_dict()
+        new_text = self.item_emb.text_rows(vectors.float())
+        state = {}
+        for key, want in net.state_dict().items():
+            have = old[key]
+            if have.shape == want.shape:
+                state[key] = have
+            elif key == "item_emb.table.weight":  # PAD, items, then the special tokens
+                state[key] = torch.cat([have[: 1 + n], want[1 + n : 1 + n + k], have[1 + n :]])
+                state[key][1 + n : 1 + n + k] = 0
+            elif key == "item_emb.text":
+                state[key] = torch.cat([have, new_text])
+            else:  # per-item buffers: trainable, id_mask, popularity: "no training data"
+                state[key] = torch.cat([have, torch.zeros_like(want[n:])])
+        net.load_state_dict(state)
+        net.log_q.copy_(torch.cat([self.log_q, torch.full((k,), -math.inf)]))
+        return net.to(self.log_q.device)
 
     def step_weight(self, *tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(token vectors, sampled negatives) for one training step. With loss='sampled' the

@@ -24,7 +24,14 @@ from lmrec.errors import LmrecError
 from lmrec.models.base import History, Query, Recommender
 from lmrec.rerank.config import RerankConfig
 from lmrec.service.index import VectorIndex
-from lmrec.service.live import Event, Feed, Slot, extend_catalogue, supports_new_items
+from lmrec.service.live import (
+    Event,
+    Feed,
+    Slot,
+    record_text,
+    supports_new_items,
+    with_records,
+)
 from lmrec.service.registry import ModelRegistry
 from lmrec.service.settings import Settings
 from lmrec.service.writer import FeedbackWriter, Pending
@@ -37,32 +44,6 @@ class NotFound(LmrecError):
 
 class Unavailable(LmrecError):
     """The service cannot answer yet, e.g. no model is loaded (503)."""
-
-
-def _item_text(rec: dict[str, Any], template: str | None = None) -> str:
-    from lmrec.text.templates import item_text
-
-    return item_text(
-        rec.get("title") or "",
-        rec.get("description") or "",
-        rec.get("categories") or [],
-        rec.get("attributes") or {},
-        template=template,
-        fallback=f"Item {rec['ext_id']}",
-    )
-
-
-def _with_items(model: Recommender, records: list[dict[str, Any]]) -> Recommender:
-    """`extend_catalogue` with store records: their text (by the model's item template),
-    categories and attributes."""
-    tpl = getattr(model.config, "item_template", None)
-    return extend_catalogue(
-        model,
-        [r["ext_id"] for r in records],
-        [_item_text(r, tpl) for r in records],
-        [r.get("categories") or [] for r in records],
-        [r.get("attributes") or {} for r in records],
-    )
 
 
 class _Search:
@@ -163,7 +144,7 @@ class Service:
             if supports_new_items(model):
                 new = [r for r in items if r["ext_id"] not in model.items]
                 if new:
-                    slot.model = _with_items(model, new)
+                    slot.model = with_records(model, new)
                     slot.blocked = (
                         None
                         if slot.blocked is None
@@ -345,7 +326,7 @@ class Service:
                 "source": "model",
                 "items": [{"item": i, "score": float(s)} for i, s in pairs],
             }
-        hits = self.search_text(_item_text(self.catalog[item]), n + 1)["items"]
+        hits = self.search_text(record_text(self.catalog[item]), n + 1)["items"]
         return {
             "item": item,
             "model": slot.name,
@@ -365,7 +346,7 @@ class Service:
             encode, name = self._search_encoder()
             with self._lock:
                 ids = list(self.catalog)
-                texts = [_item_text(self.catalog[i]) for i in ids]
+                texts = [record_text(self.catalog[i]) for i in ids]
                 self._search_changed: set[str] = set()
             vecs = encode(texts) if ids else encode(["empty"])[:0]
             kind = "auto" if self.settings.index == "off" else self.settings.index
@@ -377,7 +358,7 @@ class Service:
                     if item in search.pos:
                         index.hide([search.pos.pop(item)])
                     if item in self.catalog:
-                        index.add(encode([_item_text(self.catalog[item])]), [item])
+                        index.add(encode([record_text(self.catalog[item])]), [item])
                         search.pos[item] = len(index) - 1
                 self._search = search
             return search
@@ -519,7 +500,7 @@ class Service:
                 s = self._search
                 if item in s.pos:
                     s.index.hide([s.pos[item]])
-                s.index.add(s.encode([_item_text(rec)]), [item])
+                s.index.add(s.encode([record_text(rec)]), [item])
                 s.pos[item] = len(s.index) - 1
         return {"item": item, "created": bool(added)}
 
@@ -534,7 +515,7 @@ class Service:
                 return
             if not supports_new_items(m):
                 return
-            new = _with_items(m, [rec])
+            new = with_records(m, [rec])
             if slot.blocked is not None:
                 slot.blocked = np.concatenate([slot.blocked, [False]])
             if slot.index is not None:

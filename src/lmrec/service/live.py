@@ -20,7 +20,15 @@ changes the next answer without retraining:
 
 from __future__ import annotations
 
-__all__ = ["Event", "Feed", "Slot", "extend_catalogue", "supports_new_items"]
+__all__ = [
+    "Event",
+    "Feed",
+    "Slot",
+    "extend_catalogue",
+    "record_text",
+    "supports_new_items",
+    "with_records",
+]
 
 import threading
 import time
@@ -253,3 +261,31 @@ def extend_catalogue(
     """A copy of the model whose catalogue also holds these new items, from their text,
     categories and attributes (`Recommender.with_items`); the original is left as it was."""
     return model.with_items(ids, texts, categories, attributes)
+
+
+def record_text(rec: Mapping[str, Any], template: str | None = None) -> str:
+    """The text of a store item record (title, description, categories, attributes), as the
+    models' `item_texts` build it for trained items."""
+    from lmrec.text.templates import item_text
+
+    return item_text(
+        rec.get("title") or "",
+        rec.get("description") or "",
+        rec.get("categories") or [],
+        rec.get("attributes") or {},
+        template=template,
+        fallback=f"Item {rec['ext_id']}",
+    )
+
+
+def with_records(model: Recommender, records: Sequence[Mapping[str, Any]]) -> Recommender:
+    """`extend_catalogue` with store item records: their text (by the model's item
+    template), categories and attributes."""
+    tpl = getattr(model.config, "item_template", None)
+    return extend_catalogue(
+        model,
+        [r["ext_id"] for r in records],
+        [record_text(r, tpl) for r in records],
+        [r.get("categories") or [] for r in records],
+        [r.get("attributes") or {} for r in records],
+    )

@@ -1,0 +1,256 @@
+"""Language models on warm data: text-aware sequence models beside ID-only ones on a
+text-rich catalogue (Amazon Beauty) and on ML-100K; leave-one-out by time, full ranking.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_text_aware.py run beauty \
+        --models ease,itemknn,als,sasrec,hybrid,hybrid-text --seeds 0,1,2 --jobs 2
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_text_aware.py run ml100k \
+        --models ease,sasrec,hybrid --seeds 0,1,2 --jobs 2
+    .venv/bin/python benchmarks/bench_text_aware.py report beauty ml100k
+
+`run` imports the data set into `artifacts/text_aware/DATA.db` through `lmrec import` (Amazon
+Beauty from `../shared/data/amazon-beauty/`: title, category path and brand become the item
+text, price and sales rank attributes; ML-100K through `lmrec sample`), fills the store's
+text-vector cache once, then fits every (model, seed) in its own process (`--jobs` at a
+time, one torch thread each) on the LOO train part with early stopping on the valid part,
+and measures test NDCG@10 / Recall@10 with train + valid as history (history excluded, the
+whole catalogue ranked), by item popularity third (`lmrec.evaluation.breakdown`), with time
+to the best validation score and peak resident memory of the process. Each run writes
+`artifacts/text_aware/DATA/LABEL-sSEED.json` and its per-user test NDCG@10 (`.npy`).
+`report` prints markdown tables: mean +- std over seeds, ratios to the ID-only SASRec, and a
+paired Wilcoxon test on per-user NDCG@10 averaged over the seeds both share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "artifacts" / "text_aware"
+BEAUTY = ROOT.parent / "shared" / "data" / "amazon-beauty"
+
+#: label -> (registered model, parameters); every other setting is the model's default.
+MODELS: dict[str, tuple[str, dict[str, Any]]] = {
+    "popularity": ("popularity", {}),
+    "ease": ("ease", {}),
+    "itemknn": ("itemknn", {}),
+    "als": ("als", {}),
+    "sasrec": ("sasrec", {}),
+    "sasrec-fuse": ("sasrec", {"text": "fuse"}),
+    "hybrid": ("hybrid", {}),
+    "hybrid-text": ("hybrid", {"views": "text"}),
+}
+NEURAL = ("sasrec", "hybrid", "bert4rec", "xlnet")
+
+
+def store_url(data: str) -> str:
+    return f"sqlite:///{OUT / (data + '.db')}"
+
+
+def prepare(data: str) -> None:
+    """Import the data set into its store (once) and fill the text-vector cache."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    db = OUT / f"{data}.db"
+    lmrec = [sys.executable, "-m", "lmrec.cli", "--db", store_url(data)]
+    if not db.exists():
+        if data == "beauty":
+            cmd = [*lmrec, "import", "--interactions", str(BEAUTY / "interactions.csv"),
+                   "--items", str(BEAUTY / "items.csv")]  # fmt: skip
+        else:
+            cmd = [*lmrec, "sample", "ml-100k"]
+        subprocess.run(cmd, check=True)
+    from lmrec import Dataset, Store
+    from lmrec.text.cache import encode_cached
+    from lmrec.text.encoders import load_encoder
+    from lmrec.text.templates import item_texts
+
+    with Store(store_url(data)) as store:
+        ds = Dataset.from_store(store, name=data)
+        st: dict[str, Any] = {}
+        encode_cached(load_encoder("minilm"), item_texts(ds), store, stats=st)
+        print(f"{data}: {ds.n_users} users, {ds.n_items} items, {ds.n_interactions} "
+              f"interactions; text vectors: {st}", file=sys.stderr)  # fmt: skip
+
+
+def fit_one(data: str, label: str, seed: int, threads: int, extra: dict[str, Any]) -> dict:
+    """Fit and measure one (model, seed) in this process; returns the result row."""
+    import torch
+
+    from lmrec import Dataset, Store
+    from lmrec.data.split import leave_one_out
+    from lmrec.evaluation import evaluate
+    from lmrec.models import create_model
+    from lmrec.text.cache import encode_cached
+    from lmrec.text.encoders import load_encoder
+    from lmrec.text.templates import item_texts
+
+    torch.set_num_threads(threads)
+    name, params = MODELS[label]
+    params = {**params, **extra}
+    with Store(store_url(data)) as store:
+        ds = Dataset.from_store(store, name=data)
+        split = leave_one_out(ds)
+        if name in NEURAL:  # the text vectors from the store's cache, into this process
+            spec = params.get("encoder", "minilm")
+            encode_cached(load_encoder(spec), item_texts(split.train), store)
+    if name in NEURAL:
+        params = {"seed": seed, "num_threads": threads, **params}
+    model = create_model(name, **params)
+    t0 = time.perf_counter()
+    if name in NEURAL:
+        model.fit(split.train, valid=split.valid)
+    else:
+        model.fit(split.train)
+    fit_s = time.perf_counter() - t0
+    valid = evaluate(model, split, on="valid", k=10, metrics=["ndcg", "recall"])
+    test = evaluate(model, split, on="test", k=10, metrics=["ndcg", "recall"],
+                    breakdown=("popularity", "history"))  # fmt: skip
+    tr = getattr(model, "train_result", None)
+    row = {
+        "data": data, "label": label, "model": name, "params": params, "seed": seed,
+        "valid_ndcg": float(np.nanmean(valid.per_user["ndcg@10"])),
+        "test_ndcg": float(np.nanmean(test.per_user["ndcg@10"])),
+        "test_recall": float(np.nanmean(test.per_user["recall@10"])),
+        "by_popularity": test.breakdown["popularity"].summary(),
+        "by_history": test.breakdown["history"].summary(),
+        "fit_s": round(fit_s, 1),
+        "best_epoch": getattr(tr, "best_epoch", None),
+        "epochs": getattr(tr, "epochs_run", None),
+        "to_best_s": round(getattr(tr, "seconds_to_best", fit_s), 1),
+        "dropout": getattr(model, "dropout_", None),
+        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+        "threads": threads,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }  # fmt: skip
+    out = OUT / data
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{label}-s{seed}"
+    np.save(out / f"{stem}.npy", np.asarray(test.per_user["ndcg@10"], np.float32))
+    np.save(out / f"{stem}.users.npy", np.asarray(test.users))
+    (out / f"{stem}.json").write_text(json.dumps(row, indent=1))
+    return row
+
+
+def run(args: argparse.Namespace) -> None:
+    prepare(args.data)
+    extra = [f"--param={p}" for p in args.param]
+    jobs = []
+    for seed in args.seeds:
+        for label in args.models:
+            if label not in MODELS:
+                raise SystemExit(f"unknown label {label!r}; known: {', '.join(MODELS)}")
+            if MODELS[label][0] not in NEURAL and seed != args.seeds[0]:
+                continue  # deterministic models: one run
+            jobs.append([sys.executable, __file__, "one", args.data, label, str(seed),
+                         "--threads", str(args.threads), *extra])  # fmt: skip
+    running: list[subprocess.Popen] = []
+    while jobs or running:
+        while jobs and len(running) < args.jobs:
+            print("start:", " ".join(jobs[0][2:]), file=sys.stderr, flush=True)
+            running.append(subprocess.Popen(jobs.pop(0)))
+        time.sleep(2)
+        for p in [p for p in running if p.poll() is not None]:
+            running.remove(p)
+            if p.returncode:
+                print(f"failed ({p.returncode}): {' '.join(p.args[2:])}", file=sys.stderr)
+
+
+def _rows(data: str) -> list[dict]:
+    return [json.loads(f.read_text()) for f in sorted((OUT / data).glob("*-s*.json"))]
+
+
+def _per_user(data: str, label: str, seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    vals = [np.load(OUT / data / f"{label}-s{s}.npy") for s in seeds]
+    users = np.load(OUT / data / f"{label}-s{seeds[0]}.users.npy")
+    return users, np.mean(vals, axis=0)
+
+
+def report(args: argparse.Namespace) -> None:
+    from scipy import stats
+
+    for data in args.data:
+        rows = _rows(data)
+        if not rows:
+            continue
+        by: dict[str, list[dict]] = {}
+        for r in rows:
+            by.setdefault(r["label"], []).append(r)
+        ref = "sasrec" if "sasrec" in by else None
+        print(f"\n### {data}\n")
+        print("| model | seeds | test NDCG@10 | Recall@10 | valid NDCG@10 | tail NDCG@10 | "
+              "torso | head | x SASRec | tail x SASRec | Wilcoxon p vs SASRec | best epoch | "
+              "to best (min) | peak RSS GiB |")  # fmt: skip
+        print("|" + "---|" * 14)
+        ref_tail = None
+        if ref:
+            ref_tail = np.mean([r["by_popularity"]["tail"]["ndcg@10"] for r in by[ref]])
+        ref_mean = np.mean([r["test_ndcg"] for r in by[ref]]) if ref else None
+        for label, rs in by.items():
+            rs.sort(key=lambda r: r["seed"])
+
+            def ms(key: str, rs: list[dict] = rs) -> str:
+                v = [r[key] for r in rs]
+                return f"{np.mean(v):.4f}" + (f" +- {np.std(v):.4f}" if len(v) > 1 else "")
+
+            pop = {b: np.mean([r["by_popularity"][b]["ndcg@10"] for r in rs])
+                   for b in ("tail", "torso", "head")}  # fmt: skip
+            ratio = tail_ratio = p = ""
+            if ref and label != ref:
+                ratio = f"{np.mean([r['test_ndcg'] for r in rs]) / ref_mean:.3f}"
+                tail_ratio = f"{pop['tail'] / ref_tail:.2f}" if ref_tail else "inf"
+                seeds = sorted({r["seed"] for r in rs} & {r["seed"] for r in by[ref]})
+                ua, a = _per_user(data, ref, seeds)
+                ub, b = _per_user(data, label, seeds)
+                if np.array_equal(ua, ub) and np.any(a != b):
+                    p = f"{stats.wilcoxon(b, a).pvalue:.2g}"
+            best = "/".join(str(r["best_epoch"]) for r in rs if r["best_epoch"] is not None)
+            mins = "/".join(f"{r['to_best_s'] / 60:.1f}" for r in rs)
+            rss = max(r["peak_rss_gib"] for r in rs)
+            print(f"| {label} | {len(rs)} | {ms('test_ndcg')} | {ms('test_recall')} | "
+                  f"{ms('valid_ndcg')} | {pop['tail']:.4f} | {pop['torso']:.4f} | "
+                  f"{pop['head']:.4f} | {ratio} | {tail_ratio} | {p} | {best} | {mins} | "
+                  f"{rss:.2f} |")  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("data", choices=["beauty", "ml100k"])
+    r.add_argument("--models", type=lambda s: s.split(","), default=["ease", "sasrec", "hybrid"])
+    r.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
+    r.add_argument("--jobs", type=int, default=2)
+    r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--param", action="append", default=[], help="NAME=VALUE for every model")
+    o = sub.add_parser("one")
+    o.add_argument("data")
+    o.add_argument("label")
+    o.add_argument("seed", type=int)
+    o.add_argument("--threads", type=int, default=1)
+    o.add_argument("--param", action="append", default=[])
+    rep = sub.add_parser("report")
+    rep.add_argument("data", nargs="+")
+    args = ap.parse_args()
+    if args.cmd == "run":
+        run(args)
+    elif args.cmd == "one":
+        from lmrec.commands.models import parse_params
+
+        row = fit_one(args.data, args.label, args.seed, args.threads, parse_params(args.param))
+        print(json.dumps({k: v for k, v in row.items() if not k.startswith("by_")}))
+    else:
+        report(args)
+
+
+if __name__ == "__main__":
+    main()
