@@ -49,6 +49,8 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "sasrec-fuse": ("sasrec", {"text": "fuse"}),
     "hybrid": ("hybrid", {}),
     "hybrid-text": ("hybrid", {"views": "text"}),
+    # MiniLM fine-tuned on the Beauty training part (benchmarks/encoders.md has the command).
+    "hybrid-ft": ("hybrid", {"encoder": str(ROOT / "artifacts" / "encoders" / "beauty-ft")}),
 }
 NEURAL = ("sasrec", "hybrid", "bert4rec", "xlnet")
 

@@ -166,6 +166,8 @@ class SequenceNet(nn.Module):
             else:  # per-item buffers: trainable, id_mask, popularity: "no training data"
                 state[key] = torch.cat([have, torch.zeros_like(want[n:])])
         net.load_state_dict(state)
+        if isinstance(net.item_emb, DualViewEmbedding):
+            net.item_emb.borrow_ids(n)
         net.log_q.copy_(torch.cat([self.log_q, torch.full((k,), -math.inf)]))
         return net.to(self.log_q.device)
 
