@@ -262,7 +262,7 @@ def test_category_filter_and_validation(server: Server) -> None:
 
 def test_fast_path_answers_like_fastapi(server: Server) -> None:
     """Plain user recommendations and single feedback events are answered in front of FastAPI
-    (lmrec.service.app `fast`); anything else goes through FastAPI. Both give the same."""
+    (lmrec.service.fast `FastPath`); anything else goes through FastAPI. Both give the same."""
     with server.client(READ) as c:
         fast = c.get("/users/u3/recommendations", params={"n": 4, "exclude_seen": "true"})
         # "yes" and an unknown parameter are left to FastAPI (which accepts both).
@@ -303,7 +303,7 @@ _REQUESTS = st.fixed_dictionaries(
 
 
 def test_fast_path_is_fastapi_and_recommend_for_any_request(server: Server) -> None:
-    """For any plain request, the fast path (lmrec.service.app `fast`, batched through
+    """For any plain request, the fast path (lmrec.service.fast `FastPath`, batched through
     `recommend_users`) answers as FastAPI does (an unknown parameter sends a request that way)
     and as `Service.recommend` does called alone: same status, same JSON."""
     from lmrec.errors import LmrecError
@@ -605,23 +605,79 @@ def test_hot_swap_keeps_answering(server: Server) -> None:
 
 
 def test_retrain_endpoint_activates_new_version(server: Server) -> None:
+    from lmrec.service import schemas as out
+
     with server.client(ADMIN) as c:
         r = c.post("/models/train", json={"model": "ease", "params": {"reg": "high"}})
         assert r.status_code == 400 and "invalid parameters for model 'ease'" in r.json()["detail"]
         r = c.post("/models/train", json={"model": "ease", "params": {"reg": 1.0}})
         assert r.status_code == 202
         job = r.json()
+        out.Job.model_validate(job)
         for _ in range(600):
             info = c.get(f"/models/jobs/{job['job']}").json()
             if info["state"] != "running":
                 break
             time.sleep(0.05)
         assert info["state"] == "done", info
+        out.Job.model_validate(info)
         assert c.get("/health").json()["active"] == job["version"]
         # The retrained version saw the feedback posted earlier as training data.
         r = c.get("/users/c0/recommendations").json()
         assert r["model"] == job["version"] and r["fallback"] is None
         assert c.post("/models/knn/activate", params={"wait": True}).status_code == 200
+
+
+def test_answers_have_the_documented_shapes(server: Server) -> None:
+    """Every kind of answer, errors included, on the fast path and through FastAPI, is valid by
+    the response model (lmrec.service.schemas: a missing or unknown field fails) that
+    /openapi.json names for its route and status."""
+    from lmrec.service import schemas as out
+
+    with server.client(ADMIN) as c:
+        spec = c.get("/openapi.json").json()["paths"]
+
+        def check(method: str, path: str, route: str, model: type, status: int = 200, **kw):
+            r = c.request(method, path, **kw)
+            assert r.status_code == status, (method, path, r.text)
+            body = model.model_validate(r.json())
+            documented = spec[route][method.lower()]["responses"]
+            code = str(status) if status >= 400 else next(k for k in documented if k[0] == "2")
+            ref = documented[code]["content"]["application/json"]["schema"]["$ref"]
+            assert ref.rsplit("/", 1)[1] == model.__name__, (route, code, ref)
+            return body
+
+        rec = "/users/{user_id}/recommendations"
+        check("GET", "/health", "/health", out.Health)
+        assert check("GET", "/users/u1/recommendations", rec, out.Recommendations).items
+        why = check("GET", "/users/u1/recommendations?n=3&explain=true", rec, out.Recommendations)
+        assert all(x.why is not None and x.why.reasons for x in why.items)
+        check("GET", "/users/u1/recommendations?n=3&diversity=0.5", rec, out.Recommendations)
+        query = {"items": ["i3"], "n": 2, "explain": True}
+        check("POST", "/recommendations", "/recommendations", out.Recommendations, json=query)
+        check("GET", "/items/i1/similar?n=3", "/items/{item_id}/similar", out.Similar)
+        check("GET", "/search?q=ghost%20house&n=3", "/search", out.SearchResults)
+        item, user = "/items/{item_id}", "/users/{user_id}"
+        check("PUT", "/items/shape-i", item, out.Written, 201, json={"title": "Shape"})
+        check("GET", "/items/shape-i", item, out.Item)
+        check("DELETE", "/items/shape-i", item, out.Deleted)
+        check("PUT", "/users/shape-u", user, out.Written, 201, json={"tags": ["Drama"]})
+        event = {"user": "shape-u", "item": "i1"}
+        check("POST", "/feedback", "/feedback", out.FeedbackAccepted, json=event)
+        batch = {"events": [event, {**event, "item": "i2"}]}
+        check("POST", "/feedback/batch", "/feedback/batch", out.FeedbackAccepted, json=batch)
+        assert check("GET", "/users/shape-u", user, out.User).events_since_start == 3
+        check("DELETE", "/users/shape-u", user, out.Deleted)
+        check("GET", "/models", "/models", out.Models)
+        check("POST", "/models/knn/load?wait=true", "/models/{version}/load", out.VersionState)
+        # Errors: the fast path's, FastAPI's, the key check's and the service's read alike.
+        check("GET", "/users/u1/recommendations?model=nope", rec, out.ErrorBody, 404)
+        assert check("GET", "/users/u1/recommendations?n=0", rec, out.ErrorBody, 422).errors
+        no_key = {"headers": {"X-API-Key": "not-a-key-at-all"}}
+        check("GET", "/users/u1/recommendations", rec, out.ErrorBody, 401, **no_key)
+        check("GET", "/models/jobs/nope", "/models/jobs/{job_id}", out.ErrorBody, 404)
+        bad = {"model": "ease", "params": {"reg": "high"}}
+        check("POST", "/models/train", "/models/train", out.ErrorBody, 400, json=bad)
 
 
 def test_refuses_to_start_without_keys(tmp_path: Path) -> None:

@@ -20,16 +20,19 @@ exact search is measured in `benchmarks/bench_index.py` (benchmarks/index.md).
 
 from __future__ import annotations
 
-__all__ = ["VectorIndex"]
+__all__ = ["VectorIndex", "model_index"]
 
 import math
 import threading
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from lmrec.errors import LmrecError
+
+if TYPE_CHECKING:
+    from lmrec.models.base import Recommender
 
 Kind = Literal["auto", "flat", "hnsw", "ivf"]
 
@@ -166,3 +169,20 @@ class VectorIndex:
         """Exact top-k positions by brute force (the reference for recall measurements)."""
         flat = VectorIndex(vectors, kind="flat")
         return flat.search(queries, k)[0]
+
+
+def model_index(
+    model: Recommender, kind: Kind | Literal["off"], exact_limit: int
+) -> VectorIndex | None:
+    """A retrieval index over an embedding model's items (`Recommender.item_embeddings`), or
+    None: index off, a model without item vectors, or (auto) a catalogue small enough that the
+    model scores every item exactly anyway."""
+    if kind == "off":
+        return None
+    items = model.item_embeddings()
+    if items is None:
+        return None
+    if kind == "auto" and len(items) <= exact_limit:
+        return None
+    assert model.items is not None
+    return VectorIndex(items, model.items.ids.tolist(), kind=kind, exact_limit=exact_limit)

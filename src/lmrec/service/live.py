@@ -32,7 +32,7 @@ __all__ = [
 
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,8 +69,17 @@ class Feed:
         return list(self.events.get(user, ()))
 
     def drop_user(self, user: str) -> None:
+        """Forget every event of `user` (an erased user)."""
         with self._lock:
             self.count -= len(self.events.pop(user, ()))
+
+    def drop_item(self, item: str) -> None:
+        """Forget every event of `item` (a deleted item), of every user."""
+        with self._lock:
+            for u, evs in self.events.items():
+                kept = [e for e in evs if e.item != item]
+                self.count -= len(evs) - len(kept)
+                self.events[u] = kept
 
 
 @dataclass
@@ -89,6 +98,7 @@ class Slot:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _snapshot_keys: dict[int, set] = field(default_factory=dict, repr=False)
     _category_masks: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    _similarity: dict[tuple[int, str], Any] = field(default_factory=dict, repr=False)
 
     # -- building queries --------------------------------------------------------------------
 
@@ -188,6 +198,70 @@ class Slot:
             blocked = self.blocked.copy()
             blocked[i] = False
             self.blocked = blocked
+
+    def similarity(self, model: Recommender, source: str, compute: Callable[[], Any]) -> Any:
+        """The item similarity of `source` for `model` (this slot's model now or a moment
+        ago): `compute()` once per model object and source."""
+        key = (id(model), source)
+        sim = self._similarity.get(key)
+        if sim is None:
+            sim = compute()
+            if any(k[0] != id(model) for k in self._similarity):
+                self._similarity.clear()
+            self._similarity[key] = sim
+        return sim
+
+    # -- catalogue and user changes --------------------------------------------------------
+
+    def extend(
+        self,
+        records: Sequence[Mapping[str, Any]],
+        reindex: Callable[[Recommender], Any] | None = None,
+    ) -> None:
+        """Append the items of these store records that the model lacks, when it accepts new
+        items (`with_records`); the blocked mask grows with the catalogue, and the retrieval
+        index, if the slot has one, is rebuilt by `reindex`."""
+        model = self.model
+        assert model.items is not None
+        new = [r for r in records if r["ext_id"] not in model.items]
+        if not new or not supports_new_items(model):
+            return
+        grown = with_records(model, new)
+        if self.blocked is not None:
+            self.blocked = np.concatenate([self.blocked, np.zeros(len(new), bool)])
+        if reindex is not None and self.index is not None:
+            self.index = reindex(grown)
+        self.model = grown
+
+    def put_item(self, rec: Mapping[str, Any], reindex: Callable[[Recommender], Any]) -> None:
+        """A store item was created or changed: recommendable again if the model has it, else
+        appended when the model accepts new items."""
+        with self.lock:
+            assert self.model.items is not None
+            self.items_changed()
+            if rec["ext_id"] in self.model.items:
+                self.unblock(rec["ext_id"])
+            else:
+                self.extend([rec], reindex)
+
+    def drop_item(self, item: str) -> None:
+        """A store item was deleted: never recommended again, its store events forgotten."""
+        with self.lock:
+            self.block(item)
+            self.items_changed()
+            if self.index is not None and self.model.items is not None:
+                p = self.model.items.get(item)
+                if p >= 0:
+                    self.index.hide([p])
+            for u, evs in list(self.delta.items()):
+                self.delta[u] = [e for e in evs if e.item != item]
+
+    def drop_user(self, user: str) -> None:
+        """A user was erased: answered as an unknown user from now on."""
+        with self.lock:
+            self.delta.pop(user, None)
+            if self.model.users is not None and user in self.model.users:
+                self.forget = self.forget | {user}
 
     # -- loading -----------------------------------------------------------------------------
 

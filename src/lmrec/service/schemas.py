@@ -1,14 +1,38 @@
-"""Request and response bodies of the REST service (pydantic; unknown fields are refused)."""
+"""Request and response bodies of the REST service (pydantic).
+
+Request bodies refuse unknown fields. Response models describe the answers in the OpenAPI
+document; the service builds each answer once, as plain JSON data in the shape of its model
+(`tests/test_service.py` checks real answers against them), and sends it without
+re-validation, which would cost the hot paths more than the answer itself.
+"""
 
 from __future__ import annotations
 
 __all__ = [
+    "RESPONSES",
+    "Deleted",
+    "ErrorBody",
     "Feedback",
+    "FeedbackAccepted",
     "FeedbackBatch",
+    "Health",
+    "Item",
     "ItemBody",
+    "Job",
+    "ModelVersion",
+    "Models",
     "QueryBody",
+    "Reason",
+    "Recommendations",
+    "ScoredItem",
+    "SearchResults",
+    "Similar",
     "TrainBody",
+    "User",
     "UserBody",
+    "VersionState",
+    "Why",
+    "Written",
     "rerank_config",
 ]
 
@@ -145,3 +169,168 @@ class TrainBody(_Body):
     model: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     params: dict[str, Any] = Field(default_factory=dict)
     activate: bool = True
+
+
+# -- responses ---------------------------------------------------------------------------------
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Reason(BaseModel):
+    """One reason of an explanation (`lmrec.explain.Reason`; empty fields are left out)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str
+    weight: float = Field(description="share of the item's positive evidence, in [0, 1]")
+    items: list[str] | None = None
+    titles: list[str] | None = None
+    contributions: list[float] | None = None
+    attributes: dict[str, Any] | None = None
+    tags: list[str] | None = None
+    count: int | None = None
+    text: str | None = None
+
+
+class Why(_Out):
+    """Why an item was recommended: a sentence and the reasons, strongest first."""
+
+    sentence: str
+    reasons: list[Reason]
+
+
+class ScoredItem(_Out):
+    item: str
+    score: float | None = Field(description="the model's score (null where not finite)")
+    why: Why | None = Field(None, description="only with explain=true")
+
+
+class Recommendations(_Out):
+    """Top-n items and the version that answered (`fallback`: why a fallback answered)."""
+
+    user: str | None
+    model: str
+    items: list[ScoredItem]
+    fallback: str | None
+
+
+class Similar(_Out):
+    """Items like an item: by the model (`source` model) or by text (new items)."""
+
+    item: str
+    model: str
+    source: Literal["model", "text"]
+    items: list[ScoredItem]
+
+
+class SearchResults(_Out):
+    query: str
+    encoder: str
+    items: list[ScoredItem]
+
+
+class FeedbackAccepted(_Out):
+    accepted: int = Field(description="events in the request")
+    added: int = Field(description="events new to the store (repeats are counted once)")
+
+
+class Item(_Out):
+    item: str
+    title: str | None
+    description: str | None
+    categories: list[str] | None
+    attributes: dict[str, Any] | None
+    created_at: float
+
+
+class User(_Out):
+    user: str
+    attributes: dict[str, Any] | None
+    tags: list[str] | None
+    created_at: float
+    events_since_start: int
+
+
+class Written(_Out):
+    """An item or user created (201) or updated (200): `item` or `user` names it."""
+
+    item: str | None = None
+    user: str | None = None
+    created: bool
+
+
+class Deleted(_Out):
+    item: str | None = None
+    user: str | None = None
+    deleted: Literal[True]
+
+
+class ModelVersion(_Out):
+    """A version; the fields after `error` are there once it is loaded."""
+
+    version: str
+    path: str
+    state: Literal["available", "loading", "loaded", "failed"]
+    error: str | None = None
+    model: str | None = None
+    items: int | None = None
+    users: int | None = None
+    load_seconds: float | None = None
+    index: str | None = None
+    new_items: bool | None = None
+
+
+class Models(_Out):
+    active: str | None
+    versions: list[ModelVersion]
+
+
+class VersionState(_Out):
+    """A version being loaded (202), or loaded (with the active version)."""
+
+    version: str
+    state: Literal["loading", "loaded"]
+    active: str | None = None
+
+
+class Job(_Out):
+    job: str
+    model: str
+    version: str
+    state: Literal["running", "done", "failed"]
+    fit_seconds: float | None = None
+    error: str | None = None
+
+
+class Health(_Out):
+    status: Literal["ok", "loading"]
+    active: str | None
+    loaded: list[str]
+    uptime_seconds: float
+    search_index: Literal["ready", "not built"]
+    feedback_committed: int
+    feedback_queued: int
+
+
+class ErrorBody(_Out):
+    """An error: what was wrong (and, for invalid requests, each problem)."""
+
+    detail: str
+    errors: list[str] | None = None
+
+
+#: The error answers of every route, for the OpenAPI document.
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": why}
+    for code, why in (
+        (400, "a bad value"),
+        (401, "no or unknown API key"),
+        (403, "the API key's scope is too narrow"),
+        (404, "not found"),
+        (413, "body too large"),
+        (422, "invalid request"),
+        (503, "not ready (no model loaded) or the store failed"),
+    )
+}

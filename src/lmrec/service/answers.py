@@ -1,0 +1,251 @@
+"""`Answers`: recommendations and similar items from the loaded model versions.
+
+Each answer uses the user's live history (the store's events since the model's snapshot and
+the feedback since the start, `Slot.query`), the stored profile of users the model does not
+know, the live catalogue (deleted items never come back, categories filter) and, for large
+catalogues, the retrieval index of embedding models.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Answers", "UserRequest", "ranked", "slot_of"]
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from lmrec.errors import LmrecError
+from lmrec.models.base import History, Query, Recommender
+from lmrec.rerank.config import RerankConfig
+from lmrec.service.catalogue import Catalogue
+from lmrec.service.errors import NotFound, Unavailable
+from lmrec.service.live import Feed, Slot, record_text
+from lmrec.service.registry import ModelRegistry
+from lmrec.service.search import SearchIndex
+from lmrec.service.settings import Settings
+
+#: One user-recommendation request: (user, n, model, exclude_seen, category).
+UserRequest = tuple[str, int, "str | None", bool, "str | None"]
+
+
+def slot_of(registry: ModelRegistry, model: str | None) -> Slot:
+    """The loaded version `model` (None: the active one); 404 unknown, 503 not loaded yet."""
+    try:
+        return registry.slot(model)
+    except KeyError as exc:
+        raise NotFound(exc.args[0]) from None
+    except LookupError as exc:
+        raise Unavailable(str(exc)) from None
+
+
+def ranked(
+    user: str | None,
+    version: str,
+    model: Recommender,
+    idx: np.ndarray,
+    scores: np.ndarray,
+    fallback: str | None,
+) -> dict[str, Any]:
+    """The answer of one row that `model` (of `version`) ranked (item indices, -1 for none,
+    and their scores): the `schemas.Recommendations` body."""
+    assert model.items is not None
+    keep = idx >= 0
+    ids = model.items.ids_of(idx[keep])
+    return {
+        "user": user,
+        "model": version,
+        "items": [
+            {"item": i, "score": float(s) if math.isfinite(s) else None}
+            for i, s in zip(ids, scores[keep].tolist(), strict=True)
+        ],
+        "fallback": fallback,
+    }
+
+
+class Answers:
+    """Recommendations for users and queries, and similar items."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: ModelRegistry,
+        feed: Feed,
+        catalogue: Catalogue,
+        search: SearchIndex,
+    ):
+        self.settings, self.registry, self.feed = settings, registry, feed
+        self.catalogue, self.search = catalogue, search
+
+    def _check_n(self, n: int) -> None:
+        if n > self.settings.max_n:
+            raise LmrecError(f"n must be at most {self.settings.max_n}, got {n}")
+
+    def query(self, slot: Slot, user: str | None, extra: Query | None = None) -> Query:
+        """The model's query for `user` (live history, and the stored profile when the model
+        does not know them and the request brings none) and/or the request's `extra`."""
+        if user is None:
+            return extra or Query()
+        q = slot.query(user, self.feed, extra)
+        prof = self.catalogue.profiles.get(user)
+        if prof is not None and not (extra and (extra.attributes or extra.tags or extra.text)):
+            attrs, tags = prof
+            # The stored profile speaks for users the model does not know (new or forgotten).
+            if q.user is None:
+                q = Query(
+                    user=None,
+                    items=q.items,
+                    events=q.events,
+                    timestamps=q.timestamps,
+                    values=q.values,
+                    attributes=attrs or None,
+                    tags=tags,
+                    text=q.text,
+                )
+        return q
+
+    def recommend(
+        self,
+        user: str | None,
+        n: int = 10,
+        *,
+        model: str | None = None,
+        exclude_seen: bool = True,
+        category: str | None = None,
+        rerank: RerankConfig | None = None,
+        explain: bool = False,
+        extra: Query | None = None,
+    ) -> dict[str, Any]:
+        """Top-n items for a user and/or an anonymous query, with the version that answered;
+        re-ranked as `rerank` says when it is active (diversity, constraints, filters)."""
+        self._check_n(n)
+        slot = slot_of(self.registry, model)
+        m = slot.model
+        q = self.query(slot, user, extra)
+        hist = m.history_of([q])
+        mask = slot.candidates(category, self.catalogue.categories)
+        idx, val, used = self._rank(slot, m, hist, n, exclude_seen, mask, rerank)
+        out = ranked(user, slot.name, m, idx[0], val[0], used[0])
+        if explain:
+            self._explain(slot, hist, out)
+        return out
+
+    def recommend_users(self, requests: Sequence[UserRequest]) -> list[dict[str, Any] | Exception]:
+        """Many (user, n, model, exclude_seen, category) requests in as few model calls as
+        possible: one `rank` per (version, exclude_seen, category) group. Each answer is what
+        `recommend` gives for that request alone (or the exception it raises)."""
+        out: list[dict[str, Any] | Exception | None] = [None] * len(requests)
+        groups: dict[tuple, list[int]] = {}
+        for r, (_, n, model, ex, cat) in enumerate(requests):
+            try:
+                self._check_n(n)
+            except LmrecError as exc:
+                out[r] = exc
+                continue
+            groups.setdefault((model, ex, cat), []).append(r)
+        for (model, ex, cat), rows in groups.items():
+            try:
+                slot = slot_of(self.registry, model)
+                m = slot.model
+                qs = [self.query(slot, requests[r][0]) for r in rows]
+                hist = m.history_of(qs)
+                mask = slot.candidates(cat, self.catalogue.categories)
+                k = max(requests[r][1] for r in rows)
+                idx, val, used = self._rank(slot, m, hist, k, ex, mask, None)
+            except Exception as exc:
+                for r in rows:
+                    out[r] = exc
+                continue
+            for j, r in enumerate(rows):
+                user, n = requests[r][0], requests[r][1]
+                out[r] = ranked(user, slot.name, m, idx[j][:n], val[j][:n], used[j])
+        return out  # type: ignore[return-value]
+
+    def _rank(
+        self,
+        slot: Slot,
+        m: Recommender,
+        hist: History,
+        n: int,
+        exclude_seen: bool,
+        mask: np.ndarray | None,
+        rerank: RerankConfig | None,
+    ) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+        if rerank is not None and rerank.active:
+            ranker = _reranked(slot, m, rerank, self.catalogue.categories)
+            return ranker.rank(hist, n, exclude_seen=exclude_seen, candidates=mask)
+        index = slot.index
+        if index is not None and mask is None and hist.matrix.nnz:
+            vecs = m.query_embeddings(hist)
+            if vecs is not None:
+                ex = [hist.matrix[r].indices if exclude_seen else [] for r in range(len(hist))]
+                idx, val = index.search(vecs, n, exclude=ex)
+                return idx, val, [None] * len(hist)
+        return m.rank(hist, n, exclude_seen=exclude_seen, candidates=mask)
+
+    @staticmethod
+    def _explain(slot: Slot, hist: History, out: dict[str, Any]) -> None:
+        """Add each item's reasons and sentence (lmrec.explain: contributions of the history
+        items to the score, similar users, interests or popularity; only true ones)."""
+        from lmrec.explain import explain_history
+
+        m = slot.model
+        assert m.items is not None
+        idx = m.items.indices([r["item"] for r in out["items"]])
+        found = explain_history(m, hist, idx, fallback=out["fallback"])
+        for r, e in zip(out["items"], found, strict=True):
+            r["why"] = {
+                "sentence": e.sentence,
+                "reasons": [
+                    {k: v for k, v in vars(x).items() if v not in ([], {}, None, "")}
+                    for x in e.reasons
+                ],
+            }
+
+    def similar(self, item: str, n: int = 10, *, model: str | None = None) -> dict[str, Any]:
+        """Items like `item`: the model's own similarity, else the text index for new items."""
+        self._check_n(n)
+        if item not in self.catalogue.items:
+            raise NotFound(f"unknown item {item!r}")
+        slot = slot_of(self.registry, model)
+        m = slot.model
+        assert m.items is not None
+        if item in m.items:
+            blocked = slot.blocked
+            extra = 0 if blocked is None else int(blocked.sum())
+            recs = m.similar_items(item, n + extra)
+            pairs = [
+                (i, s)
+                for i, s in zip(recs.items, recs.scores, strict=True)
+                if blocked is None or not blocked[m.items.get(i)]
+            ][:n]
+            return {
+                "item": item,
+                "model": slot.name,
+                "source": "model",
+                "items": [{"item": i, "score": float(s)} for i, s in pairs],
+            }
+        hits = self.search.search(record_text(self.catalogue.items[item]), n + 1)["items"]
+        return {
+            "item": item,
+            "model": slot.name,
+            "source": "text",
+            "items": [h for h in hits if h["item"] != item][:n],
+        }
+
+
+def _reranked(slot: Slot, m: Recommender, config: RerankConfig, categories: dict) -> Any:
+    """The model re-ranked as `config` says (`lmrec.rerank.diversify`, the same as the CLI and
+    the evaluation), with the live catalogue's categories; similarity=text uses the model's text
+    vectors. The similarity is cached per model object and source (`Slot.similarity`)."""
+    from lmrec.rerank import diversify, item_similarity
+
+    assert m.items is not None
+    cats = [categories.get(i, []) for i in m.items]
+    sim = None
+    if config.diversifies:
+        sim = slot.similarity(
+            m, config.similarity, lambda: item_similarity(m, config.similarity, categories=cats)
+        )
+    return diversify(m, config, similarity=sim, categories=cats)

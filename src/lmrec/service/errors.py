@@ -1,0 +1,80 @@
+"""Errors of the service and the one table from them to HTTP statuses.
+
+`Service` raises `NotFound` (404), `Unavailable` (503) and `LmrecError` (400: a bad value in
+the request); the HTTP layer raises `HttpProblem` with its own status (401, 403, 413).
+`answer_of` turns any of them into (status, JSON body, headers); the fast path and FastAPI's
+exception handlers (`add_handlers`) both answer through it, so an error reads the same on
+either path.
+"""
+
+from __future__ import annotations
+
+__all__ = ["STATUS", "HttpProblem", "NotFound", "Unavailable", "add_handlers", "answer_of"]
+
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from lmrec.errors import LmrecError
+
+
+class NotFound(LmrecError):
+    """A named user, item, model version or job does not exist (404)."""
+
+
+class Unavailable(LmrecError):
+    """The service cannot answer yet, e.g. no model is loaded (503)."""
+
+
+class HttpProblem(Exception):
+    """An answer the HTTP layer gives itself: a missing key (401), a narrow scope (403), a
+    body too large (413)."""
+
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None):
+        super().__init__(detail)
+        self.status, self.detail, self.headers = status, detail, headers
+
+
+#: Status of each error of the service; the first class in an exception's MRO decides.
+STATUS: dict[type[Exception], int] = {NotFound: 404, Unavailable: 503, LmrecError: 400}
+
+#: Most problems a 422 answer lists in its `detail` line (and in `errors`).
+_SHOWN, _LISTED = 20, 100
+
+
+def answer_of(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str] | None]:
+    """(status, body, headers) of the answer to `exc`; the body is {"detail": message} (and
+    "errors" for invalid requests). Raises `exc` again when it is not an error of the table
+    (a bug: the server's 500)."""
+    if isinstance(exc, HttpProblem):
+        return exc.status, {"detail": exc.detail}, exc.headers
+    if isinstance(exc, RequestValidationError):
+        problems = []
+        for e in exc.errors():
+            where = ".".join(str(x) for x in e.get("loc", ()))
+            problems.append(f"{where}: {e.get('msg')}")
+        body = {
+            "detail": "invalid request: " + "; ".join(problems[:_SHOWN]),
+            "errors": problems[:_LISTED],
+        }
+        return 422, body, None
+    if isinstance(exc, StarletteHTTPException):
+        return exc.status_code, {"detail": exc.detail}, exc.headers
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls], {"detail": str(exc)}, None
+    raise exc
+
+
+async def _handle(request: Request, exc: Exception) -> Response:
+    status, body, headers = answer_of(exc)
+    return JSONResponse(body, status, headers=headers)
+
+
+def add_handlers(app: FastAPI) -> None:
+    """Answer every error of the table, invalid requests and HTTP errors through `answer_of`."""
+    for cls in (HttpProblem, *STATUS, RequestValidationError, StarletteHTTPException):
+        app.add_exception_handler(cls, _handle)

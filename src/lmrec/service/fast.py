@@ -1,0 +1,244 @@
+"""The fast path: the two hot requests answered on raw ASGI, and the batcher behind it.
+
+`FastPath` answers GET /users/{id}/recommendations with plain valid parameters and POST
+/feedback with a valid JSON body without FastAPI's per-request machinery (dependency solving,
+parameter models, telemetry, exception middleware; about 0.5 ms of a core each). Anything
+else, including every invalid or unauthorised request and the re-ranking and explanation
+options, goes to FastAPI unchanged, so answers and error messages are the same either way:
+the key check is `Auth`'s, the error statuses `errors.answer_of`'s, and user recommendations
+go through the same `Batcher` as the FastAPI route's.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Batcher", "FastPath", "dumps", "ingest", "send_json"]
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+from urllib.parse import parse_qsl
+
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from lmrec.errors import LmrecError
+from lmrec.service.answers import UserRequest
+from lmrec.service.auth import Auth
+from lmrec.service.core import Service
+from lmrec.service.errors import Unavailable, answer_of
+from lmrec.service.metrics import Metrics
+from lmrec.service.schemas import Feedback
+
+REC_ROUTE = "/users/{user_id}/recommendations"
+_REC_PARAMS = frozenset({"n", "model", "exclude_seen", "category"})
+_BOOLS = {"true": True, "false": False, "1": True, "0": False}
+
+
+def dumps(obj: Any) -> bytes:
+    """Compact JSON (no NaN: scores that are not finite are given as null beforehand)."""
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+
+
+async def send_json(send: Any, status: int, body: bytes) -> None:
+    """Send a whole JSON answer on raw ASGI."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-length", str(len(body)).encode()),
+                (b"content-type", b"application/json"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def ingest(svc: Service, events: Sequence[Feedback]) -> dict[str, Any]:
+    """Queue the events and wait until they are committed and live; a store failure is a 503."""
+    fut = svc.submit_feedback([e.model_dump() for e in events])
+    try:
+        added = await asyncio.wrap_future(fut)
+    except LmrecError:
+        raise
+    except Exception as exc:
+        raise Unavailable(f"the store refused the events: {type(exc).__name__}: {exc}") from None
+    return {"accepted": len(events), "added": int(added)}
+
+
+class Batcher:
+    """Coalesces concurrent user-recommendation requests into one batched model call.
+
+    Requests arriving while a batch is being computed form the next batch, so an idle service
+    answers one request at once and a busy one amortises the per-call cost of the model over
+    many rows. No request waits for a timer.
+
+    A batch runs on the event loop itself when it should take at most `inline_seconds` (by a
+    moving average of the seconds per request), else in a worker thread. For cheap models the
+    thread hop and the GIL going back and forth between two cores cost more than the work
+    (benchmarks/service.md: EASE on ML-100K, 50 clients); slow models (sequence models on CPU,
+    big catalogues) keep the loop free to read other requests meanwhile.
+    """
+
+    def __init__(
+        self,
+        run: Callable[[list[Any]], list[Any]],
+        max_batch: int = 256,
+        inline_seconds: float = 0.02,
+    ):
+        self.run = run
+        self.max_batch = max_batch
+        self.inline_seconds = inline_seconds
+        self.row_cost = 0.0  # moving average of seconds per request
+        self.pending: list[tuple[Any, asyncio.Future]] = []
+        self.busy = False
+
+    async def submit(self, request: Any) -> Any:
+        """The answer to one request (or the exception `run` gave for it, raised)."""
+        fut = asyncio.get_running_loop().create_future()
+        self.pending.append((request, fut))
+        if not self.busy:
+            self.busy = True
+            asyncio.get_running_loop().create_task(self._drain())
+        return await fut
+
+    async def _drain(self) -> None:
+        try:
+            while self.pending:
+                batch = self.pending[: self.max_batch]
+                del self.pending[: self.max_batch]
+                try:
+                    reqs = [r for r, _ in batch]
+                    t0 = time.perf_counter()
+                    if self.row_cost * len(reqs) <= self.inline_seconds:
+                        results = self.run(reqs)
+                    else:
+                        results = await run_in_threadpool(self.run, reqs)
+                    per_row = (time.perf_counter() - t0) / len(reqs)
+                    self.row_cost += 0.2 * (per_row - self.row_cost)
+                except Exception as exc:  # pragma: no cover - run() returns exceptions per row
+                    results = [exc] * len(batch)
+                for (_, fut), res in zip(batch, results, strict=True):
+                    if fut.done():
+                        continue
+                    if isinstance(res, Exception):
+                        fut.set_exception(res)
+                    else:
+                        fut.set_result(res)
+        finally:
+            self.busy = False
+
+
+Slow = Callable[[Any, Any, Any], Awaitable[None]]
+
+
+class FastPath:
+    """`await fast(scope, receive, send, slow)`: answers the hot requests itself and hands
+    every other one to `slow` (the whole FastAPI stack)."""
+
+    def __init__(self, svc: Service, auth: Auth, batcher: Batcher, metrics: Metrics, max_body: int):
+        self.svc, self.auth, self.batcher = svc, auth, batcher
+        self.metrics, self.max_body = metrics, max_body
+
+    async def __call__(self, scope: dict, receive: Any, send: Any, slow: Slow) -> None:
+        path, method = scope["path"], scope["method"]
+        if scope.get("root_path"):
+            await slow(scope, receive, send)
+        elif method == "GET" and path.startswith("/users/") and path.endswith("/recommendations"):
+            req = self._recommendation(scope, path[7:-16])
+            if req is None:
+                await slow(scope, receive, send)
+            else:
+                await self._answer(send, "GET", REC_ROUTE, self.batcher.submit(req))
+        elif (
+            method == "POST" and path == "/feedback" and self.auth.allows(scope["headers"], "write")
+        ):
+            await self._feedback(scope, receive, send, slow)
+        else:
+            await slow(scope, receive, send)
+
+    def _recommendation(self, scope: dict, user: str) -> UserRequest | None:
+        """The batcher's request for a plain GET of recommendations, None for any other."""
+        if not (0 < len(user) <= 255 and self.auth.allows(scope["headers"], "read")):
+            return None
+        args: dict[str, str] = {}
+        if scope["query_string"]:
+            for k, v in parse_qsl(scope["query_string"].decode("latin-1"), True):
+                if k in args or k not in _REC_PARAMS:
+                    return None
+                args[k] = v
+        n = args.get("n", "10")
+        ok = n.isascii() and n.isdigit() and 1 <= int(n) <= 1000
+        ok = ok and len(args.get("model", "")) <= 255
+        ok = ok and args.get("exclude_seen", "true") in _BOOLS
+        ok = ok and ("category" not in args or 1 <= len(args["category"]) <= 200)
+        if not ok:
+            return None
+        exclude = _BOOLS[args.get("exclude_seen", "true")]
+        return (user, int(n), args.get("model"), exclude, args.get("category"))
+
+    async def _feedback(self, scope: dict, receive: Any, send: Any, slow: Slow) -> None:
+        """POST /feedback: one valid JSON event is ingested here; any other body is replayed
+        to FastAPI, which gives its answer (or error)."""
+        length = ctype = None
+        for k, v in scope["headers"]:
+            if k == b"content-length":
+                length = v
+            elif k == b"content-type":
+                ctype = v
+        if (
+            length is None
+            or not length.isdigit()
+            or int(length) > self.max_body
+            or ctype is None
+            or not ctype.startswith(b"application/json")
+        ):
+            await slow(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        body = b""
+        while True:
+            msg = await receive()
+            if msg["type"] != "http.request":
+                return  # the client went away
+            body += msg.get("body", b"")
+            if not msg.get("more_body") or len(body) > self.max_body:
+                break
+        event = None
+        if len(body) <= self.max_body:
+            try:
+                event = Feedback.model_validate_json(body)
+            except (ValidationError, ValueError):
+                event = None
+        if event is None:
+            replayed = False
+
+            async def replay() -> dict:
+                nonlocal replayed
+                if replayed:
+                    return await receive()
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            await slow(scope, replay, send)
+            return
+        await self._answer(send, "POST", "/feedback", ingest(self.svc, [event]), t0)
+
+    async def _answer(
+        self, send: Any, method: str, route: str, work: Awaitable[Any], t0: float | None = None
+    ) -> None:
+        """Await `work` (the answer as a dict) and send it; errors as `answer_of` says."""
+        t0 = time.perf_counter() if t0 is None else t0
+        status = 500
+        try:
+            try:
+                body = dumps(await work)
+                status = 200
+            except LmrecError as exc:
+                status, problem, _ = answer_of(exc)
+                body = dumps(problem)
+            await send_json(send, status, body)
+        finally:
+            self.metrics.observe(method, route, status, time.perf_counter() - t0)
