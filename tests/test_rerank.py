@@ -328,7 +328,7 @@ def test_dpp_speed_500_to_10():
     items = rng.choice(2000, 500, replace=False)
     scores = rng.normal(size=500)
     chosen = dpp(items, scores, 10, sim, C(0.3))  # warm; positions in the pool
-    assert len(set(chosen.tolist())) == 10 and 0 <= chosen.min() and chosen.max() < 500
+    assert len(set(chosen.tolist())) == 10 and chosen.min() >= 0 and chosen.max() < 500
     assert chosen[0] == np.argmax(scores)  # the most relevant item leads
     times = []
     for _ in range(20):
