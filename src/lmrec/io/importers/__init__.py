@@ -15,6 +15,10 @@ and `transaction` (the write to the store and the report); `options` holds `Impo
 from __future__ import annotations
 
 __all__ = [
+    "ALIASES",
+    "ATOMIC_SUFFIX",
+    "MAX_ID_LEN",
+    "REQUIRED",
     "FileReport",
     "ImportOptions",
     "ImportReport",
@@ -26,8 +30,9 @@ __all__ = [
 
 from lmrec.io.importers.options import ImportOptions, Kind
 from lmrec.io.importers.readers import (  # noqa: F401  (pinned by tests/test_fast_paths.py)
+    ATOMIC_SUFFIX,
     _split_csv,
     _split_unquoted,
 )
 from lmrec.io.importers.transaction import FileReport, ImportReport, import_files
-from lmrec.io.importers.validation import ParsedFile, read_file
+from lmrec.io.importers.validation import ALIASES, MAX_ID_LEN, REQUIRED, ParsedFile, read_file
