@@ -14,6 +14,7 @@ from lmrec.data.dataset import ItemFeatures
 from lmrec.data.split import Split, cold_start_items, cold_start_users, leave_one_out
 from lmrec.errors import LmrecError
 from lmrec.evaluation import evaluate, paired_test, rating_metrics, run_protocol
+from lmrec.evaluation.protocols import make_splits
 from lmrec.models import create_model
 from lmrec.models.base import History, Recommender
 
@@ -213,9 +214,30 @@ def test_kfold_mean_and_std_and_protocols() -> None:
     assert cmp["itemknn"]["diff_ci"][0] <= cmp["itemknn"]["diff"] <= cmp["itemknn"]["diff_ci"][1]
     d = res.to_dict()
     assert d["folds"] == 3 and "ndcg@5_std" in d["models"]["itemknn"]["test"]
-    for protocol in ("loo", "temporal", "random", "cold_users", "cold_items"):
+    # Test NDCG@5 of popularity and test users per protocol, as measured (deterministic: seed
+    # 0). Every user's 6 interactions share the times 0..5, so temporal cuts where LOO does.
+    measured = {
+        "loo": (0.3433, 25),
+        "temporal": (0.3433, 25),
+        "random": (0.2849, 25),
+        "cold_users": (0.3988, 5),
+        "cold_items": (0.5988, 23),
+    }
+    for protocol, (ndcg, users) in measured.items():
         r = run_protocol(["popularity"], ds, protocol, k=5, metrics=["ndcg"], valid=True)
-        assert r.runs["popularity"].summary()["users"] > 0, protocol
+        got = r.runs["popularity"].summary()
+        assert got["users"] == users and got["ndcg@5"] == pytest.approx(ndcg, abs=1e-4), protocol
+        # The same numbers as evaluating by hand on the protocol's split.
+        (split,) = make_splits(ds, protocol)
+        fitted = create_model("popularity").fit(split.train)
+        hand = evaluate(fitted, split, k=5, metrics=["ndcg"], candidates=_candidates(protocol))
+        assert hand.summary() == pytest.approx(got), protocol
+        assert users == len(np.unique(split.test.user)), protocol
+        train_users, train_items = set(split.train.user), set(split.train.item)
+        if protocol == "cold_users":
+            assert not train_users & set(split.test.user)
+        if protocol == "cold_items":
+            assert not train_items & set(split.test.item)
     assert (
         run_protocol(["popularity"], ds, "cold_items", metrics=["hr"])
         .runs["popularity"]
@@ -228,6 +250,10 @@ def test_kfold_mean_and_std_and_protocols() -> None:
         run_protocol(["ease"], ds, params={"ease": {"regg": 1}})
     with pytest.raises(LmrecError, match="not evaluated"):
         run_protocol(["ease"], ds, params={"als": {"factors": 4}})
+
+
+def _candidates(protocol: str) -> str | None:
+    return "cold" if protocol == "cold_items" else None
 
 
 def test_bad_arguments_are_messages() -> None:

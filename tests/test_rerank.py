@@ -317,21 +317,26 @@ def test_filters_and_min_score():
 
 
 def test_dpp_speed_500_to_10():
-    """Benchmark-backed claim (benchmarks/rerank.md): 500 -> 10 in a few milliseconds. The test
-    asserts a loose bound so that it holds on a busy CI machine."""
+    """500 candidates -> 10 in 384 dimensions: a diverse list of pool items, in 5x the median
+    measured here (1.0 ms over 3 x 20 calls, load average 7 on 2 cores, 2026-12-01;
+    benchmarks/rerank.md: 1.0-1.2 ms against a 5 ms goal). A quadratic-in-pool or
+    per-pair-Python regression takes tens of ms and fails."""
     import time
 
     rng = np.random.default_rng(0)
     sim = ItemSimilarity.from_vectors(rng.normal(size=(2000, 384)))
     items = rng.choice(2000, 500, replace=False)
     scores = rng.normal(size=500)
-    dpp(items, scores, 10, sim, C(0.3))  # warm
+    chosen = dpp(items, scores, 10, sim, C(0.3))  # warm; positions in the pool
+    assert len(set(chosen.tolist())) == 10 and chosen.min() >= 0 and chosen.max() < 500
+    assert chosen[0] == np.argmax(scores)  # the most relevant item leads
     times = []
     for _ in range(20):
         t = time.perf_counter()
-        dpp(items, scores, 10, sim, C(0.3))
+        again = dpp(items, scores, 10, sim, C(0.3))
         times.append(time.perf_counter() - t)
-    assert np.median(times) < 0.05
+        np.testing.assert_array_equal(again, chosen)
+    assert np.median(times) < 5 * 1.0e-3, f"median {np.median(times) * 1e3:.1f} ms"
 
 
 def test_jaccard_similarity_of_genre_sets():

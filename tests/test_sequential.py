@@ -215,9 +215,13 @@ def test_bad_parameters_and_data_are_explained(cycles) -> None:
     other = _cycles(n_items=31)
     with pytest.raises(LmrecError, match="share the training set's vocabularies"):
         create_model("sasrec", **FAST).fit(cycles, valid=other)
-    with pytest.raises(LmrecError, match=r"CUDA is not available|unknown device"):
-        if torch.cuda.is_available():
-            raise LmrecError("unknown device")
+    with pytest.raises(LmrecError, match="unknown device 'gpu0'"):
+        create_model("sasrec", **FAST, device="gpu0").fit(cycles)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available: device='cuda' trains")
+def test_cuda_without_cuda_is_explained(cycles) -> None:
+    with pytest.raises(LmrecError, match="'cuda' asked for, but CUDA is not available here"):
         create_model("sasrec", **FAST, device="cuda").fit(cycles)
 
 

@@ -607,7 +607,12 @@ def test_hot_swap_keeps_answering(server: Server) -> None:
 def test_retrain_endpoint_activates_new_version(server: Server) -> None:
     from lmrec.service import schemas as out
 
+    user, horror = "retrain-1", ["i3", "i7", "i11", "i15"]
     with server.client(ADMIN) as c:
+        events = [{"user": user, "item": i, "event": "view", "ts": 2000.0 + j}
+                  for j, i in enumerate(horror)]  # fmt: skip
+        r = c.post("/feedback/batch", json={"events": events})
+        assert r.json() == {"accepted": 4, "added": 4}, r.text
         r = c.post("/models/train", json={"model": "ease", "params": {"reg": "high"}})
         assert r.status_code == 400 and "invalid parameters for model 'ease'" in r.json()["detail"]
         r = c.post("/models/train", json={"model": "ease", "params": {"reg": 1.0}})
@@ -622,9 +627,15 @@ def test_retrain_endpoint_activates_new_version(server: Server) -> None:
         assert info["state"] == "done", info
         out.Job.model_validate(info)
         assert c.get("/health").json()["active"] == job["version"]
-        # The retrained version saw the feedback posted earlier as training data.
-        r = c.get("/users/c0/recommendations").json()
+        # The retrained version saw this test's feedback as training data.
+        model = server.service.registry.slots[job["version"]].model
+        assert user in model.users
+        own = model.recommend(Query(user=user), 5)
+        assert not set(horror) & set(own.items) and own.fallback is None
+        assert sum(int(i[1:]) % 4 == 3 for i in own.items) >= 4, own.items
+        r = c.get(f"/users/{user}/recommendations", params={"n": 5}).json()
         assert r["model"] == job["version"] and r["fallback"] is None
+        assert [x["item"] for x in r["items"]] == own.items
         assert c.post("/models/knn/activate", params={"wait": True}).status_code == 200
 
 
