@@ -41,10 +41,10 @@ from pydantic import Field
 from lmrec.data import Dataset
 from lmrec.errors import LmrecError
 from lmrec.models.base import History, recency_weighted
-from lmrec.models.lm import _SideConfig, _TextModel
+from lmrec.models.lm_base import SideConfig, TextModel
 
 
-class ColdStartItemConfig(_SideConfig):
+class ColdStartItemConfig(SideConfig):
     side_features: float = Field(0.5, ge=0)
     """Weight of the exact-match category and attribute tokens in the item features (0: none)."""
     text_weight: float = Field(1.0, ge=0)
@@ -81,7 +81,7 @@ def _ridge(x: np.ndarray, y: np.ndarray, reg: float) -> tuple[np.ndarray, np.nda
     return w, mx, my
 
 
-class ColdStartItem(_TextModel):
+class ColdStartItem(TextModel):
     """Collaborative model on the warm items + feature -> collaborative map for new items."""
 
     name = "coldstart_item"
