@@ -36,7 +36,7 @@ from typing import Any, Literal
 import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
-from pydantic import Field
+from pydantic import AliasChoices, Field
 
 from lmrec.data import Dataset
 from lmrec.errors import LmrecError
@@ -53,8 +53,10 @@ class ColdStartItemConfig(SideConfig):
     """What the features are mapped to: EASE item-item columns, or PureSVD item factors."""
     cf_reg: float = Field(8.0, gt=0)
     """EASE L2 penalty, relative to the mean number of users per item (target="ease")."""
-    factors: int = Field(64, ge=1)
-    """SVD rank (target="svd")."""
+    embedding_size: int = Field(
+        64, ge=1, validation_alias=AliasChoices("embedding_size", "factors")
+    )
+    """SVD rank (target="svd"; old name: `factors`)."""
     reg: float = Field(3.0, gt=0)
     """Ridge penalty of the feature maps, relative to the mean eigenvalue of the centred Gram
     matrix of the warm items' features."""
@@ -129,7 +131,7 @@ class ColdStartItem(TextModel):
         else:
             from scipy.sparse.linalg import svds
 
-            k = min(c.factors, min(x.shape) - 1)
+            k = min(c.embedding_size, min(x.shape) - 1)
             if k < 1:
                 raise LmrecError(f"{self.name}: too few users or items for an SVD")
             _, _, vt = svds(x, k=k, random_state=0)
@@ -166,7 +168,7 @@ class ColdStartItem(TextModel):
     ) -> np.ndarray:
         """Collaborative parameters of new items from their text (plus categories and
         attributes when the model uses `side_features`): (N, n_items + 1) for target="ease"
-        (the item-item column, then the log popularity), (N, factors + 1) for "svd"."""
+        (the item-item column, then the log popularity), (N, embedding_size + 1) for "svd"."""
         self._check_fitted()
         text = self.encode(texts) if self.config.text_weight > 0 else np.zeros((len(texts), 0))
         side = self.side_vectors_of(categories, attributes, len(texts))
