@@ -1,13 +1,13 @@
 """`lmmf`: LM-enhanced factorisation. Item factors are a learned projection of the text
 vectors plus a regularised free offset (FISM-style user tower: the mean of the history's input
 factors), so a new item gets factors from its text alone (Kabbur et al., KDD 2013; text-tied
-factors as in CTR, Wang & Blei, KDD 2011)."""
+factors as in CTR, Wang & Blei, KDD 2011). Trained by the shared `lmrec.nn.trainer.Trainer`
+(the network and its batches: `lmrec.models.lmmf_net`)."""
 
 from __future__ import annotations
 
 __all__ = ["LMMF", "LMMFConfig"]
 
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -28,7 +28,7 @@ class LMMFConfig(SideConfig):
     batch_size: int = Field(1024, ge=1)
     """Interactions per gradient step."""
     learning_rate: float = Field(3e-3, gt=0)
-    """Adam learning rate."""
+    """AdamW learning rate (`lmrec.nn.trainer.Trainer`)."""
     reg: float = Field(1e-4, ge=0)
     """Weight decay of the text projections."""
     offset_reg: float = Field(1e-2, ge=0)
@@ -59,89 +59,38 @@ class LMMF(TextModel):
     def _fit(self, dataset: Dataset) -> None:
         import torch
 
+        from lmrec.models.lmmf_net import LMMFNet, LMMFTask
+        from lmrec.nn.trainer import TrainConfig, Trainer
+
         c = self.config
         self._fit_text(dataset, users=c.user_text)
-        torch.manual_seed(c.seed)
-        rng = np.random.default_rng(c.seed)
         m = dataset.matrix().tocsr()
         m.data = np.abs(m.data)
         inputs = self._mf_inputs(self.item_vectors, self.side_vectors)
-        n, d = m.shape[1], inputs.shape[1]
-        k = c.embedding_size
-        text = torch.from_numpy(inputs)  # (n, d): text vector [+ weighted side features]
         active = np.diff(m.tocsc().indptr) > 0
         self.active = active
-        params: dict[str, torch.Tensor] = {
-            "wq": torch.nn.init.xavier_uniform_(torch.empty(d, k)),
-            "we": torch.nn.init.xavier_uniform_(torch.empty(d, k)),
-            "wb": torch.zeros(d),
-            "oq": torch.zeros(n, k),
-            "oe": torch.zeros(n, k),
-            "ob": torch.zeros(n),
-        }
-        if c.user_text:
-            params["wu"] = torch.zeros(self.item_vectors.shape[1], k)
-        for p in params.values():
-            p.requires_grad_(True)
-        proj = [params[x] for x in ("wq", "we", "wb", "wu") if x in params]
-        groups: list[dict[str, Any]] = [{"params": proj, "weight_decay": c.reg}]
-        if c.use_offset:
-            groups.append(
-                {"params": [params["oq"], params["oe"], params["ob"]], "weight_decay": c.offset_reg}
+        torch.manual_seed(c.seed)
+        net = LMMFNet(
+            inputs, active, c.embedding_size, c.loss, self.user_vectors if c.user_text else None
+        )
+        task = LMMFTask(net, m, c)
+        trainer = Trainer(
+            TrainConfig(
+                epochs=c.epochs,
+                patience=None,
+                eval_every=c.epochs,
+                learning_rate=c.learning_rate,
+                weight_decay=0.0,  # per-group decoupled decay: `LMMFTask.batches`
+                grad_clip=None,
+                seed=c.seed,
+                device="cpu",
+                amp=False,
             )
-        opt = torch.optim.AdamW(groups, lr=c.learning_rate)
-        coo = m.tocoo()
-        pu, pi, pw = coo.row.astype(np.int64), coo.col.astype(np.int64), coo.data
-        user_vecs = torch.from_numpy(self.user_vectors) if c.user_text else None
-        mask = torch.from_numpy(~active)
-        act_idx = np.flatnonzero(active)
-        self.losses: list[float] = []
-        from lmrec.nn.trainer import heap_allocations
-
-        t0 = time.perf_counter()
-        with heap_allocations():  # no fresh mmap'd pages for the (B, n) logits of each step
-            for _ in range(c.epochs):
-                order = rng.permutation(len(pu))
-                total = 0.0
-                for s in range(0, len(order), c.batch_size):
-                    sel = order[s : s + c.batch_size]
-                    u, i, w = pu[sel], pi[sel], pw[sel]
-                    rows = m[u].tocoo()
-                    x = torch.sparse_coo_tensor(
-                        np.vstack([rows.row, rows.col]),
-                        rows.data,
-                        (len(sel), n),
-                        dtype=torch.float32,
-                        check_invariants=False,
-                    )
-                    q = text @ params["wq"] + params["oq"]  # (n, k)
-                    e = text @ params["we"] + params["oe"]  # (n, k)
-                    b = text @ params["wb"] + params["ob"]  # (n,)
-                    ti = torch.from_numpy(i)
-                    tw = torch.from_numpy(w.astype(np.float32))
-                    # The user's history without the target item (FISM: no self-prediction).
-                    hsum = torch.sparse.mm(x, e) - tw[:, None] * e[ti]  # (B, k)
-                    cnt = torch.from_numpy(np.asarray(m[u].sum(axis=1)).ravel() - w).float()
-                    uvec = hsum / cnt.clamp(min=1.0)[:, None]
-                    if user_vecs is not None:
-                        uvec = uvec + user_vecs[torch.from_numpy(u)] @ params["wu"]
-                    if c.loss == "softmax":
-                        logits = uvec @ q.T + b  # (B, n)
-                        logits = logits.masked_fill(mask, float("-inf"))
-                        loss = torch.nn.functional.cross_entropy(logits, ti)
-                    else:
-                        neg = torch.from_numpy(rng.choice(act_idx, len(sel)))
-                        sp_ = (uvec * q[ti]).sum(1) + b[ti]
-                        sn = (uvec * q[neg]).sum(1) + b[neg]
-                        loss = -torch.nn.functional.logsigmoid(sp_ - sn).mean()
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                    total += loss.item() * len(sel)
-                self.losses.append(total / max(len(pu), 1))
-        self.train_seconds = time.perf_counter() - t0
-        with torch.no_grad():
-            w = {x: p.detach().numpy().astype(np.float32) for x, p in params.items()}
+        )
+        result = trainer.fit(net, task, label=self.name)
+        self.losses = [float(r["loss"]) for r in result.history]
+        self.train_seconds = result.seconds
+        w = {x: p.detach().cpu().numpy().astype(np.float32) for x, p in net.named_parameters()}
         if not c.use_offset:
             for x in ("oq", "oe", "ob"):
                 w[x][:] = 0
