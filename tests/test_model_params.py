@@ -127,3 +127,22 @@ def test_models_and_reranked_models_are_rankers() -> None:
         r = ranker.recommend(Query(items=["i0", "i1"]), 3)
         assert len(r) == 3 and "i0" not in r.items
     assert not isinstance(object(), Ranker)
+
+
+def test_lmmf_trains_through_the_shared_trainer() -> None:
+    ds = _data()
+    m = create_model("lmmf", encoder="tfidf:8", epochs=6, embedding_size=4, batch_size=32)
+    m.fit(ds)
+    assert len(m.losses) == 6 and m.losses[-1] < m.losses[0], m.losses
+    assert m.train_seconds > 0
+    # use_offset=False: the offsets are not trained, so factors come from the text alone.
+    text_only = create_model("lmmf", encoder="tfidf:8", epochs=2, use_offset=False).fit(ds)
+    x = text_only.item_vectors
+    np.testing.assert_allclose(text_only.item_factors, x @ text_only.proj["wq"], atol=1e-5)
+    # A stronger decay of the offsets pulls the factors towards the text projection.
+    gaps = []
+    for offset_reg in (0.0, 100.0):
+        mm = create_model("lmmf", encoder="tfidf:8", epochs=6, batch_size=16, offset_reg=offset_reg)
+        mm.fit(ds)
+        gaps.append(np.abs(mm.item_factors - mm.item_vectors @ mm.proj["wq"]).mean())
+    assert gaps[1] < 0.5 * gaps[0], gaps
