@@ -19,7 +19,7 @@ from lmrec.commands.rerank import add_rerank_options, rerank_config
 from lmrec.errors import LmrecError
 
 if TYPE_CHECKING:
-    from lmrec.models.base import Recommender
+    from lmrec.models.base import Ranker, Recommender
 
 
 def _value(text: str) -> Any:
@@ -220,7 +220,7 @@ def _with_store_items(model: Recommender, db: str) -> Recommender:
     return with_records(model, new)
 
 
-def _reranked(model: Any, args: argparse.Namespace) -> Any:
+def _reranked(model: Recommender, args: argparse.Namespace) -> Ranker:
     """The model, or the model behind diversity re-ranking and filters (`lmrec.rerank`)."""
     from lmrec.rerank import diversify
 

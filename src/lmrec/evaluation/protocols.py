@@ -10,8 +10,9 @@ Protocols (splitters in `lmrec.data.split`):
   their attributes, for models that read side information).
 - cold_items: 20% of items held out entirely; ranked among the cold items only.
 
-Models are fitted on split.train (with `valid=split.valid` when their `fit` accepts it, for
-early stopping) and tested with history = train + valid, as RecBole does.
+Models are fitted on split.train with `valid=split.valid` (`Recommender.fit`: the models
+that stop early watch it, the others ignore it) and tested with history = train + valid, as
+RecBole does.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 __all__ = ["PROTOCOLS", "ModelRun", "ProtocolResult", "make_splits", "run_protocol"]
 
 import functools
-import inspect
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +43,7 @@ from lmrec.evaluation.runner import EvalResult, evaluate
 from lmrec.evaluation.stats import bootstrap_ci, paired_test
 
 if TYPE_CHECKING:
+    from lmrec.models.base import Recommender
     from lmrec.rerank import RerankConfig
 
 PROTOCOLS = ("loo", "temporal", "random", "kfold", "cold_users", "cold_items")
@@ -67,17 +68,11 @@ def make_splits(ds: Dataset, protocol: str, *, seed: int = 0, folds: int = 5) ->
     raise LmrecError(f"unknown protocol {protocol!r}; available: {', '.join(PROTOCOLS)}")
 
 
-def fit_on(model: Any, split: Split) -> float:
-    """Fit on split.train (passing valid= where the model's fit accepts it); seconds taken."""
+def fit_on(model: Recommender, split: Split) -> float:
+    """Fit on split.train with valid=split.valid (when it has interactions: models that stop
+    early watch it, the others ignore it); seconds taken."""
     t0 = time.perf_counter()
-    try:
-        accepts_valid = "valid" in inspect.signature(model.fit).parameters
-    except (TypeError, ValueError):
-        accepts_valid = False
-    if accepts_valid and split.valid.n_interactions:
-        model.fit(split.train, valid=split.valid)
-    else:
-        model.fit(split.train)
+    model.fit(split.train, valid=split.valid if split.valid.n_interactions else None)
     return time.perf_counter() - t0
 
 

@@ -39,6 +39,7 @@ from lmrec.evaluation import metrics as M
 
 if TYPE_CHECKING:
     from lmrec.evaluation.breakdown import Breakdown
+    from lmrec.models.base import Ranker
 
 
 @dataclass
@@ -290,7 +291,7 @@ class _Aligner:
     """Maps between the split's item/user indices and the model's (which differ only for a
     model trained on another snapshot, e.g. loaded from disk)."""
 
-    def __init__(self, model: Any, ds: Dataset):
+    def __init__(self, model: Ranker, ds: Dataset):
         items = getattr(model, "items", None)
         users = getattr(model, "users", None)
         if items is None:
@@ -344,11 +345,11 @@ class _Aligner:
         return np.where(idx >= 0, self.to_ds[np.maximum(idx, 0)], -1)
 
 
-def _name(model: Any) -> str:
+def _name(model: Ranker) -> str:
     return str(getattr(model, "name", type(model).__name__))
 
 
-def _history(model: Any, ds: Dataset, users: np.ndarray, al: _Aligner):
+def _history(model: Ranker, ds: Dataset, users: np.ndarray, al: _Aligner):
     """The History rows of `users` in the model's index space; rows without any history get
     user -1 (an unseen user, answered by the model's fallback) unless the model reads side
     information (stored user attributes), which needs the user's index."""
@@ -414,7 +415,7 @@ def _sample_negatives(
 
 
 def _check_call(
-    model: Any, split: Any, on: str, batch_size: int, sampled: int | None, sampler: str
+    model: Ranker, split: Any, on: str, batch_size: int, sampled: int | None, sampler: str
 ) -> None:
     if on not in ("valid", "test"):
         raise LmrecError(f"on must be 'valid' or 'test', not {on!r}")
@@ -478,7 +479,7 @@ class _Batch:
 
 
 def _rank_full(
-    model: Any, h: Any, bu: np.ndarray, rel: sp.csr_matrix, b: _Batch
+    model: Ranker, h: Any, bu: np.ndarray, rel: sp.csr_matrix, b: _Batch
 ) -> tuple[np.ndarray, np.ndarray | None, Any]:
     """Rank every rankable item (for sampled ranking and AUC): the lists, best first, and the
     per-user AUC when asked."""
@@ -515,7 +516,7 @@ def _rank_full(
 
 
 def rank_targets(
-    model: Any,
+    model: Ranker,
     split: Any,
     on: Literal["valid", "test"] = "test",
     depth: int = 10,
@@ -599,7 +600,7 @@ def rank_targets(
 
 
 def evaluate(
-    model: Any,
+    model: Ranker,
     split: Any,
     on: Literal["valid", "test"] = "test",
     k: int | Iterable[int] = 10,
@@ -698,7 +699,7 @@ def _breakdowns(breakdown: Sequence[str] | str) -> tuple[str, ...]:
 
 
 def leave_one_out_metrics(
-    model: Any, split: Any, on: Literal["valid", "test"] = "test", k: int = 10
+    model: Ranker, split: Any, on: Literal["valid", "test"] = "test", k: int = 10
 ) -> dict[str, float | int]:
     """Full-ranking NDCG@k and Recall@k (and the number of users) of a fitted model on a
     split part: `evaluate(model, split, on, k, metrics=("ndcg", "recall")).summary()`.
@@ -709,7 +710,7 @@ def leave_one_out_metrics(
     return evaluate(model, split, on=on, k=k, metrics=("ndcg", "recall")).summary()
 
 
-def rating_metrics(model: Any, split: Any, on: Literal["valid", "test"] = "test") -> dict:
+def rating_metrics(model: Ranker, split: Any, on: Literal["valid", "test"] = "test") -> dict:
     """MSE, RMSE and MAE of a rating predictor on the rated target interactions.
 
     The model must expose `predict(users, items) -> (n,) ratings` over index arrays of the

@@ -14,6 +14,7 @@ __all__ = [
     "History",
     "ModelConfig",
     "Query",
+    "Ranker",
     "Recommendations",
     "Recommender",
     "linear_contributions",
@@ -28,11 +29,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
 import numpy as np
 import scipy.sparse as sp
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, ValidationError
 
 from lmrec.data import Dataset, Vocabulary
 from lmrec.data.dataset import csr_dedup
@@ -44,9 +45,52 @@ ARTIFACT_VERSION = 1
 
 
 class ModelConfig(BaseModel):
-    """Base of every model's hyperparameters: typed, validated, unknown names refused."""
+    """Base of every model's hyperparameters: typed, validated, unknown names refused.
+
+    Models share one vocabulary of names (LensKit's): `embedding_size`, `epochs`,
+    `learning_rate`, `reg`, `n_neighbors`, `seed`. A field renamed to it keeps its old name
+    as an alias (`validation_alias=AliasChoices(new, old)`), so that saved artifacts and old
+    `--param` spellings still load. Fields about where and how to run rather than what the
+    model is (device, threads, progress, checkpoints) are declared `Field(exclude=True)`:
+    validated like the others, left out of saved artifacts, defaulted at load.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    @classmethod
+    def aliases(cls) -> dict[str, str]:
+        """Old parameter name -> its current name, for fields that were renamed."""
+        out = {}
+        for name, f in cls.model_fields.items():
+            if isinstance(f.validation_alias, AliasChoices):
+                for choice in f.validation_alias.choices:
+                    if isinstance(choice, str) and choice != name:
+                        out[choice] = name
+        return out
+
+    @classmethod
+    def runtime_fields(cls) -> frozenset[str]:
+        """Names of the fields about running, not the model: never saved with it."""
+        return frozenset(n for n, f in cls.model_fields.items() if f.exclude)
+
+    @classmethod
+    def canonical(cls, params: Mapping[str, Any]) -> dict[str, Any]:
+        """`params` with old names replaced by the current ones; giving both is an error."""
+        aliases = cls.aliases()
+        out: dict[str, Any] = {}
+        for key, value in params.items():
+            name = aliases.get(key, key)
+            if name in out:
+                raise LmrecError(
+                    f"parameter {name!r} given twice (as {name!r} and its old name {key!r} or "
+                    "the other way round); give it once"
+                )
+            out[name] = value
+        return out
+
+    def saved(self) -> dict[str, Any]:
+        """The JSON-ready fields that a saved model keeps (runtime fields left out)."""
+        return self.model_dump(mode="json")
 
 
 @dataclass(frozen=True)
@@ -249,6 +293,73 @@ def sparse_from_state(state: Mapping[str, np.ndarray], name: str) -> sp.csr_matr
     )
 
 
+@runtime_checkable
+class Ranker(Protocol):
+    """Anything that ranks items for queries and History batches: a fitted `Recommender`, or
+    one wrapped in filters and re-ranking (`lmrec.rerank.Reranked`). The evaluation runner,
+    the re-rank wrappers and the service need only these members."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def items(self) -> Vocabulary | None: ...
+
+    @property
+    def users(self) -> Vocabulary | None: ...
+
+    @property
+    def history(self) -> Dataset | None: ...
+
+    @property
+    def popularity(self) -> np.ndarray | None: ...
+
+    @property
+    def uses_side_information(self) -> bool: ...
+
+    def check_fitted(self) -> None:
+        """Raise `LmrecError` unless fitted (or loaded)."""
+        ...
+
+    def history_of(self, queries: Sequence[Query]) -> History:
+        """The History batch of queries (stored history of known users + the query items)."""
+        ...
+
+    def rank(
+        self,
+        history: History,
+        k: int,
+        *,
+        exclude_seen: bool = True,
+        candidates: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+        """Top-k (indices (B, k), scores (B, k), fallback per row); index -1 pads."""
+        ...
+
+    def recommend_many(
+        self,
+        queries: Sequence[Query | str],
+        n: int = 10,
+        *,
+        exclude_seen: bool = True,
+        candidates: Sequence[str] | None = None,
+        batch_size: int = 512,
+    ) -> list[Recommendations]:
+        """Top-n items for each query."""
+        ...
+
+    def recommend(
+        self,
+        query: Query | str,
+        n: int = 10,
+        *,
+        exclude_seen: bool = True,
+        candidates: Sequence[str] | None = None,
+    ) -> Recommendations:
+        """The top-n items for one query."""
+        ...
+
+
 class Recommender(ABC):
     """Base class: subclasses set `name` and `config_class` and implement `_fit` and `score`.
 
@@ -259,12 +370,12 @@ class Recommender(ABC):
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
 
     def __init__(self, config: ModelConfig | Mapping[str, Any] | None = None, **params: Any):
-        if isinstance(config, ModelConfig):
-            if params:
-                config = config.model_copy(update=params)
-        else:
+        if not isinstance(config, ModelConfig) or params:
+            klass = type(config) if isinstance(config, ModelConfig) else self.config_class
+            given = dict(config) if isinstance(config, ModelConfig) else dict(config or {})
+            values = {**klass.canonical(given), **klass.canonical(params)}
             try:
-                config = self.config_class(**{**dict(config or {}), **params})
+                config = klass(**values)
             except ValidationError as exc:
                 why = "; ".join(
                     f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
@@ -283,10 +394,19 @@ class Recommender(ABC):
 
     # -- training ----------------------------------------------------------------------------
 
-    def fit(self, dataset: Dataset) -> Self:
-        """Learn from the dataset; its interactions also serve as users' stored histories."""
+    def fit(self, dataset: Dataset, valid: Dataset | None = None) -> Self:
+        """Learn from the dataset; its interactions also serve as users' stored histories.
+
+        `valid` (over the same vocabularies, e.g. the valid part of a split) is for models
+        that stop early on it (the sequence models override `fit`); the others ignore it.
+        """
         if dataset.n_items == 0:
             raise LmrecError("cannot fit a model on a dataset without items")
+        if valid is not None and (valid.items != dataset.items or valid.users != dataset.users):
+            raise LmrecError(
+                f"model {self.name!r}: valid must share the training set's user and item "
+                "vocabularies (pass two parts of one split)"
+            )
         self.users, self.items = dataset.users, dataset.items
         self.event_weights = dataset.event_weights
         self.popularity = dataset.item_counts().astype(np.float32)
@@ -318,7 +438,7 @@ class Recommender(ABC):
     def history_of(self, queries: Sequence[Query]) -> History:
         """Build the History batch of queries: the stored history of a known user followed by
         the query's own items (unknown item ids are ignored)."""
-        self._check_fitted()
+        self.check_fitted()
         assert self.items is not None and self.users is not None
         n = len(self.items)
         rows, cols, vals, seqs = [], [], [], []  # the queries' own items
@@ -420,7 +540,7 @@ class Recommender(ABC):
         batch_size: int = 512,
     ) -> list[Recommendations]:
         """Top-n items for each query; the same answers as calling `recommend` one by one."""
-        self._check_fitted()
+        self.check_fitted()
         assert self.items is not None
         qs = [Query(user=q) if isinstance(q, str) else q for q in queries]
         cand_mask = None
@@ -466,7 +586,7 @@ class Recommender(ABC):
 
     def similar_items(self, item: str, n: int = 10) -> Recommendations:
         """Items most like `item`: by default, those a one-item history scores highest."""
-        self._check_fitted()
+        self.check_fitted()
         assert self.items is not None
         if item not in self.items:
             raise LmrecError(f"unknown item {item!r}")
@@ -545,7 +665,7 @@ class Recommender(ABC):
 
     def save(self, path: str | Path) -> Path:
         """Write config.json + state.npz (+ the training history, for fold-in of known users)."""
-        self._check_fitted()
+        self.check_fitted()
         assert self.items is not None and self.users is not None and self.popularity is not None
         with staged_dir(path, "config.json") as tmp:
             self._write(tmp)
@@ -557,7 +677,7 @@ class Recommender(ABC):
             "format": ARTIFACT_FORMAT,
             "version": ARTIFACT_VERSION,
             "model": self.name,
-            "config": self.config.model_dump(mode="json"),
+            "config": self.config.saved(),
         }
         state = {f"state__{k}": v for k, v in self._state().items()}
         np.savez(
@@ -586,7 +706,8 @@ class Recommender(ABC):
         klass = get_model_class(meta["model"])
         if cls is not Recommender and not issubclass(klass, cls):
             raise LmrecError(f"{path} holds a {meta['model']!r} model, not {cls.name!r}")
-        model = klass(meta["config"])
+        runtime = klass.config_class.runtime_fields()
+        model = klass({k: v for k, v in meta["config"].items() if k not in runtime})
         with np.load(path / "state.npz", allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
         model.users = Vocabulary(arrays["user_ids"])

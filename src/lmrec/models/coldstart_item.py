@@ -36,15 +36,15 @@ from typing import Any, Literal
 import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
-from pydantic import Field
+from pydantic import AliasChoices, Field
 
 from lmrec.data import Dataset
 from lmrec.errors import LmrecError
 from lmrec.models.base import History, recency_weighted
-from lmrec.models.lm import _SideConfig, _TextModel
+from lmrec.models.lm_base import SideConfig, TextModel
 
 
-class ColdStartItemConfig(_SideConfig):
+class ColdStartItemConfig(SideConfig):
     side_features: float = Field(0.5, ge=0)
     """Weight of the exact-match category and attribute tokens in the item features (0: none)."""
     text_weight: float = Field(1.0, ge=0)
@@ -53,8 +53,10 @@ class ColdStartItemConfig(_SideConfig):
     """What the features are mapped to: EASE item-item columns, or PureSVD item factors."""
     cf_reg: float = Field(8.0, gt=0)
     """EASE L2 penalty, relative to the mean number of users per item (target="ease")."""
-    factors: int = Field(64, ge=1)
-    """SVD rank (target="svd")."""
+    embedding_size: int = Field(
+        64, ge=1, validation_alias=AliasChoices("embedding_size", "factors")
+    )
+    """SVD rank (target="svd"; old name: `factors`)."""
     reg: float = Field(3.0, gt=0)
     """Ridge penalty of the feature maps, relative to the mean eigenvalue of the centred Gram
     matrix of the warm items' features."""
@@ -81,7 +83,7 @@ def _ridge(x: np.ndarray, y: np.ndarray, reg: float) -> tuple[np.ndarray, np.nda
     return w, mx, my
 
 
-class ColdStartItem(_TextModel):
+class ColdStartItem(TextModel):
     """Collaborative model on the warm items + feature -> collaborative map for new items."""
 
     name = "coldstart_item"
@@ -129,7 +131,7 @@ class ColdStartItem(_TextModel):
         else:
             from scipy.sparse.linalg import svds
 
-            k = min(c.factors, min(x.shape) - 1)
+            k = min(c.embedding_size, min(x.shape) - 1)
             if k < 1:
                 raise LmrecError(f"{self.name}: too few users or items for an SVD")
             _, _, vt = svds(x, k=k, random_state=0)
@@ -166,7 +168,7 @@ class ColdStartItem(_TextModel):
     ) -> np.ndarray:
         """Collaborative parameters of new items from their text (plus categories and
         attributes when the model uses `side_features`): (N, n_items + 1) for target="ease"
-        (the item-item column, then the log popularity), (N, factors + 1) for "svd"."""
+        (the item-item column, then the log popularity), (N, embedding_size + 1) for "svd"."""
         self._check_fitted()
         text = self.encode(texts) if self.config.text_weight > 0 else np.zeros((len(texts), 0))
         side = self.side_vectors_of(categories, attributes, len(texts))

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
-from pydantic import Field
+from pydantic import AliasChoices, Field
 
 from lmrec.data import Dataset
 from lmrec.models.base import (
@@ -62,18 +62,20 @@ def _weights(m: sp.csr_matrix, binary: bool) -> sp.csr_matrix:
 
 
 class _MFConfig(ModelConfig):
-    factors: int = Field(64, ge=1)
-    """Size of the user and item embeddings."""
-    iterations: int = Field(15, ge=1)
-    """Passes over the data."""
+    embedding_size: int = Field(
+        64, ge=1, validation_alias=AliasChoices("embedding_size", "factors")
+    )
+    """Size of the user and item embeddings (implicit's `factors`; old name accepted)."""
+    epochs: int = Field(15, ge=1, validation_alias=AliasChoices("epochs", "iterations"))
+    """Passes over the data (implicit's `iterations`; old name accepted)."""
     reg: float = Field(0.01, ge=0)
     """L2 regularisation of the factors."""
     binary: bool = True
     """Treat every interaction as 1 (else use the event weights of the matrix)."""
     seed: int = 0
     """Random seed of the initial factors."""
-    num_threads: int = Field(2, ge=0)
-    """Threads `implicit` uses (0: all cores)."""
+    num_threads: int = Field(2, ge=0, exclude=True)
+    """Threads `implicit` uses (0: all cores); a runtime setting, not saved with the model."""
     half_life: float | None = Field(5.0, gt=0)
     """In fold-in, weigh history items by 0.5 ** (steps back from the newest / half_life)."""
 
@@ -164,10 +166,10 @@ class ALS(_MF):
 
         c = self.config
         return AlternatingLeastSquares(
-            factors=c.factors,
+            factors=c.embedding_size,
             regularization=c.reg,
             alpha=c.alpha,
-            iterations=c.iterations,
+            iterations=c.epochs,
             random_state=c.seed,
             num_threads=c.num_threads,
         )
@@ -200,8 +202,8 @@ class ALS(_MF):
 
 
 class BPRConfig(_MFConfig):
-    iterations: int = Field(100, ge=1)
-    """Epochs of SGD over the positive interactions."""
+    epochs: int = Field(100, ge=1, validation_alias=AliasChoices("epochs", "iterations"))
+    """Epochs of SGD over the positive interactions (old name: `iterations`)."""
     learning_rate: float = Field(0.01, gt=0)
     """SGD step size."""
     reg: float = Field(0.01, ge=0)
@@ -229,10 +231,10 @@ class BPR(_MF):
         x = self._matrix(dataset)
         with _pinned():
             model = BayesianPersonalizedRanking(
-                factors=c.factors,
+                factors=c.embedding_size,
                 learning_rate=c.learning_rate,
                 regularization=c.reg,
-                iterations=c.iterations,
+                iterations=c.epochs,
                 random_state=c.seed,
                 num_threads=c.num_threads,
             )

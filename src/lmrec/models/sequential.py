@@ -52,7 +52,8 @@ UNTRAINED_SCORE = -1e4
 
 
 class SequentialConfig(ModelConfig):
-    """Hyperparameters shared by the Transformer sequence models."""
+    """Hyperparameters shared by the Transformer sequence models (device, num_threads,
+    progress and checkpoint_dir are runtime settings: not saved with the model)."""
 
     embedding_size: int = Field(64, ge=8)
     """Width C of item vectors and of the Transformer."""
@@ -96,14 +97,14 @@ class SequentialConfig(ModelConfig):
     """str.format template of item text (title, description, categories, attributes)."""
     seed: int = 0
     """Seed of initialisation, batch order and masking."""
-    device: str = "auto"
+    device: str = Field("auto", exclude=True)
     """'auto' (CUDA when available, with mixed precision), 'cpu', 'cuda' or 'cuda:N'."""
-    num_threads: int | None = Field(None, ge=1)
+    num_threads: int | None = Field(None, ge=1, exclude=True)
     """CPU threads of torch while training (None: torch's default)."""
-    progress: bool = True
+    progress: bool = Field(True, exclude=True)
     """Report each epoch on stderr while training (a progress bar on a terminal, else a line
     per epoch: loss, validation NDCG@10, best so far, elapsed and estimated time left)."""
-    checkpoint_dir: str | None = None
+    checkpoint_dir: str | None = Field(None, exclude=True)
     """Write the best network (constructor arguments + weights) here during training."""
 
     @model_validator(mode="after")

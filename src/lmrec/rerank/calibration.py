@@ -63,7 +63,7 @@ def calibrate(
 
     if pool < 2:
         raise LmrecError(f"calibration needs a pool of at least 2 items, got {pool}")
-    model._check_fitted()
+    model.check_fitted()
     if (history.n_users, history.n_items) != (heldout.n_users, heldout.n_items):
         raise LmrecError(
             f"history ({history.n_users} users, {history.n_items} items) and held-out data "

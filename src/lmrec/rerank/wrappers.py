@@ -29,7 +29,7 @@ from lmrec.rerank.greedy import CategoryConstraints, dpp, maxsum, mmr, top_k_con
 from lmrec.rerank.similarity import ItemSimilarity, item_similarity
 
 if TYPE_CHECKING:
-    from lmrec.data import Dataset
+    from lmrec.data import Dataset, Vocabulary
     from lmrec.models.base import History, Query, Recommendations, Recommender
 
 
@@ -172,7 +172,7 @@ class Reranked:
         *,
         categories: Sequence[Sequence[str]] | None = None,
     ):
-        model._check_fitted()
+        model.check_fitted()
         self.model = model
         self.config = config or RerankConfig()
         self.reranker = reranker or TopK(None, self.config)
@@ -191,11 +191,11 @@ class Reranked:
         return self.model.name
 
     @property
-    def items(self) -> Any:
+    def items(self) -> Vocabulary | None:
         return self.model.items
 
     @property
-    def users(self) -> Any:
+    def users(self) -> Vocabulary | None:
         return self.model.users
 
     @property
@@ -208,10 +208,10 @@ class Reranked:
 
     @property
     def uses_side_information(self) -> bool:
-        return bool(getattr(self.model, "uses_side_information", False))
+        return bool(self.model.uses_side_information)
 
-    def _check_fitted(self) -> None:
-        self.model._check_fitted()
+    def check_fitted(self) -> None:
+        self.model.check_fitted()
 
     def history_of(self, queries: Sequence[Query]) -> History:
         return self.model.history_of(queries)
@@ -266,7 +266,8 @@ class Reranked:
         """Like `Recommender.recommend_many`, with this object's `rank`."""
         from lmrec.models.base import Recommender
 
-        # The base implementation needs only items, history_of, rank and _check_fitted.
+        # The base implementation needs only what a `Ranker` has (items, history_of, rank,
+        # check_fitted).
         return Recommender.recommend_many(
             self,  # type: ignore[arg-type]
             queries,

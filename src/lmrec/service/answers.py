@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from lmrec.errors import LmrecError
-from lmrec.models.base import History, Query, Recommender
+from lmrec.models.base import History, Query, Ranker, Recommender
 from lmrec.rerank.config import RerankConfig
 from lmrec.service.catalogue import Catalogue
 from lmrec.service.errors import NotFound, Unavailable
@@ -235,7 +235,7 @@ class Answers:
         }
 
 
-def _reranked(slot: Slot, m: Recommender, config: RerankConfig, categories: dict) -> Any:
+def _reranked(slot: Slot, m: Recommender, config: RerankConfig, categories: dict) -> Ranker:
     """The model re-ranked as `config` says (`lmrec.rerank.diversify`, the same as the CLI and
     the evaluation), with the live catalogue's categories; similarity=text uses the model's text
     vectors. The similarity is cached per model object and source (`Slot.similarity`)."""
