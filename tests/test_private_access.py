@@ -24,9 +24,7 @@ ALLOWED = {
     ("lmrec/commands/models.py", "argparse._SubParsersAction"),
     ("lmrec/commands/serve.py", "argparse._SubParsersAction"),
     ("lmrec/commands/text.py", "argparse._SubParsersAction"),
-    # `lmrec train --procs`: which models train in several processes; to become a capability of
-    # the sequence models (a class attribute on Recommender set in models/sequential.py).
-    ("lmrec/commands/models.py", "from lmrec.models.sequential import _SequenceModel"),
+    ("lmrec/cli.py", "argparse._SubParsersAction"),
 }
 
 

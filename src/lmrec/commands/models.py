@@ -54,12 +54,10 @@ def _launch_processes(args: argparse.Namespace, model: Any) -> int:
     import subprocess
     import sys
 
-    from lmrec.models.sequential import _SequenceModel
-
-    if not isinstance(model, _SequenceModel):
+    if not model.trains_in_processes:
         raise LmrecError(
-            f"--procs {args.procs}: only the sequence models (sasrec, bert4rec, xlnet) train "
-            f"in several processes; {args.model} trains in one"
+            f"--procs {args.procs}: only the sequence models (sasrec, hybrid, bert4rec, xlnet) "
+            f"train in several processes; {args.model} trains in one"
         )
     cmd = [
         sys.executable,

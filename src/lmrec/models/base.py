@@ -619,6 +619,9 @@ class Recommender(ABC):
     #: Whether `with_items` can add items the model was not trained on (from their text).
     accepts_new_items: ClassVar[bool] = False
 
+    #: Whether `fit` can train in several processes under torchrun (`lmrec train --procs N`).
+    trains_in_processes: ClassVar[bool] = False
+
     def with_items(
         self,
         ids: Sequence[str],

@@ -259,6 +259,7 @@ class _SequenceModel(Recommender):
 
     config: SequentialConfig
     network: ClassVar[str]
+    trains_in_processes = True
     #: Items that consecutive training windows share (SASRec: 1, so every next-item pair of a
     #: long sequence is trained once).
     window_overlap: ClassVar[int] = 0
