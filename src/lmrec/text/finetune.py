@@ -78,7 +78,8 @@ class FinetuneConfig:
 
     `batch_size` and `learning_rate` default by mode (head 256 / 1e-3, full 32 / 2e-5, top 32 /
     1e-4, lora 32 / 5e-4); `steps` caps the gradient steps (default 50 for the transformer
-    modes, all `epochs` for "head"); `temperature` defaults to 0.02 for "head", 0.05 else.
+    modes, all `epochs` for "head"); `max_seconds` stops the transformer modes earlier, after
+    the step that reaches it (the steps done are recorded); `temperature` defaults to 0.02 for "head", 0.05 else.
     """
 
     encoder: str = "minilm"
@@ -87,6 +88,7 @@ class FinetuneConfig:
     negatives: Literal["in_batch", "all"] = "in_batch"  # "all": head mode only
     epochs: int = 3
     steps: int | None = None
+    max_seconds: float | None = None  # transformer modes: stop after the step that passes it
     batch_size: int | None = None
     learning_rate: float | None = None
     weight_decay: float = 0.0
@@ -125,6 +127,7 @@ class FinetuneConfig:
             ("temperature", self.temperature),
             ("lora_alpha", self.lora_alpha),
             ("half_life", self.half_life),
+            ("max_seconds", self.max_seconds),
         ):
             if v is not None and not (v > 0 and math.isfinite(v)):
                 raise LmrecError(f"finetune: {name} must be a positive number, got {v!r}")
@@ -235,6 +238,7 @@ def finetune(
     negatives: Literal["in_batch", "all"] = "in_batch",
     epochs: int = 3,
     steps: int | None = None,
+    max_seconds: float | None = None,
     batch_size: int | None = None,
     learning_rate: float | None = None,
     weight_decay: float = 0.0,
@@ -260,7 +264,7 @@ def finetune(
     if config is None:
         config = FinetuneConfig(
             encoder=encoder, mode=mode, pairs=pairs, negatives=negatives, epochs=epochs,
-            steps=steps, batch_size=batch_size, learning_rate=learning_rate,
+            steps=steps, max_seconds=max_seconds, batch_size=batch_size, learning_rate=learning_rate,
             weight_decay=weight_decay, temperature=temperature, max_history=max_history,
             half_life=half_life, layers=layers, lora_rank=lora_rank, lora_alpha=lora_alpha,
             device=device, mixed_precision=mixed_precision, item_template=item_template,
@@ -522,7 +526,8 @@ def _weights_hash(model: Any) -> str:
 def _embed(model: Any, texts: list[str], device: str) -> torch.Tensor:
     import torch
 
-    feats = model.tokenize(texts)
+    prep = getattr(model, "preprocess", None) or model.tokenize  # tokenize: before ST 5
+    feats = prep(texts)
     feats = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in feats.items()}
     return torch.nn.functional.normalize(model(feats)["sentence_embedding"].float(), dim=-1)
 
@@ -610,7 +615,9 @@ def _finetune_model(
                     q_txt = [texts[int(i)] for i in a[bt]]
                     q_ids = torch.from_numpy(a[bt]).to(device)
                 k_txt = [texts[int(i)] for i in targets[bt]]
-                with torch.autocast(device_type="cuda", dtype=amp_dtype, enabled=use_amp):
+                with torch.autocast(
+                    device_type=device.split(":")[0], dtype=amp_dtype, enabled=use_amp
+                ):
                     q = _embed(model, q_txt, device)
                     k = _embed(model, k_txt, device)
                     loss = _contrastive(q, k, q_ids, k_ids, temperature, symmetric=a is not None)
@@ -620,6 +627,11 @@ def _finetune_model(
                 scaler.update()
                 losses.append(float(loss.item()))
                 bar.update(1)
+                if (
+                    cfg.max_seconds is not None
+                    and time.perf_counter() - train_t0 >= cfg.max_seconds
+                ):
+                    total_steps = len(losses)  # the time budget is spent
         bar.close()
     finally:
         model.eval()
@@ -639,6 +651,7 @@ def _finetune_model(
         "pair_kind": cfg.pairs,
         "pairs": int(n_pairs),
         "steps": len(losses),
+        "stopped_by_time": cfg.max_seconds is not None and train_s >= cfg.max_seconds,
         "trained_on": dataset.name,
         "losses": losses,
         "config": _config_record(cfg),
