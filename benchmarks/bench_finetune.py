@@ -29,6 +29,9 @@ def heldout(enc, texts, q_items, a_items) -> dict[str, float]:
     """MRR and hit@10 of each answer among all answers, by cosine to its query's vector."""
     import numpy as np
 
+    if not q_items:
+        return {}
+
     uq = sorted(set(q_items) | set(a_items))
     pos = {j: i for i, j in enumerate(uq)}
     v = enc.encode([texts[j] for j in uq], batch_size=64)
@@ -46,7 +49,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--eval-users", type=int, default=512)
+    ap.add_argument("--eval-users", type=int, default=512, help="0: no held-out check")
     ap.add_argument("--json", help="write the results here too")
     args = ap.parse_args()
 
@@ -69,6 +72,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     users = np.unique(split.valid.user)
     users = rng.choice(users, size=min(args.eval_users, len(users)), replace=False)
+    users = users[: args.eval_users]
     last_train = {int(u): int(train.item[train.user_ptr[u + 1] - 1]) for u in users}
     valid_item = dict(zip(split.valid.user.tolist(), split.valid.item.tolist(), strict=True))
     q_items = [last_train[int(u)] for u in users]
