@@ -325,6 +325,14 @@ def test_finetune_head_improves_heldout_loss_and_is_a_loadable_version(minilm, t
     meta = json.loads((tmp_path / "head" / "lmrec_encoder.json").read_text())
     assert meta["base_name"] == minilm.name and meta["kind"] == "head"
     finetune(train, tmp_path / "head2", epochs=1, batch_size=32)
+    # Item -> next-item pairs train the head too (both directions of each distinct pair).
+    from lmrec.text.finetune import item_pairs
+
+    res_i = finetune(train, tmp_path / "head_i", pairs="item", epochs=30, batch_size=32,
+                     learning_rate=3e-3)  # fmt: skip
+    assert res_i.pairs == 2 * len(item_pairs(train)[0]) and res_i.losses[-1] < res_i.losses[0]
+    after_i = _heldout_loss(load_encoder(str(tmp_path / "head_i")), ds, test_users)
+    assert after_i < before - 0.3, (before, after_i)
     with pytest.raises(LmrecError, match="already has a head"):
         finetune(train, tmp_path / "x", encoder=str(tmp_path / "head"))
     with pytest.raises(LmrecError, match="TF-IDF"):
