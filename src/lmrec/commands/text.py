@@ -120,7 +120,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         )
     print(
         f"encoder version {res.name} written to {res.path} ({res.mode}, {res.pairs} training "
-        f"pairs, {res.steps} steps on {res.device}, {res.seconds:.1f} s; loss {res.losses[0]:.3f} -> {res.losses[-1]:.3f})"
+        f"pairs, {res.steps} steps on {res.device}, {res.seconds:.1f} s; "
+        f"loss {res.losses[0]:.3f} -> {res.losses[-1]:.3f})"
     )
     print(f"use it with: --param encoder={res.path}")
     return 0
@@ -138,7 +139,9 @@ def register(
         "encoded again.",
     )
     s.add_argument(
-        "--encoder", default="minilm", help="minilm (default), tfidf[:DIM], st:PATH or DIR"
+        "--encoder",
+        default="minilm",
+        help="minilm (default), mpnet, tfidf[:DIM], st:PATH or DIR",
     )
     s.add_argument("--what", default="items,users", help="comma list of items, users, behaviour")
     s.add_argument("--batch-size", type=int, default=64, help="texts per encoder batch")
@@ -156,7 +159,7 @@ def register(
     s.add_argument("--encoder", default="minilm", help="base encoder spec (default minilm)")
     s.add_argument("--mode", choices=list(MODES), default="head",
                    help="head: projection on frozen vectors (default); full: every weight; "
-                   "top: the last --layers layers; lora: low-rank adapters on attention")  # fmt: skip
+                   "top: the last --layers layers; lora: adapters on attention")  # fmt: skip
     s.add_argument("--pairs", choices=list(PAIRS), default="history",
                    help="history: recent history -> next item (default); item: item -> next "
                    "item of the same user (symmetric)")  # fmt: skip
@@ -164,7 +167,7 @@ def register(
     s.add_argument("--epochs", type=int, default=3)
     s.add_argument("--steps", type=int, help="cap on gradient steps (default 50 but for head)")
     s.add_argument("--max-seconds", type=float,
-                   help="full/top/lora: stop after the step that reaches this training time")  # fmt: skip
+                   help="full/top/lora: stop after the step that reaches this time")  # fmt: skip
     s.add_argument("--batch-size", type=int, help="default 256 for head, 32 otherwise")
     s.add_argument("--learning-rate", type=float,
                    help="default head 1e-3, full 2e-5, top 1e-4, lora 5e-4")  # fmt: skip

@@ -79,7 +79,8 @@ class FinetuneConfig:
     `batch_size` and `learning_rate` default by mode (head 256 / 1e-3, full 32 / 2e-5, top 32 /
     1e-4, lora 32 / 5e-4); `steps` caps the gradient steps (default 50 for the transformer
     modes, all `epochs` for "head"); `max_seconds` stops the transformer modes earlier, after
-    the step that reaches it (the steps done are recorded); `temperature` defaults to 0.02 for "head", 0.05 else.
+    the step that reaches it (the steps done are recorded); `temperature` defaults to 0.02 for
+    "head", 0.05 else.
     """
 
     encoder: str = "minilm"
@@ -98,7 +99,7 @@ class FinetuneConfig:
     layers: int = 2  # mode "top": transformer layers trained
     lora_rank: int = 8
     lora_alpha: float = 16.0
-    device: str = "auto"  # "cpu", "cuda", "cuda:N" or "auto" (cuda if available)
+    device: str = "auto"  # "cpu", "cuda", "cuda:N" or "auto" (cuda if available); head: cpu
     mixed_precision: bool = True  # on CUDA: bfloat16 autocast (float16 + loss scaling if no bf16)
     item_template: str | None = None
     seed: int = 0
@@ -264,7 +265,8 @@ def finetune(
     if config is None:
         config = FinetuneConfig(
             encoder=encoder, mode=mode, pairs=pairs, negatives=negatives, epochs=epochs,
-            steps=steps, max_seconds=max_seconds, batch_size=batch_size, learning_rate=learning_rate,
+            steps=steps, max_seconds=max_seconds, batch_size=batch_size,
+            learning_rate=learning_rate,
             weight_decay=weight_decay, temperature=temperature, max_history=max_history,
             half_life=half_life, layers=layers, lora_rank=lora_rank, lora_alpha=lora_alpha,
             device=device, mixed_precision=mixed_precision, item_template=item_template,
