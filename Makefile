@@ -30,6 +30,16 @@ demo: $(STAMP)
 	$(BIN)/lmrec --db $(DEMO_DB) evaluate --models popularity,itemknn,ease,als --protocol loo \
 	  --k 10 --metrics ndcg,recall,mrr,coverage,novelty,diversity,personalization \
 	  --json artifacts/demo-eval.json --csv artifacts/demo-eval.csv --plots artifacts/demo-plots
+	@echo "== the language model at work: hybrid, a SASRec whose items are MiniLM text vectors (through"
+	@echo "   a trained adapter) plus id vectors gated by popularity; a line per epoch on stderr"
+	$(BIN)/lmrec --db $(DEMO_DB) train --model hybrid --out artifacts/demo-hybrid
+	$(BIN)/lmrec recommend --model artifacts/demo-hybrid --user 1 -n 5 --explain
+	@echo "== a brand-new film known only by its text (examples/new_items.csv), added without retraining:"
+	@echo "   recommended after a Raiders of the Lost Ark / Indiana Jones / Blade Runner session"
+	cp artifacts/demo.db artifacts/demo-new.db
+	$(BIN)/lmrec --db sqlite:///artifacts/demo-new.db import --items examples/new_items.csv
+	$(BIN)/lmrec --db sqlite:///artifacts/demo-new.db recommend --model artifacts/demo-hybrid \
+	  --new-items --items 174,210,89 -n 10
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -51,6 +51,8 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "hybrid-text": ("hybrid", {"views": "text"}),
     # MiniLM fine-tuned on the Beauty training part (benchmarks/encoders.md has the command).
     "hybrid-ft": ("hybrid", {"encoder": str(ROOT / "artifacts" / "encoders" / "beauty-ft")}),
+    # all-mpnet-base-v2 (`encoder=mpnet`: its five PyPI parts installed).
+    "hybrid-mpnet": ("hybrid", {"encoder": "mpnet"}),
 }
 NEURAL = ("sasrec", "hybrid", "bert4rec", "xlnet")
 
