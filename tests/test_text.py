@@ -493,3 +493,23 @@ def test_finetune_stops_when_its_time_budget_is_spent(tmp_path) -> None:
     assert res.steps == 1
     meta = json.loads((tmp_path / "t" / "lmrec_encoder.json").read_text())
     assert meta["stopped_by_time"] is True and meta["config"]["max_seconds"] == 1e-3
+
+
+@pytest.mark.parametrize("key", ["word_embedding_dimension", "embedding_dimension"])
+def test_model_width_from_either_pooling_config_key(tmp_path, key: str) -> None:
+    """Older sentence-transformers write word_embedding_dimension, newer (the versions that
+    `lmrec finetune` saves here) embedding_dimension; both give the width without loading."""
+    import shutil
+
+    from lmrec.text.encoders import SentenceTransformerEncoder, bundled_model_path
+
+    path = tmp_path / "model"
+    shutil.copytree(bundled_model_path(), path)
+    cfg_file = path / "1_Pooling" / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    width = cfg.pop("word_embedding_dimension", None) or cfg.pop("embedding_dimension")
+    cfg[key] = width
+    cfg_file.write_text(json.dumps(cfg))
+    enc = SentenceTransformerEncoder(path)
+    assert enc.dim == 384
+    assert enc._model is None  # read from the config, the weights were not loaded

@@ -243,8 +243,12 @@ class SentenceTransformerEncoder:
                 else []
             )
             dense = any("Dense" in m.get("type", "") for m in modules)
-            if pooling.exists() and not dense:
-                self._dim = int(json.loads(pooling.read_text())["word_embedding_dimension"])
+            # sentence-transformers writes "word_embedding_dimension" (before 5.x) or
+            # "embedding_dimension" (the fine-tuned versions saved here).
+            cfg = json.loads(pooling.read_text()) if pooling.exists() else {}
+            width = cfg.get("word_embedding_dimension", cfg.get("embedding_dimension"))
+            if width is not None and not dense:
+                self._dim = int(width)
             else:
                 self._dim = int(self.model.get_sentence_embedding_dimension())
         return self._dim
