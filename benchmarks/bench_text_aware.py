@@ -216,7 +216,8 @@ def report(args: argparse.Namespace) -> None:
                 ua, a = _per_user(data, ref, seeds)
                 ub, b = _per_user(data, label, seeds)
                 if np.array_equal(ua, ub) and np.any(a != b):
-                    p = f"{stats.wilcoxon(b, a).pvalue:.2g}"
+                    pv = stats.wilcoxon(b, a).pvalue
+                    p = f"{pv:.1e}" if pv > 0 else "< 1e-300"
             best = "/".join(str(r["best_epoch"]) for r in rs if r["best_epoch"] is not None)
             mins = "/".join(f"{r['to_best_s'] / 60:.1f}" for r in rs)
             rss = max(r["peak_rss_gib"] for r in rs)

@@ -110,3 +110,38 @@ def test_recommend_options_are_the_rerank_config(db: str, tmp_path: Path, capsys
     assert all("Drama" not in cats[model.items.index(i)] for i in got)
     assert main(["recommend", "--model", str(out), "--user", "7", "--pool", "0"]) == 1
     assert "invalid re-ranking options: pool" in capsys.readouterr().err
+
+
+def test_recommend_new_items_from_the_store(db: str, tmp_path: Path, capsys) -> None:
+    """`recommend --new-items` adds the store's items the model was not trained on, by their
+    text (as the service does), and prints their titles; models that cannot score items they
+    were not trained on say so; the store is left as it was."""
+    import shutil
+
+    src = Path(db.removeprefix("sqlite:///"))
+    copy = tmp_path / "new.db"
+    shutil.copy(src, copy)
+    url = f"sqlite:///{copy}"
+    lm, ease = tmp_path / "lm", tmp_path / "ease"
+    assert main(["--db", url, "train", "--model", "lmcontent", "--out", str(lm)]) == 0
+    assert main(["--db", url, "train", "--model", "ease", "--out", str(ease)]) == 0
+    items = tmp_path / "new.csv"
+    items.write_text(
+        "item_id,title,genres,release_year\n"
+        "new-sw1,Star Wars: Episode I - The Phantom Menace,Action|Adventure|Sci-Fi,1999\n"
+    )
+    assert main(["--db", url, "import", "--items", str(items)]) == 0
+    capsys.readouterr()
+    args = ["recommend", "--new-items", "--items", "50,172,181", "-n", "1682", "--json"]
+    assert main(["--db", url, *args, "--model", str(lm)]) == 0
+    out = capsys.readouterr()
+    recs = json.loads(out.out)["items"]
+    assert "added 1 new item(s)" in out.err
+    rows = {r["item"]: r for r in recs}
+    assert rows["new-sw1"]["title"] == "Star Wars: Episode I - The Phantom Menace"
+    # Placed by its text: it reads like the Star Wars films, so it ranks in the top tenth.
+    assert [r["item"] for r in recs].index("new-sw1") < len(recs) // 10, recs[:20]
+    assert main(["--db", url, *args, "--model", str(ease)]) == 1
+    err = capsys.readouterr().err
+    assert "holds 1 items the 'ease' model was not trained on" in err
+    assert "cannot score items from their text; retrain it" in err

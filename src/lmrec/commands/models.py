@@ -129,18 +129,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _titles(model: Any, ids: list[str]) -> list[str]:
+def _titles(model: Any, ids: list[str], extra: dict[str, str] | None = None) -> list[str]:
+    """Titles from the model's training data, else from `extra` (items added later)."""
+    extra = extra or {}
     ds = model.history
     if ds is None:
-        return [""] * len(ids)
+        return [extra.get(i, "") for i in ids]
     idx = ds.items.indices(ids)
-    return [ds.item_features.title[i] if i >= 0 else "" for i in idx]
+    pairs = zip(ids, idx, strict=True)
+    return [ds.item_features.title[j] if j >= 0 else extra.get(i, "") for i, j in pairs]
 
 
 def _print_recs(
-    model: Any, recs: Any, as_json: bool, head: str, explanations: list | None = None
+    model: Any,
+    recs: Any,
+    as_json: bool,
+    head: str,
+    explanations: list | None = None,
+    titles: dict[str, str] | None = None,
 ) -> None:
-    titles = _titles(model, recs.items)
+    titles = _titles(model, recs.items, titles)
     if as_json:
         rows = [
             {"item": i, "score": s, "title": t}
@@ -175,8 +183,9 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     if args.user is None and not args.items:
         raise LmrecError("give --user ID and/or --items A,B,...")
     model = _load(args.model)
+    added: dict[str, str] = {}
     if args.new_items:
-        model = _with_store_items(model, args.db)
+        model, added = _with_store_items(model, args.db)
     items = [x.strip() for x in (args.items or "").split(",") if x.strip()]
     unknown = [i for i in items if i not in model.items]
     if unknown:
@@ -191,12 +200,13 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         from lmrec.explain import explain
 
         explanations = explain(model, query, recs.items) if recs.items else []
-    _print_recs(model, recs, args.json, f"top {args.n} for {who} ({how})", explanations)
+    _print_recs(model, recs, args.json, f"top {args.n} for {who} ({how})", explanations, added)
     return 0
 
 
-def _with_store_items(model: Recommender, db: str) -> Recommender:
-    """The model with the store's items that it does not know, added from their text."""
+def _with_store_items(model: Recommender, db: str) -> tuple[Recommender, dict[str, str]]:
+    """The model with the store's items that it does not know, added from their text, and
+    the titles of those items."""
     from lmrec.service.live import with_records
     from lmrec.store import Store
 
@@ -204,7 +214,7 @@ def _with_store_items(model: Recommender, db: str) -> Recommender:
         assert model.items is not None
         new = [r for r in store.read_table("item") if r["ext_id"] not in model.items]
     if not new:
-        return model
+        return model, {}
     if not model.accepts_new_items:
         raise LmrecError(
             f"--new-items: the store holds {len(new)} items the {model.name!r} model was not "
@@ -215,7 +225,7 @@ def _with_store_items(model: Recommender, db: str) -> Recommender:
         + ", ".join(f"{r['ext_id']} ({r.get('title') or ''})" for r in new[:5]),
         file=sys.stderr,
     )
-    return with_records(model, new)
+    return with_records(model, new), {r["ext_id"]: r.get("title") or "" for r in new}
 
 
 def _reranked(model: Recommender, args: argparse.Namespace) -> Ranker:
