@@ -639,6 +639,16 @@ class Recommender(ABC):
             "include them"
         )
 
+    def check_new_items(self, ids: Sequence[str], texts: Sequence[str]) -> None:
+        """Refuse new items that `with_items` cannot take: ids and texts of different
+        lengths, ids repeated, or ids already in the catalogue."""
+        assert self.items is not None
+        if len(texts) != len(ids):
+            raise LmrecError(f"model {self.name!r}: {len(ids)} new item ids but {len(texts)} texts")
+        known = [i for i in ids if i in self.items]
+        if known or len(set(ids)) != len(ids):
+            raise LmrecError(f"model {self.name!r}: items already in the catalogue: {known or ids}")
+
     def item_embeddings(self) -> np.ndarray | None:
         """(n_items, d) item vectors q_i with score = <p_u, q_i> for the `query_embeddings`
         p_u (for a retrieval index); None (the default) when the score is not such a dot

@@ -154,11 +154,7 @@ class TextModel(Recommender):
         assert self.items is not None and self.popularity is not None
         if not ids:
             return self
-        if len(texts) != len(ids):
-            raise LmrecError(f"model {self.name!r}: {len(ids)} new item ids but {len(texts)} texts")
-        known = [i for i in ids if i in self.items]
-        if known or len(set(ids)) != len(ids):
-            raise LmrecError(f"model {self.name!r}: items already in the catalogue: {known or ids}")
+        self.check_new_items(ids, texts)
         vecs = self.encode(list(texts))
         side = self.side_vectors_of(categories, attributes, len(ids))
         new = copy.copy(self)

@@ -372,11 +372,7 @@ class _SequenceModel(Recommender):
         self.check_fitted()
         assert self.items is not None and self.popularity is not None
         assert self.trained_items is not None
-        if len(texts) != len(ids):
-            raise LmrecError(f"model {self.name!r}: {len(ids)} new item ids but {len(texts)} texts")
-        known = [i for i in ids if i in self.items]
-        if known or len(set(ids)) != len(ids):
-            raise LmrecError(f"model {self.name!r}: items already in the catalogue: {known or ids}")
+        self.check_new_items(ids, texts)
         vecs = load_encoder(self.config.encoder).encode([str(t) for t in texts])
         new = copy.copy(self)
         new.items = Vocabulary([*self.items.ids.tolist(), *ids])
