@@ -177,6 +177,8 @@ def test_hybrid_adds_new_items_by_text_only(themed) -> None:
         new.with_items(["new-match"], ["x"])
     plain = create_model("hybrid", **FAST, epochs=2, views="id", encoder="minilm").fit(themed)
     assert not plain.accepts_new_items
+    with pytest.raises(Exception, match="hybrid's items are set by views"):
+        create_model("hybrid", text="fuse")
 
 
 def test_progress_lines_per_epoch(capsys) -> None:

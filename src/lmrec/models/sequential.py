@@ -627,7 +627,7 @@ class HybridConfig(SASRecConfig):
     """SASRec over dual-view items (see `Hybrid`)."""
 
     text: Literal["none", "init", "fuse"] = "none"
-    """Unused by `hybrid` (its items always have both views); kept for a shared config."""
+    """SASRec's text modes do not apply: `hybrid`'s items are set by `views`."""
     views: Literal["both", "text", "id"] = "both"
     """Item views: both (gated text + id), text only (any item with text can be ranked), or
     id only (the same network without text: the ablation)."""
@@ -636,6 +636,15 @@ class HybridConfig(SASRecConfig):
     adapter_dropout: float = Field(0.0, ge=0, lt=1)
     """Dropout inside the text adapter."""
 
+    @model_validator(mode="after")
+    def _no_text_mode(self) -> Self:
+        if self.text != "none":
+            raise ValueError(
+                f"text={self.text!r} is SASRec's option; hybrid's items are set by views "
+                "(both, text or id)"
+            )
+        return self
+
 
 class Hybrid(SASRec):
     """Text-aware SASRec whose items have two views (`lmrec.nn.layers.DualViewEmbedding`):
@@ -643,7 +652,8 @@ class Hybrid(SASRec):
     weighted by a gate computed from the item's popularity. The text view is never washed out
     by training (it is recomputed from the frozen vectors at every step), items without
     training data are placed by their text alone, and the gate lets head items lean on their
-    ids and tail items on text (LLM-ESR, NeurIPS 2024; LLMEmb, AAAI 2025)."""
+    ids and tail items on text (LLM-ESR, NeurIPS 2024; LLMEmb, AAAI 2025). New items borrow the
+    vectors of their text neighbours (`DualViewEmbedding.borrow_ids`)."""
 
     name = "hybrid"
     config_class = HybridConfig
