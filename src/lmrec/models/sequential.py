@@ -357,7 +357,9 @@ class _SequenceModel(Recommender):
         attributes: Sequence[Mapping[str, Any] | None] | None = None,
     ) -> Self:
         """A copy whose catalogue also holds these new items, placed by the encoder's vector
-        of their text (no id vector, popularity 0); the original is left as it was."""
+        of their text (text="fuse": the text projection alone; `hybrid`: the vectors of their
+        text neighbours among trained items), with popularity 0 for the fallbacks; the
+        original is left as it was."""
         import copy
 
         import torch
