@@ -39,6 +39,12 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "artifacts" / "text_aware"
 BEAUTY = ROOT.parent / "shared" / "data" / "amazon-beauty"
 
+#: The published SASRec-SS setting on this preprocessing (blondered/transformer_benchmark,
+#: configs/paper/loo/s3_vanilla.yaml, on RecTools: 256 factors, 1 block, 1 head, dropout 0.2,
+#: sampled softmax over 256 uniform negatives; RecTools' lr 1e-3 and batch 128).
+PUBLISHED = {"embedding_size": 256, "layers": 1, "heads": 1, "dropout": 0.2, "negatives": 256,
+             "sampler": "uniform", "learning_rate": 1e-3, "batch_size": 128}  # fmt: skip
+
 #: label -> (registered model, parameters); every other setting is the model's default.
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "popularity": ("popularity", {}),
@@ -47,14 +53,28 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "als": ("als", {}),
     "sasrec": ("sasrec", {}),
     "sasrec-fuse": ("sasrec", {"text": "fuse"}),
+    # The text-aware hybrid (EASE with text + dualsasrec, blended on validation) and the
+    # same architecture without the language model (EASE + SASRec, blended on validation).
     "hybrid": ("hybrid", {}),
-    "hybrid-text": ("hybrid", {"views": "text"}),
+    "blend": ("blend", {}),
+    # EASE with the items' text vectors as side information, the text weight chosen on valid.
+    "ease-text": ("ease", {"text_weight": None}),
+    # SASRec over dual-view items (frozen text view + id view), and its ablations.
+    "dualsasrec": ("dualsasrec", {}),
+    "dualsasrec-text": ("dualsasrec", {"views": "text"}),
+    "dualsasrec-id": ("dualsasrec", {"views": "id"}),
     # MiniLM fine-tuned on the Beauty training part (benchmarks/encoders.md has the command).
-    "hybrid-ft": ("hybrid", {"encoder": str(ROOT / "artifacts" / "encoders" / "beauty-ft")}),
+    "dualsasrec-ft": (
+        "dualsasrec",
+        {"encoder": str(ROOT / "artifacts" / "encoders" / "beauty-ft")},
+    ),
     # all-mpnet-base-v2 (`encoder=mpnet`: its five PyPI parts installed).
-    "hybrid-mpnet": ("hybrid", {"encoder": "mpnet"}),
+    "dualsasrec-mpnet": ("dualsasrec", {"encoder": "mpnet"}),
+    "sasrec-pub": ("sasrec", PUBLISHED),
+    "dualsasrec-pub": ("dualsasrec", PUBLISHED),
 }
-NEURAL = ("sasrec", "hybrid", "bert4rec", "xlnet")
+NEURAL = ("sasrec", "dualsasrec", "bert4rec", "xlnet")
+BLENDS = ("blend", "hybrid")
 
 
 def store_url(data: str) -> str:
@@ -101,20 +121,20 @@ def fit_one(data: str, label: str, seed: int, threads: int, extra: dict[str, Any
     torch.set_num_threads(threads)
     name, params = MODELS[label]
     params = {**params, **extra}
+    if name in NEURAL:
+        params = {"seed": seed, "num_threads": threads, **params}
+    elif name in BLENDS:  # the seed reaches every component
+        params = {"seed": seed, **params}
+    model = create_model(name, **params)
     with Store(store_url(data)) as store:
         ds = Dataset.from_store(store, name=data)
         split = leave_one_out(ds)
-        if name in NEURAL:  # the text vectors from the store's cache, into this process
-            spec = params.get("encoder", "minilm")
+        encoders = {"minilm", getattr(model.config, "encoder", None)}
+        encoders |= {p.get("encoder", "minilm") for p in params.get("params", {}).values()}
+        for spec in encoders - {None}:  # the text vectors from the store's cache, in memory
             encode_cached(load_encoder(spec), item_texts(split.train), store)
-    if name in NEURAL:
-        params = {"seed": seed, "num_threads": threads, **params}
-    model = create_model(name, **params)
     t0 = time.perf_counter()
-    if name in NEURAL:
-        model.fit(split.train, valid=split.valid)
-    else:
-        model.fit(split.train)
+    model.fit(split.train, valid=split.valid)  # models that do not tune on it ignore it
     fit_s = time.perf_counter() - t0
     valid = evaluate(model, split, on="valid", k=10, metrics=["ndcg", "recall"])
     test = evaluate(model, split, on="test", k=10, metrics=["ndcg", "recall"],
@@ -132,6 +152,8 @@ def fit_one(data: str, label: str, seed: int, threads: int, extra: dict[str, Any
         "epochs": getattr(tr, "epochs_run", None),
         "to_best_s": round(getattr(tr, "seconds_to_best", fit_s), 1),
         "dropout": getattr(model, "dropout_", None),
+        "text_weight": getattr(model, "text_weight_", None),
+        "blend_weights": getattr(model, "weights_", np.zeros(0)).tolist() or None,
         "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
         "threads": threads,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -153,7 +175,7 @@ def run(args: argparse.Namespace) -> None:
         for label in args.models:
             if label not in MODELS:
                 raise SystemExit(f"unknown label {label!r}; known: {', '.join(MODELS)}")
-            if MODELS[label][0] not in NEURAL and seed != args.seeds[0]:
+            if MODELS[label][0] not in NEURAL + BLENDS and seed != args.seeds[0]:
                 continue  # deterministic models: one run
             jobs.append([sys.executable, __file__, "one", args.data, label, str(seed),
                          "--threads", str(args.threads), *extra])  # fmt: skip

@@ -1,4 +1,4 @@
-"""The text-aware `hybrid` sequence model and the pieces it brought: dual-view item vectors,
+"""The text-aware `dualsasrec` sequence model (a component of `hybrid`) and the pieces it brought: dual-view item vectors,
 logQ-corrected sampled softmax over partial item tables, pooled-bit dropout, adding items by
 their text, data-scaled dropout and per-epoch progress lines (tiny synthetic data)."""
 
@@ -130,7 +130,7 @@ def test_auto_dropout_scales_with_history_length() -> None:
 
 def test_hybrid_learns_order_and_saves(tmp_path) -> None:
     cycles = _cycles()
-    m = create_model("hybrid", **FAST, encoder="tfidf:16", seed=1).fit(cycles)
+    m = create_model("dualsasrec", **FAST, encoder="tfidf:16", seed=1).fit(cycles)
     rec = m.recommend(Query(items=["i3", "i4", "i5"]), n=3)
     assert rec.items[0] == "i6", rec
     m.save(tmp_path / "h")
@@ -147,7 +147,7 @@ def test_hybrid_text_view_ranks_cold_items_and_ablations(themed) -> None:
     params = {**FAST, "max_len": 10, "epochs": 40, "encoder": "minilm"}
     hr = {}
     for views in ("both", "text", "id"):
-        m = create_model("hybrid", **params, views=views).fit(split.train)
+        m = create_model("dualsasrec", **params, views=views).fit(split.train)
         hr[views] = evaluate(m, split, on="test", k=3, candidates="cold").summary()["hr@3"]
     assert hr["both"] > 0.8 and hr["text"] > 0.8, hr
     assert hr["id"] < min(hr["both"], hr["text"]) - 0.3, hr
@@ -156,7 +156,7 @@ def test_hybrid_text_view_ranks_cold_items_and_ablations(themed) -> None:
 def test_hybrid_adds_new_items_by_text_only(themed) -> None:
     ids = themed.items.ids.tolist()
     params = {**FAST, "max_len": 10, "epochs": 40, "encoder": "minilm"}
-    m = create_model("hybrid", **params).fit(themed)
+    m = create_model("dualsasrec", **params).fit(themed)
     assert m.accepts_new_items
     hist = [i for i in ids if i.startswith("t2_")][:3]
     before = m.score(m.history_of([Query(items=hist)]))[0]
@@ -175,10 +175,10 @@ def test_hybrid_adds_new_items_by_text_only(themed) -> None:
     assert "new-match" in top.items and "new-space" not in top.items, top
     with pytest.raises(Exception, match="already in the catalogue"):
         new.with_items(["new-match"], ["x"])
-    plain = create_model("hybrid", **FAST, epochs=2, views="id", encoder="minilm").fit(themed)
+    plain = create_model("dualsasrec", **FAST, epochs=2, views="id", encoder="minilm").fit(themed)
     assert not plain.accepts_new_items
-    with pytest.raises(Exception, match="hybrid's items are set by views"):
-        create_model("hybrid", text="fuse")
+    with pytest.raises(Exception, match="dualsasrec's items are set by views"):
+        create_model("dualsasrec", text="fuse")
 
 
 def test_progress_lines_per_epoch(capsys) -> None:

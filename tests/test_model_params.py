@@ -84,12 +84,12 @@ def test_old_artifacts_load_and_runtime_fields_are_not_saved(tmp_path) -> None:
         np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["sasrec", "bert4rec", "xlnet", "hybrid", "als", "bpr"])
+@pytest.mark.parametrize("name", ["sasrec", "bert4rec", "xlnet", "dualsasrec", "als", "bpr"])
 def test_runtime_fields_are_declared_and_left_out(name: str) -> None:
     cls = get_model_class(name).config_class
     runtime = cls.runtime_fields()
     expected = {"num_threads"} | ({"device", "progress", "checkpoint_dir"} if name in
-                                  ("sasrec", "bert4rec", "xlnet", "hybrid") else set())  # fmt: skip
+                                  ("sasrec", "bert4rec", "xlnet", "dualsasrec") else set())  # fmt: skip
     assert runtime == expected
     assert not set(cls().saved()) & runtime
     assert set(cls().saved()) | runtime == set(cls.model_fields)

@@ -56,7 +56,7 @@ def _launch_processes(args: argparse.Namespace, model: Any) -> int:
 
     if not model.trains_in_processes:
         raise LmrecError(
-            f"--procs {args.procs}: only the sequence models (sasrec, hybrid, bert4rec, xlnet) "
+            f"--procs {args.procs}: only the sequence models (sasrec, dualsasrec, bert4rec, xlnet) "
             f"train in several processes; {args.model} trains in one"
         )
     cmd = [

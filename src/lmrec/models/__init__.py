@@ -30,9 +30,11 @@ REGISTRY: dict[str, str] = {
     "coldstart_user": "lmrec.models.coldstart_user:ColdStartUser",
     "coldstart_item": "lmrec.models.coldstart_item:ColdStartItem",
     "sasrec": "lmrec.models.sequential:SASRec",
-    "hybrid": "lmrec.models.sequential:Hybrid",
+    "hybrid": "lmrec.models.blend:Hybrid",
+    "dualsasrec": "lmrec.models.sequential:DualSASRec",
     "bert4rec": "lmrec.models.sequential:BERT4Rec",
     "xlnet": "lmrec.models.sequential:XLNet",
+    "blend": "lmrec.models.blend:Blend",
 }
 
 

@@ -732,4 +732,8 @@ class Recommender(ABC):
         model._set_state(
             {k[len("state__") :]: v for k, v in arrays.items() if k.startswith("state__")}
         )
+        model._read(path)
         return model
+
+    def _read(self, path: Path) -> None:  # noqa: B027 - optional hook
+        """Restore what an overridden `_write` saved beside config.json and state.npz."""

@@ -28,8 +28,8 @@ from __future__ import annotations
 __all__ = [
     "BERT4Rec",
     "BERT4RecConfig",
-    "Hybrid",
-    "HybridConfig",
+    "DualSASRec",
+    "DualSASRecConfig",
     "SASRec",
     "SASRecConfig",
     "SequentialConfig",
@@ -329,20 +329,14 @@ class _SequenceModel(Recommender):
         return NETWORKS[self.network](n_items, text=t, **args), args
 
     def _text_vectors(self, dataset: Dataset) -> np.ndarray:
-        from lmrec.text.cache import encode_cached
-        from lmrec.text.encoders import TfidfEncoder, load_encoder
-        from lmrec.text.templates import item_texts
+        from lmrec.text.cache import item_vectors
 
-        texts = item_texts(dataset, template=self.config.item_template)
-        enc = load_encoder(self.config.encoder)
-        if isinstance(enc, TfidfEncoder):
-            enc.fit(texts)
-        return np.asarray(encode_cached(enc, texts), np.float32)
+        return item_vectors(dataset, self.config.encoder, self.config.item_template)
 
     @property
     def accepts_new_items(self) -> bool:  # type: ignore[override]
         """Items the model was not trained on are placed by their text (text="fuse", or
-        `hybrid` with a text view) when the encoder is a fixed one (not TF-IDF, which is
+        `dualsasrec` with a text view) when the encoder is a fixed one (not TF-IDF, which is
         fitted per catalogue)."""
         return self._places_new_items() and not self.config.encoder.lower().startswith("tfidf")
 
@@ -357,7 +351,7 @@ class _SequenceModel(Recommender):
         attributes: Sequence[Mapping[str, Any] | None] | None = None,
     ) -> Self:
         """A copy whose catalogue also holds these new items, placed by the encoder's vector
-        of their text (text="fuse": the text projection alone; `hybrid`: the vectors of their
+        of their text (text="fuse": the text projection alone; `dualsasrec`: the vectors of their
         text neighbours among trained items), with popularity 0 for the fallbacks; the
         original is left as it was."""
         import copy
@@ -625,11 +619,11 @@ class XLNet(_SequenceModel):
         return np.concatenate([tokens, np.zeros((len(seqs), 1), np.int64)], axis=1)
 
 
-class HybridConfig(SASRecConfig):
-    """SASRec over dual-view items (see `Hybrid`)."""
+class DualSASRecConfig(SASRecConfig):
+    """SASRec over dual-view items (see `DualSASRec`)."""
 
     text: Literal["none", "init", "fuse"] = "none"
-    """SASRec's text modes do not apply: `hybrid`'s items are set by `views`."""
+    """SASRec's text modes do not apply: `dualsasrec`'s items are set by `views`."""
     views: Literal["both", "text", "id"] = "both"
     """Item views: both (gated text + id), text only (any item with text can be ranked), or
     id only (the same network without text: the ablation)."""
@@ -642,13 +636,13 @@ class HybridConfig(SASRecConfig):
     def _no_text_mode(self) -> Self:
         if self.text != "none":
             raise ValueError(
-                f"text={self.text!r} is SASRec's option; hybrid's items are set by views "
+                f"text={self.text!r} is SASRec's option; dualsasrec's items are set by views "
                 "(both, text or id)"
             )
         return self
 
 
-class Hybrid(SASRec):
+class DualSASRec(SASRec):
     """Text-aware SASRec whose items have two views (`lmrec.nn.layers.DualViewEmbedding`):
     the frozen language-model text vector through a trained adapter, plus a learned id vector
     weighted by a gate computed from the item's popularity. The text view is never washed out
@@ -657,9 +651,9 @@ class Hybrid(SASRec):
     ids and tail items on text (LLM-ESR, NeurIPS 2024; LLMEmb, AAAI 2025). New items borrow the
     vectors of their text neighbours (`DualViewEmbedding.borrow_ids`)."""
 
-    name = "hybrid"
-    config_class = HybridConfig
-    config: HybridConfig
+    name = "dualsasrec"
+    config_class = DualSASRecConfig
+    config: DualSASRecConfig
 
     def _net_args(self, text_dim: int) -> dict[str, Any]:
         c = self.config

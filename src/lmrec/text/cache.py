@@ -4,7 +4,7 @@ vector cache and in a bounded in-process memo, so a second run encodes only new 
 
 from __future__ import annotations
 
-__all__ = ["clear_memo", "encode_cached", "text_hash"]
+__all__ = ["clear_memo", "encode_cached", "item_vectors", "text_hash"]
 
 import hashlib
 import time
@@ -119,3 +119,17 @@ def encode_cached(
             seconds=time.perf_counter() - t0,
         )
     return out
+
+
+def item_vectors(dataset: Any, encoder: str, template: str | None = None) -> np.ndarray:
+    """(n_items, dim) float32 text vectors of a Dataset's items, in vocabulary order, from
+    the encoder spec (see `load_encoder`; a TF-IDF encoder is fitted on these texts) and the
+    item template, through the caches."""
+    from lmrec.text.encoders import TfidfEncoder, load_encoder
+    from lmrec.text.templates import item_texts
+
+    texts = item_texts(dataset, template=template)
+    enc = load_encoder(encoder)
+    if isinstance(enc, TfidfEncoder):
+        enc.fit(texts)
+    return np.asarray(encode_cached(enc, texts), np.float32)
