@@ -30,8 +30,10 @@ demo: $(STAMP)
 	$(BIN)/lmrec --db $(DEMO_DB) evaluate --models popularity,itemknn,ease,als --protocol loo \
 	  --k 10 --metrics ndcg,recall,mrr,coverage,novelty,diversity,personalization \
 	  --json artifacts/demo-eval.json --csv artifacts/demo-eval.csv --plots artifacts/demo-plots
-	@echo "== the language model at work: hybrid, a SASRec whose items are MiniLM text vectors (through"
-	@echo "   a trained adapter) plus id vectors gated by popularity; a line per epoch on stderr"
+	@echo "== the language model at work: hybrid = EASE with the items' MiniLM text vectors as side"
+	@echo "   information, blended with a SASRec whose items are text vectors (through a trained adapter)"
+	@echo "   plus id vectors gated by popularity; text weight and blend weights chosen on each user's"
+	@echo "   held-out last item; a line per epoch on stderr"
 	$(BIN)/lmrec --db $(DEMO_DB) train --model hybrid --out artifacts/demo-hybrid
 	$(BIN)/lmrec recommend --model artifacts/demo-hybrid --user 1 -n 5 --explain
 	@echo "== a brand-new film known only by its text (examples/new_items.csv), added without retraining:"

@@ -153,6 +153,7 @@ def fit_one(data: str, label: str, seed: int, threads: int, extra: dict[str, Any
         "to_best_s": round(getattr(tr, "seconds_to_best", fit_s), 1),
         "dropout": getattr(model, "dropout_", None),
         "text_weight": getattr(model, "text_weight_", None),
+        "chosen": model.chosen(),
         "blend_weights": getattr(model, "weights_", np.zeros(0)).tolist() or None,
         "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
         "threads": threads,

@@ -85,3 +85,17 @@ def test_without_validation_holds_out_last_items(shop: Dataset) -> None:
 def test_bad_settings_are_refused(params: dict, words: str) -> None:
     with pytest.raises(LmrecError, match=words):
         create_model("blend", **params)
+
+
+def test_chosen_reports_what_fit_decided(shop: Dataset) -> None:
+    """`chosen()` names the settings fit picked on validation (the blend's weights, and each
+    component's own, here EASE's text weight), and no weights when they are fixed."""
+    split = leave_one_out(shop)
+    params = {"ease": {"text_weight": None, "encoder": "tfidf", "text_weights": [0, 4]}}
+    m = create_model("blend", components=["ease", "popularity"], params=params, weight_steps=4)
+    got = m.fit(split.train, valid=split.valid).chosen()
+    assert set(got["weights"]) == {"ease", "popularity"}
+    np.testing.assert_allclose(sum(got["weights"].values()), 1.0)
+    assert got["ease"]["text_weight"] in (0.0, 4.0)
+    fixed = create_model("blend", components=["ease", "popularity"], weights=[1, 1])
+    assert "weights" not in fixed.fit(split.train).chosen()

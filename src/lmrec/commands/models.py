@@ -112,6 +112,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         "interactions": data.n_interactions,
         "out": str(args.out),
     }
+    if chosen := model.chosen():
+        out["chosen"] = chosen
     if split is not None:
         out["valid"] = leave_one_out_metrics(model, split, "valid")
         out["test"] = leave_one_out_metrics(model, split, "test")
@@ -122,6 +124,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"trained {args.model} on {out['interactions']} interactions ({out['trained_on']}) "
             f"in {fit_s:.2f} s; saved to {args.out}"
         )
+        if chosen:
+            print(f"  chosen while fitting: {json.dumps(chosen)}")
         for part in ("valid", "test"):
             if part in out:
                 m = out[part]

@@ -594,6 +594,12 @@ class Recommender(ABC):
 
     # -- optional capabilities (hooks with safe defaults) ------------------------------------
 
+    def chosen(self) -> dict[str, Any]:
+        """Settings the model resolved or chose itself while fitting (from the data or on
+        validation) where its config left them open, e.g. EASE's text weight or a blend's
+        weights; `lmrec train` prints them. Empty by default."""
+        return {}
+
     def contributions(self, history: History, items: np.ndarray) -> Contributions | None:
         """The exact decomposition of a one-row history's scores of `items` (indices) into
         contributions of its history items and named parts, or None (the default) when the

@@ -113,6 +113,18 @@ class Blend(Recommender):
         #: Validation NDCG@10 of each weight vector tried (k weights + the score) when chosen.
         self.weight_search_: np.ndarray = np.zeros((0, len(self.config.components) + 1))
 
+    def chosen(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.weights_from_ == "validation":
+            names = self.config.components
+            out["weights"] = {
+                n: round(float(w), 4) for n, w in zip(names, self.weights_, strict=True)
+            }
+        for name, m in zip(self.config.components, self.models, strict=False):
+            if sub := m.chosen():
+                out[name] = sub
+        return out
+
     def _default_weights(self) -> np.ndarray:
         c = self.config
         w = np.ones(len(c.components)) if c.weights is None else np.asarray(c.weights, float)

@@ -107,6 +107,11 @@ class EASE(Recommender):
         self.text_f = np.zeros((0, 0), np.float32)
         self.text_mean = np.zeros(0)
 
+    def chosen(self) -> dict[str, Any]:
+        if self.config.text_weight is not None or len(self.text_search_) == 0:
+            return {}
+        return {"text_weight": self.text_weight_}
+
     @property
     def accepts_new_items(self) -> bool:  # type: ignore[override]
         """With its text view EASE places new items among their text neighbours."""

@@ -328,6 +328,15 @@ class _SequenceModel(Recommender):
         t = None if text is None else torch.from_numpy(np.asarray(text, np.float32))
         return NETWORKS[self.network](n_items, text=t, **args), args
 
+    def chosen(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.config.dropout is None:
+            out["dropout"] = self.dropout_
+        tr = self.train_result
+        if tr is not None:
+            out["best_epoch"], out["epochs_run"] = tr.best_epoch, tr.epochs_run
+        return out
+
     def _text_vectors(self, dataset: Dataset) -> np.ndarray:
         from lmrec.text.cache import item_vectors
 
@@ -532,6 +541,12 @@ class SASRec(_SequenceModel):
     def _extra_net_args(self) -> dict[str, Any]:
         c = self.config
         return {"loss": self.loss_, "negatives": c.negatives, "sampler": c.sampler}
+
+    def chosen(self) -> dict[str, Any]:
+        out = super().chosen()
+        if self.config.loss == "auto":
+            out["loss"] = self.loss_
+        return out
 
     @property
     def loss_(self) -> str:
