@@ -72,6 +72,8 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "dualsasrec-mpnet": ("dualsasrec", {"encoder": "mpnet"}),
     "sasrec-pub": ("sasrec", PUBLISHED),
     "dualsasrec-pub": ("dualsasrec", PUBLISHED),
+    # Early stopping's patience (10 by default): Beauty's curves plateau for 10+ epochs.
+    "dualsasrec-p20": ("dualsasrec", {"patience": 20}),
 }
 NEURAL = ("sasrec", "dualsasrec", "bert4rec", "xlnet")
 BLENDS = ("blend", "hybrid")
@@ -202,9 +204,39 @@ def _per_user(data: str, label: str, seeds: list[int]) -> tuple[np.ndarray, np.n
     return users, np.mean(vals, axis=0)
 
 
-def report(args: argparse.Namespace) -> None:
+#: Each text-aware model and its ID-only ablation (the same model without the language model).
+ABLATIONS = {"hybrid": "blend", "ease-text": "ease", "dualsasrec": "dualsasrec-id",
+             "dualsasrec-p20": "dualsasrec-id", "sasrec-fuse": "sasrec"}  # fmt: skip
+
+
+def _paired_p(data: str, label: str, ref: str, by: dict[str, list[dict]]) -> str:
+    """Wilcoxon p of per-user test NDCG@10 (each user's mean over the seeds both share)."""
     from scipy import stats
 
+    seeds = sorted({r["seed"] for r in by[label]} & {r["seed"] for r in by[ref]})
+    ua, a = _per_user(data, ref, seeds)
+    ub, b = _per_user(data, label, seeds)
+    if not (np.array_equal(ua, ub) and np.any(a != b)):
+        return ""
+    pv = stats.wilcoxon(b, a).pvalue
+    return f"{pv:.1e}" if pv > 0 else "< 1e-300"
+
+
+def _ablation_table(data: str, by: dict[str, list[dict]]) -> None:
+    pairs = [(t, i) for t, i in ABLATIONS.items() if t in by and i in by]
+    if not pairs:
+        return
+    print("\n| text-aware | ID-only ablation | test NDCG@10 | ablation | ratio | tail ratio | "
+          "Wilcoxon p |\n|---|---|---|---|---|---|---|")  # fmt: skip
+    for t, i in pairs:
+        mt, mi = (np.mean([r["test_ndcg"] for r in by[x]]) for x in (t, i))
+        tt, ti = (np.mean([r["by_popularity"]["tail"]["ndcg@10"] for r in by[x]]) for x in (t, i))
+        tail = f"{tt / ti:.2f}" if ti > 0 else "inf"
+        print(f"| {t} | {i} | {mt:.4f} | {mi:.4f} | {mt / mi:.3f} | {tail} | "
+              f"{_paired_p(data, t, i, by)} |")  # fmt: skip
+
+
+def report(args: argparse.Namespace) -> None:
     for data in args.data:
         rows = _rows(data)
         if not rows:
@@ -235,12 +267,7 @@ def report(args: argparse.Namespace) -> None:
             if ref and label != ref:
                 ratio = f"{np.mean([r['test_ndcg'] for r in rs]) / ref_mean:.3f}"
                 tail_ratio = f"{pop['tail'] / ref_tail:.2f}" if ref_tail else "inf"
-                seeds = sorted({r["seed"] for r in rs} & {r["seed"] for r in by[ref]})
-                ua, a = _per_user(data, ref, seeds)
-                ub, b = _per_user(data, label, seeds)
-                if np.array_equal(ua, ub) and np.any(a != b):
-                    pv = stats.wilcoxon(b, a).pvalue
-                    p = f"{pv:.1e}" if pv > 0 else "< 1e-300"
+                p = _paired_p(data, label, ref, by)
             best = "/".join(str(r["best_epoch"]) for r in rs if r["best_epoch"] is not None)
             mins = "/".join(f"{r['to_best_s'] / 60:.1f}" for r in rs)
             rss = max(r["peak_rss_gib"] for r in rs)
@@ -248,6 +275,7 @@ def report(args: argparse.Namespace) -> None:
                   f"{ms('valid_ndcg')} | {pop['tail']:.4f} | {pop['torso']:.4f} | "
                   f"{pop['head']:.4f} | {ratio} | {tail_ratio} | {p} | {best} | {mins} | "
                   f"{rss:.2f} |")  # fmt: skip
+        _ablation_table(data, by)
 
 
 def main() -> None:
