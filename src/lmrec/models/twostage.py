@@ -15,7 +15,8 @@ LightGBM LambdaRank model h(u, v, c) over a feature table built without leakage:
   user's `text_history` most recent items;
 - category: cosine of the item's categories and the user's category profile;
 - context: hour and weekday of the request time, days since the user's last event, the
-  requested event type.
+  requested event type, and the item's share of interactions within 3 hours of the request's
+  hour of day and on its weekday (what is taken when).
 
 Training (`fit`): each user's last `targets` items are held out of the data; the retrievers
 fit on the rest and propose candidates for every user, the held-out items are the relevant
@@ -125,7 +126,8 @@ class TwoStageConfig(ModelConfig):
 @dataclass
 class ItemTable:
     """Per-item features of one fitting set: log popularity, trend, first / last interaction
-    time, L2-normalised text vectors (n, d) or None, L2-normalised category rows (n, c)."""
+    time, L2-normalised text vectors (n, d) or None, L2-normalised category rows (n, c), and
+    the share of each item's interactions by hour of day (n, 24) and by weekday (n, 7)."""
 
     log_pop: np.ndarray
     trend: np.ndarray
@@ -133,6 +135,8 @@ class ItemTable:
     last_ts: np.ndarray
     text: np.ndarray | None
     cats: sp.csr_matrix
+    hours: np.ndarray
+    weekdays: np.ndarray
 
     @classmethod
     def of(cls, ds: Dataset, text: np.ndarray | None) -> ItemTable:
@@ -150,6 +154,11 @@ class ItemTable:
         lo, hi = (ds.ts.min(), ds.ts.max()) if ds.n_interactions else (0.0, 0.0)
         recent = np.bincount(ds.item[ds.ts >= hi - 0.1 * (hi - lo)], minlength=n)
         trend = np.where(counts > 0, recent / np.maximum(counts, 1), np.nan)
+        hours = np.zeros((n, 24), np.float32)
+        np.add.at(hours, (ds.item, _hour(ds.ts).astype(np.int64)), 1.0)
+        weekdays = np.zeros((n, 7), np.float32)
+        np.add.at(weekdays, (ds.item, _weekday(ds.ts).astype(np.int64)), 1.0)
+        per = np.maximum(counts, 1)[:, None].astype(np.float32)
         return cls(
             np.log1p(ds.item_counts()).astype(np.float32),
             trend.astype(np.float32),
@@ -157,6 +166,8 @@ class ItemTable:
             last,
             text,
             _category_rows(ds),
+            hours / per,
+            weekdays / per,
         )
 
     def state(self) -> dict[str, np.ndarray]:
@@ -166,6 +177,8 @@ class ItemTable:
             "item.first_ts": self.first_ts,
             "item.last_ts": self.last_ts,
             **sparse_state("item.cats", self.cats),
+            "item.hours": self.hours,
+            "item.weekdays": self.weekdays,
         }
         if self.text is not None:
             out["item.text"] = self.text
@@ -181,6 +194,8 @@ class ItemTable:
             np.asarray(state["item.last_ts"]),
             None if text is None else np.asarray(text, np.float32),
             sparse_from_state(state, "item.cats"),
+            np.asarray(state["item.hours"]),
+            np.asarray(state["item.weekdays"]),
         )
 
 
@@ -228,6 +243,7 @@ def feature_names(config: TwoStageConfig) -> list[str]:
         names += ["category.cosine"]
     if "context" in groups:
         names += ["context.hour", "context.weekday", "context.days_since_last", "context.event"]
+        names += ["context.item_hour_share", "context.item_weekday_share"]
     return names
 
 
@@ -478,9 +494,27 @@ class TwoStage(Recommender):
             cats = t.cats[item.ravel()]
             cols.append(np.asarray(cats.multiply(np.repeat(prof, c, axis=0)).sum(axis=1)))
         if "context" in groups:
-            cols += [_repeat((ctx.time // 3600) % 24, c), _repeat((ctx.time // _DAY + 3) % 7, c)]
+            hour, day = _hour(ctx.time), _weekday(ctx.time)
+            cols += [_repeat(hour, c), _repeat(day, c)]
             cols += [_repeat((ctx.time - ctx.last) / _DAY, c), _repeat(ctx.event, c)]
+            cols += [self._hour_share(item, hour), self._weekday_share(item, day)]
         return np.stack([np.asarray(x, np.float32).reshape(b, c) for x in cols], axis=-1)
+
+    def _hour_share(self, item: np.ndarray, hour: np.ndarray) -> np.ndarray:
+        """(B, C) share of each candidate's interactions within 3 hours of the row's hour."""
+        assert self.table is not None
+        ok = np.isfinite(hour)
+        h = np.where(ok, hour, 0).astype(np.int64)
+        out = np.zeros(item.shape, np.float32)
+        for d in range(-3, 4):
+            out += self.table.hours[item, ((h + d) % 24)[:, None]]
+        return np.where(ok[:, None], out, np.nan)
+
+    def _weekday_share(self, item: np.ndarray, day: np.ndarray) -> np.ndarray:
+        assert self.table is not None
+        ok = np.isfinite(day)
+        d = np.where(ok, day, 0).astype(np.int64)
+        return np.where(ok[:, None], self.table.weekdays[item, d[:, None]], np.nan)
 
     def _text_cosine(self, history: History, item: np.ndarray) -> np.ndarray:
         assert self.table is not None and self.table.text is not None
@@ -588,6 +622,16 @@ class TwoStage(Recommender):
             if self.history is not None:
                 m.event_weights = self.history.event_weights
             self.models.append(m)
+
+
+def _hour(t: np.ndarray) -> np.ndarray:
+    """Hour of day (UTC) of Unix times."""
+    return (np.asarray(t, np.float64) // 3600) % 24
+
+
+def _weekday(t: np.ndarray) -> np.ndarray:
+    """Weekday (UTC, Monday 0) of Unix times (1970-01-01 was a Thursday)."""
+    return (np.asarray(t, np.float64) // _DAY + 3) % 7
 
 
 def _repeat(v: np.ndarray, c: int) -> np.ndarray:
