@@ -113,3 +113,14 @@ def test_too_short_histories_are_refused() -> None:
     ds = Dataset.from_frame(frame)
     with pytest.raises(LmrecError, match="no user has more than 1"):
         create_model("twostage", features=NO_TEXT).fit(ds)
+
+
+def test_service_query_carries_time_and_flat_context() -> None:
+    from pydantic import ValidationError
+
+    from lmrec.service.schemas import QueryBody
+
+    body = QueryBody(items=["i1"], time=1.7e9, context={"event": "cart", "device": "mobile"})
+    assert body.time == 1.7e9 and body.context == {"event": "cart", "device": "mobile"}
+    with pytest.raises(ValidationError, match="context"):
+        QueryBody(context={"event": {"nested": 1}})
