@@ -43,9 +43,13 @@ OUT = ROOT / "artifacts" / "twostage"
 #: label -> parameters of `twostage` (everything else its defaults).
 VARIANTS: dict[str, dict[str, Any]] = {
     "twostage": {},
+    "targets1": {"targets": 1},
     "targets5": {"targets": 5},
-    "no-context": {"features": ["retrievers", "item", "user", "text", "category"]},
-    "no-text": {"features": ["retrievers", "item", "user", "category", "context"]},
+    "targets15": {"targets": 15},
+    "reg": {"min_data_in_leaf": 100, "num_leaves": 15},
+    "no-recent": {"features": ["retrievers", "item", "user", "text", "category", "context"]},
+    "no-context": {"features": ["retrievers", "recent", "item", "user", "text", "category"]},
+    "no-text": {"features": ["retrievers", "recent", "item", "user", "category", "context"]},
     "no-retrievers": {"features": ["item", "user", "text", "category", "context"]},
     "sasrec": {"retrievers": ["ease", "itemknn", "sasrec", "popularity"]},
 }
@@ -107,6 +111,13 @@ def _with_time(model, split) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return users, ndcg, found
 
 
+def _value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def _save(data: str, label: str, users, ndcg, row: dict) -> None:
     out = OUT / data
     out.mkdir(parents=True, exist_ok=True)
@@ -126,23 +137,28 @@ def run(args: argparse.Namespace) -> None:
     split = leave_one_out(ds)
     date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     for label in args.variants:
-        params = {**VARIANTS[label], **dict(p.split("=", 1) for p in args.param)}
+        params = {
+            **VARIANTS[label],
+            **{k: _value(v) for k, v in (p.split("=", 1) for p in args.param)},
+        }
         model = create_model("twostage", **params)
         t0 = time.perf_counter()
         model.fit(split.train, valid=split.valid)
         fit_s = time.perf_counter() - t0
         res = evaluate(model, split, on="test", k=10, metrics=["ndcg", "recall"])
+        val = evaluate(model, split, on="valid", k=10, metrics=["ndcg"])
         users, nd, found = _with_time(model, split)
         base = {"data": args.data, "params": params, "fit_s": round(fit_s, 1), "date": date,
                 "best_iteration": model.best_iteration_, "ranker_valid_ndcg": model.valid_ndcg_,
-                "train_recall": model.train_recall_, "candidates": model.config.candidates}  # fmt: skip
+                "train_recall": model.train_recall_, "candidates": model.config.candidates,
+                "valid_ndcg": float(np.nanmean(val.per_user["ndcg@10"]))}  # fmt: skip
         _save(args.data, label, res.users, res.per_user["ndcg@10"],
               {**base, "label": label, "test_ndcg": float(np.nanmean(res.per_user["ndcg@10"])),
                "test_recall": float(np.nanmean(res.per_user["recall@10"]))})  # fmt: skip
         _save(args.data, f"{label}+time", users, nd,
               {**base, "label": f"{label}+time", "test_ndcg": float(nd.mean()),
                "candidate_recall": float(found.mean())})  # fmt: skip
-        if label != "twostage":
+        if label != "twostage" or not args.retrievers:
             continue
         for r, m in zip(model.config.retrievers, model.models, strict=True):
             rr = evaluate(m, split, on="test", k=10, metrics=["ndcg", "recall"])
@@ -205,8 +221,14 @@ def main() -> None:
     r = sub.add_parser("run")
     r.add_argument("data", choices=["ml100k", "beauty"])
     r.add_argument("--variants", type=lambda s: s.split(","), default=["twostage"])
-    r.add_argument("--param", action="append", default=[], help="NAME=VALUE (strings only)")
+    r.add_argument("--param", action="append", default=[], help="NAME=VALUE (JSON, else a string)")
     r.add_argument("--save", action=argparse.BooleanOptionalAction, default=True)
+    r.add_argument(
+        "--retrievers",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure the retrievers (with the twostage variant)",
+    )
     rep = sub.add_parser("report")
     rep.add_argument("data_sets", nargs="+")
     lat = sub.add_parser("latency")

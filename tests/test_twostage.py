@@ -37,7 +37,10 @@ def _day_night(n_users: int = 120, seed: int = 0) -> Dataset:
 @pytest.fixture(scope="module")
 def day_night() -> tuple[Dataset, TwoStage]:
     ds = _day_night()
-    model = create_model("twostage", features=NO_TEXT, candidates=15, epochs=40, targets=3)
+    # 120 users are too few to early-stop on: a fixed number of rounds.
+    model = create_model(
+        "twostage", features=NO_TEXT, candidates=15, epochs=60, targets=3, ranker_valid=0
+    )
     assert isinstance(model, TwoStage)
     return ds, model.fit(ds)
 
@@ -67,7 +70,7 @@ def test_request_time_changes_the_answer(day_night) -> None:
     for hour in (8, 20):
         recs = model.recommend_many([Query(user=u, time=day0 + hour * HOUR) for u in users], n=3)
         share[hour] = np.mean([int(i[1:]) >= 30 for r in recs for i in r.items])
-    assert share[20] > share[8] + 0.3, share
+    assert share[20] > share[8] + 0.5, share
 
 
 def test_feature_contributions_add_up_to_the_score(day_night) -> None:
@@ -92,7 +95,9 @@ def test_saved_ranker_is_text_and_round_trips(day_night, tmp_path) -> None:
 
 def test_feature_groups_choose_the_columns() -> None:
     m = TwoStage(features=["retrievers"], retrievers=["ease", "popularity"])
-    assert m.feature_names == ["ease.score", "ease.rank", "popularity.score", "popularity.rank"]
+    ease = ["ease.score", "ease.raw", "ease.rank"]
+    pop = ["popularity.score", "popularity.raw", "popularity.rank"]
+    assert m.feature_names == [*ease, *pop]
     assert "context.hour" in TwoStage(features=["context"]).feature_names
 
 

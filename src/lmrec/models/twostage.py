@@ -5,8 +5,10 @@ on the same data), rank by rank and de-duplicated, into one candidate list of at
 `candidates` items per user. Stage two scores each (user, candidate, context) with a
 LightGBM LambdaRank model h(u, v, c) over a feature table built without leakage:
 
-- retrievers: each retriever's standardised score and its rank (`candidates` if it did not
-  propose the item);
+- retrievers: each retriever's standardised and raw score and its rank (`candidates` if it
+  did not propose the item);
+- recent: each personalised retriever's standardised score of the item given only the
+  user's `recent` most recent items (the sequential signal of what they just did);
 - item: log popularity, the popularity trend (share of the item's interactions in the last
   tenth of the data's time span), age and recency (days from the item's first and last
   interaction to the request time);
@@ -57,8 +59,16 @@ from lmrec.models.base import (
 )
 from lmrec.models.blend import standardise
 
-FeatureGroup = Literal["retrievers", "item", "user", "text", "category", "context"]
-FEATURE_GROUPS: tuple[str, ...] = ("retrievers", "item", "user", "text", "category", "context")
+FeatureGroup = Literal["retrievers", "recent", "item", "user", "text", "category", "context"]
+FEATURE_GROUPS: tuple[str, ...] = (
+    "retrievers",
+    "recent",
+    "item",
+    "user",
+    "text",
+    "category",
+    "context",
+)
 _DAY = 86400.0
 
 
@@ -73,12 +83,12 @@ class TwoStageConfig(ModelConfig):
     """Size of the merged candidate list per user (and of each retriever's top list)."""
     features: list[FeatureGroup] = Field(default_factory=lambda: list(FEATURE_GROUPS))
     """Feature groups the ranker sees (ablations leave some out)."""
-    targets: int = Field(1, ge=1)
+    targets: int = Field(10, ge=1)
     """Held-out most recent items per user that the ranker learns to put first."""
     train_users: int = Field(50_000, ge=1)
     """Train the ranker on at most this many users (a seeded sample)."""
-    ranker_valid: float = Field(0.2, gt=0, lt=1)
-    """Share of the training users the ranker early-stops on."""
+    ranker_valid: float = Field(0.2, ge=0, lt=1)
+    """Share of the training users the ranker early-stops on (0: no early stopping)."""
     epochs: int = Field(300, ge=1)
     """Boosting rounds at most (early stopping on NDCG@10 picks fewer)."""
     learning_rate: float = Field(0.05, gt=0)
@@ -93,6 +103,8 @@ class TwoStageConfig(ModelConfig):
     """Text encoder spec (see `lmrec.text.load_encoder`) of the text features."""
     template: str | None = None
     """Item text template (None: the default one)."""
+    recent: int = Field(3, ge=1)
+    """History items the "recent" features score from."""
     text_history: int = Field(20, ge=1)
     """The user's text vector is the mean of this many most recent history items."""
     refit: bool = True
@@ -232,7 +244,9 @@ def feature_names(config: TwoStageConfig) -> list[str]:
     groups = set(config.features)
     if "retrievers" in groups:
         for r in config.retrievers:
-            names += [f"{r}.score", f"{r}.rank"]
+            names += [f"{r}.score", f"{r}.raw", f"{r}.rank"]
+    if "recent" in groups:
+        names += [f"{r}.recent" for r in config.retrievers if _personalized(r)]
     if "item" in groups:
         names += ["item.log_pop", "item.trend", "item.age_days", "item.recency_days"]
     if "user" in groups:
@@ -360,7 +374,7 @@ class TwoStage(Recommender):
         c = self.config
         rng = np.random.default_rng(c.seed)
         is_valid = rng.random(len(groups)) < c.ranker_valid
-        if is_valid.all() or not is_valid.any():
+        if c.ranker_valid > 0 and (is_valid.all() or not is_valid.any()):
             is_valid[:] = False
             is_valid[: max(1, len(groups) // 5)] = len(groups) > 1
         params = {
@@ -474,7 +488,12 @@ class TwoStage(Recommender):
                 pos = np.full(s.shape, c, np.float32)
                 r_idx, k_idx = np.nonzero(top >= 0)
                 pos[r_idx, top[r_idx, k_idx]] = k_idx
-                cols += [z[rows, item], pos[rows, item]]
+                cols += [z[rows, item], s[rows, item], pos[rows, item]]
+        if "recent" in groups:
+            recent = _recent(history, self.config.recent)
+            for m in self.models:
+                if m.personalized:
+                    cols.append(standardise(m.score(recent))[rows, item])
         if "item" in groups:
             now = ctx.time[:, None]
             cols += [
@@ -622,6 +641,23 @@ class TwoStage(Recommender):
             if self.history is not None:
                 m.event_weights = self.history.event_weights
             self.models.append(m)
+
+
+def _personalized(name: str) -> bool:
+    from lmrec.models import get_model_class
+
+    return get_model_class(name).personalized
+
+
+def _recent(history: History, k: int) -> History:
+    """The rows' last k history items only (weight 1, anonymous users)."""
+    seqs = [s[-k:] for s in history.sequences]
+    rows = np.repeat(np.arange(len(seqs)), [len(s) for s in seqs])
+    cols = np.concatenate(seqs) if seqs else np.zeros(0, np.int64)
+    m = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=history.matrix.shape)
+    m.sum_duplicates()
+    m.data[:] = 1.0
+    return History(np.full(len(seqs), -1, np.int64), m, seqs, [None] * len(seqs))
 
 
 def _hour(t: np.ndarray) -> np.ndarray:
