@@ -116,7 +116,7 @@ def test_configuration_errors() -> None:
 def test_too_short_histories_are_refused() -> None:
     frame = pd.DataFrame({"user": ["a", "b"], "item": ["x", "y"], "ts": [1.0, 2.0]})
     ds = Dataset.from_frame(frame)
-    with pytest.raises(LmrecError, match="no user has more than 1"):
+    with pytest.raises(LmrecError, match="no user has two interactions"):
         create_model("twostage", features=NO_TEXT).fit(ds)
 
 

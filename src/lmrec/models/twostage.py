@@ -20,9 +20,9 @@ LightGBM LambdaRank model h(u, v, c) over a feature table built without leakage:
   requested event type, and the item's share of interactions within 3 hours of the request's
   hour of day and on its weekday (what is taken when).
 
-Training (`fit`): each user's last `targets` items are held out of the data; the retrievers
-fit on the rest and propose candidates for every user, the held-out items are the relevant
-ones, and the request time of a user's group is the time of its first held-out item. The
+Training (`fit`): each user's last `targets` items (at most half of the user's history) are
+held out of the data; the retrievers fit on the rest and propose candidates for every user,
+the held-out items are the relevant ones, and the request time of a user's group is the time of its first held-out item. The
 ranker early-stops on NDCG@10 of a seeded `ranker_valid` share of the users. The retrievers
 are then refitted on all the data to serve (`refit`).
 
@@ -310,8 +310,7 @@ class TwoStage(Recommender):
         rest, held = _hold_out_last(dataset, self.config.targets)
         if held.n_interactions == 0:
             raise LmrecError(
-                f"model {self.name!r}: no user has more than {self.config.targets} "
-                "interactions to train the ranker on"
+                f"model {self.name!r}: no user has two interactions to train the ranker on"
             )
         self.models = [self._retriever(n).fit(rest, valid=valid) for n in self.config.retrievers]
         self.table = ItemTable.of(rest, text)
@@ -697,10 +696,10 @@ def _last_times(ds: Dataset, users: np.ndarray) -> np.ndarray:
 
 
 def _hold_out_last(ds: Dataset, k: int) -> tuple[Dataset, Dataset]:
-    """(`ds` without each user's last k interactions, those interactions); users with at
-    most k interactions keep all of theirs."""
+    """(`ds` without each user's last min(k, n_u // 2) interactions, those interactions):
+    at least half of each history stays to retrieve from."""
     ptr = ds.user_ptr
     u = ds.user.astype(np.int64)
     from_end = ptr[u + 1] - 1 - np.arange(ds.n_interactions)
-    held = (from_end < k) & (np.diff(ptr)[u] > k)
+    held = from_end < np.minimum(k, np.diff(ptr)[u] // 2)
     return ds.subset(~held), ds.subset(held)
