@@ -47,6 +47,19 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "targets5": {"targets": 5},
     "targets15": {"targets": 15},
     "reg": {"min_data_in_leaf": 100, "num_leaves": 15},
+    "ranker-refit": {"ranker_refit": True},
+    "slow": {
+        "learning_rate": 0.02,
+        "epochs": 600,
+        "ranker": {"feature_fraction": 0.8, "bagging_fraction": 0.8, "bagging_freq": 1},
+    },
+    "slow-reg": {
+        "learning_rate": 0.02,
+        "epochs": 600,
+        "min_data_in_leaf": 100,
+        "num_leaves": 15,
+        "ranker": {"feature_fraction": 0.8, "bagging_fraction": 0.8, "bagging_freq": 1},
+    },
     "no-recent": {"features": ["retrievers", "item", "user", "text", "category", "context"]},
     "no-context": {"features": ["retrievers", "recent", "item", "user", "text", "category"]},
     "no-text": {"features": ["retrievers", "recent", "item", "user", "category", "context"]},
@@ -146,12 +159,12 @@ def run(args: argparse.Namespace) -> None:
         model.fit(split.train, valid=split.valid)
         fit_s = time.perf_counter() - t0
         res = evaluate(model, split, on="test", k=10, metrics=["ndcg", "recall"])
-        val = evaluate(model, split, on="valid", k=10, metrics=["ndcg"])
+        val = evaluate(model, split, on="valid", k=10, metrics=["ndcg"]) if args.valid else None
         users, nd, found = _with_time(model, split)
         base = {"data": args.data, "params": params, "fit_s": round(fit_s, 1), "date": date,
                 "best_iteration": model.best_iteration_, "ranker_valid_ndcg": model.valid_ndcg_,
                 "train_recall": model.train_recall_, "candidates": model.config.candidates,
-                "valid_ndcg": float(np.nanmean(val.per_user["ndcg@10"]))}  # fmt: skip
+                "valid_ndcg": float(np.nanmean(val.per_user["ndcg@10"])) if val else None}  # fmt: skip
         _save(args.data, label, res.users, res.per_user["ndcg@10"],
               {**base, "label": label, "test_ndcg": float(np.nanmean(res.per_user["ndcg@10"])),
                "test_recall": float(np.nanmean(res.per_user["recall@10"]))})  # fmt: skip
@@ -223,6 +236,12 @@ def main() -> None:
     r.add_argument("--variants", type=lambda s: s.split(","), default=["twostage"])
     r.add_argument("--param", action="append", default=[], help="NAME=VALUE (JSON, else a string)")
     r.add_argument("--save", action=argparse.BooleanOptionalAction, default=True)
+    r.add_argument(
+        "--valid",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure NDCG@10 on the valid part",
+    )
     r.add_argument(
         "--retrievers",
         action=argparse.BooleanOptionalAction,

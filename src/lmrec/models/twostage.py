@@ -8,7 +8,8 @@ LightGBM LambdaRank model h(u, v, c) over a feature table built without leakage:
 - retrievers: each retriever's standardised and raw score and its rank (`candidates` if it
   did not propose the item);
 - recent: each personalised retriever's standardised score of the item given only the
-  user's `recent` most recent items (the sequential signal of what they just did);
+  user's `recent` most recent items, and how often the item follows those items within 3
+  steps in the training sequences (the sequential signal of what they just did);
 - item: log popularity, the popularity trend (share of the item's interactions in the last
   tenth of the data's time span), age and recency (days from the item's first and last
   interaction to the request time);
@@ -89,6 +90,9 @@ class TwoStageConfig(ModelConfig):
     """Train the ranker on at most this many users (a seeded sample)."""
     ranker_valid: float = Field(0.2, ge=0, lt=1)
     """Share of the training users the ranker early-stops on (0: no early stopping)."""
+    ranker_refit: bool = False
+    """After early stopping, train the ranker again on all the users for the best number of
+    rounds."""
     epochs: int = Field(300, ge=1)
     """Boosting rounds at most (early stopping on NDCG@10 picks fewer)."""
     learning_rate: float = Field(0.05, gt=0)
@@ -149,6 +153,7 @@ class ItemTable:
     cats: sp.csr_matrix
     hours: np.ndarray
     weekdays: np.ndarray
+    follows: sp.csr_matrix
 
     @classmethod
     def of(cls, ds: Dataset, text: np.ndarray | None) -> ItemTable:
@@ -180,6 +185,7 @@ class ItemTable:
             _category_rows(ds),
             hours / per,
             weekdays / per,
+            _follows(ds),
         )
 
     def state(self) -> dict[str, np.ndarray]:
@@ -191,6 +197,7 @@ class ItemTable:
             **sparse_state("item.cats", self.cats),
             "item.hours": self.hours,
             "item.weekdays": self.weekdays,
+            **sparse_state("item.follows", self.follows),
         }
         if self.text is not None:
             out["item.text"] = self.text
@@ -208,7 +215,26 @@ class ItemTable:
             sparse_from_state(state, "item.cats"),
             np.asarray(state["item.hours"]),
             np.asarray(state["item.weekdays"]),
+            sparse_from_state(state, "item.follows"),
         )
+
+
+def _follows(ds: Dataset, window: int = 3) -> sp.csr_matrix:
+    """(n_items, n_items) how often item b follows item a within `window` steps of one
+    user's sequence (weight 1 / steps), divided by a's count: P(b soon after a)."""
+    n = ds.n_items
+    rows, cols, vals = [], [], []
+    for d in range(1, window + 1):
+        same = ds.user[:-d] == ds.user[d:]
+        rows.append(ds.item[:-d][same])
+        cols.append(ds.item[d:][same])
+        vals.append(np.full(int(same.sum()), 1.0 / d, np.float32))
+    m = sp.csr_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)
+    )
+    m.sum_duplicates()
+    counts = np.maximum(np.bincount(ds.item, minlength=n), 1).astype(np.float32)
+    return sp.csr_matrix(sp.diags(1.0 / counts) @ m, dtype=np.float32)
 
 
 def _category_rows(ds: Dataset) -> sp.csr_matrix:
@@ -247,6 +273,7 @@ def feature_names(config: TwoStageConfig) -> list[str]:
             names += [f"{r}.score", f"{r}.raw", f"{r}.rank"]
     if "recent" in groups:
         names += [f"{r}.recent" for r in config.retrievers if _personalized(r)]
+        names += ["recent.follows"]
     if "item" in groups:
         names += ["item.log_pop", "item.trend", "item.age_days", "item.recency_days"]
     if "user" in groups:
@@ -413,6 +440,8 @@ class TwoStage(Recommender):
         self.best_iteration_ = int(best)
         curve = record.get(names[0], {}).get("ndcg@10", [])
         self.valid_ndcg_ = float(curve[best - 1]) if len(curve) >= best else float("nan")
+        if c.ranker_refit and is_valid.any():
+            booster = lgb.train(params, part(np.ones(len(groups), bool)), best)
         self.booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
 
     # -- stage one ---------------------------------------------------------------------------
@@ -493,6 +522,8 @@ class TwoStage(Recommender):
             for m in self.models:
                 if m.personalized:
                     cols.append(standardise(m.score(recent))[rows, item])
+            follows = (recent.matrix @ t.follows).tocsr()
+            cols.append(np.asarray(follows[np.repeat(np.arange(b), c), item.ravel()]).ravel())
         if "item" in groups:
             now = ctx.time[:, None]
             cols += [
