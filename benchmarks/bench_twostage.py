@@ -18,8 +18,10 @@ service request carries it). Its retrievers (as fitted inside it, on the same da
 measured alongside, and the candidate recall (test item among the C candidates). Per-user
 NDCG@10 goes to `artifacts/twostage/DATA/LABEL.npy`, a row of numbers to `LABEL.json`.
 `report` prints the tables with a paired Wilcoxon test against the best retriever.
-`latency` times single-user answers of the saved default model (200 candidates), one
-thread of requests, in process.
+`latency` fits the default model on all the data (once, saved as `DATA-serve`) and times
+single-user answers (200 candidates, request time and event in the query), one request at a
+time, in process; the service under 50 concurrent clients is `bench_service.py --models
+twostage`.
 """
 
 from __future__ import annotations
@@ -209,7 +211,14 @@ def report(args: argparse.Namespace) -> None:
 def latency(args: argparse.Namespace) -> None:
     from lmrec.models.base import Query, Recommender
 
-    model = Recommender.load(OUT / f"{args.data}-twostage")
+    from lmrec.models import create_model
+
+    path = OUT / f"{args.data}-serve"
+    if not path.exists():  # the served model: fitted on all the data
+        t0 = time.perf_counter()
+        create_model("twostage").fit(load(args.data)).save(path)
+        print(f"fitted on all of {args.data} in {time.perf_counter() - t0:.0f} s", flush=True)
+    model = Recommender.load(path)
     model.make_contiguous()
     users = model.users.ids
     rng = np.random.default_rng(0)
