@@ -209,9 +209,8 @@ def report(args: argparse.Namespace) -> None:
 
 
 def latency(args: argparse.Namespace) -> None:
-    from lmrec.models.base import Query, Recommender
-
     from lmrec.models import create_model
+    from lmrec.models.base import Query, Recommender
 
     path = OUT / f"{args.data}-serve"
     if not path.exists():  # the served model: fitted on all the data
