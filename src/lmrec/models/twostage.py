@@ -586,7 +586,10 @@ class TwoStage(Recommender):
         ok = cands >= 0
         pred = np.zeros(cands.shape, np.float64)
         if ok.any():
-            pred[ok] = self.booster.predict(x[ok], num_threads=self.config.threads)
+            # One thread for a few requests' candidates: OpenMP's start-up and barriers
+            # cost more than 200 rows of trees (and much more on a busy machine).
+            threads = 1 if ok.sum() < 20_000 else self.config.threads
+            pred[ok] = self.booster.predict(x[ok], num_threads=threads)
         base = standardise(scores[0]).astype(np.float64)
         span = base.max(axis=1, keepdims=True) - base.min(axis=1, keepdims=True)
         low = np.where(ok, pred, np.inf).min(axis=1, keepdims=True)
