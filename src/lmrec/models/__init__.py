@@ -35,6 +35,7 @@ REGISTRY: dict[str, str] = {
     "bert4rec": "lmrec.models.sequential:BERT4Rec",
     "xlnet": "lmrec.models.sequential:XLNet",
     "blend": "lmrec.models.blend:Blend",
+    "twostage": "lmrec.models.twostage:TwoStage",
 }
 
 

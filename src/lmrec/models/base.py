@@ -99,6 +99,9 @@ class Query:
 
     `items` is the recent history, oldest first; `events`, `timestamps` and `values` (ratings)
     run parallel to it when given. A query with a known `user` adds its stored history.
+    `time` is the request time (Unix seconds) and `context` any further fields of the request
+    (e.g. {"event": "purchase", "device": "mobile"}), for models that read context
+    (`twostage`); the others ignore both.
     """
 
     user: str | None = None
@@ -109,6 +112,8 @@ class Query:
     attributes: Mapping[str, Any] | None = None
     tags: Sequence[str] = ()
     text: str | None = None
+    time: float | None = None
+    context: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,8 @@ class Answers:
                     attributes=attrs or None,
                     tags=tags,
                     text=q.text,
+                    time=q.time,
+                    context=q.context,
                 )
         return q
 

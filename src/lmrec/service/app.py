@@ -235,6 +235,8 @@ def _recommendation_routes(svc: Service, auth: Auth, batcher: Batcher) -> APIRou
             attributes=body.attributes,
             tags=list(body.tags),
             text=body.text,
+            time=body.time,
+            context=body.context,
         )
         rerank = body.rerank()
 

@@ -155,6 +155,8 @@ class Slot:
             attributes=q.attributes,
             tags=q.tags,
             text=q.text,
+            time=q.time if q.time is not None else time.time(),
+            context=q.context,
         )
 
     # -- masks -------------------------------------------------------------------------------

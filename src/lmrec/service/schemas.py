@@ -111,6 +111,10 @@ class QueryBody(_Body):
     attributes: dict[str, Any] | None = None
     tags: list[Tag] = Field(default_factory=list, max_length=100)
     text: Text | None = None
+    time: Timestamp | None = Field(None, description="request time, Unix seconds (default: now)")
+    context: dict[str, Any] | None = Field(
+        None, description='context of the request for models that read it, e.g. {"event": "cart"}'
+    )
     n: int = Field(10, ge=1, le=1000)
     model: Id | None = None
     exclude_seen: bool = True
@@ -133,6 +137,7 @@ class QueryBody(_Body):
         )
 
     _attrs = field_validator("attributes")(_scalar_attributes)
+    _context = field_validator("context")(_scalar_attributes)
 
     @field_validator("events")
     @classmethod

@@ -1,0 +1,131 @@
+"""The two-stage model: candidate merging, context from the query, the ranker's feature
+contributions, configuration errors. Small synthetic data, no text encoder (the contract test
+in test_model_contract.py covers the text features)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lmrec.data import Dataset
+from lmrec.errors import LmrecError
+from lmrec.models import create_model
+from lmrec.models.base import History, Query
+from lmrec.models.twostage import FEATURE_GROUPS, TwoStage
+
+NO_TEXT = [g for g in FEATURE_GROUPS if g != "text"]
+HOUR = 3600.0
+
+
+def _day_night(n_users: int = 120, seed: int = 0) -> Dataset:
+    """Items 0-29 are taken in the morning (hour 8), items 30-59 in the evening (hour 20).
+    Every user takes both kinds, on random days."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users):
+        days = np.sort(rng.choice(200, 12, replace=False))
+        for d in days:
+            evening = rng.random() < 0.5
+            item = 30 + rng.integers(30) if evening else rng.integers(30)
+            hour = 20 if evening else 8
+            rows.append((f"u{u}", f"i{item}", "view", 1.0, d * 86400.0 + hour * HOUR))
+    frame = pd.DataFrame(rows, columns=["user", "item", "event", "value", "ts"])
+    return Dataset.from_frame(frame, name="day-night")
+
+
+@pytest.fixture(scope="module")
+def day_night() -> tuple[Dataset, TwoStage]:
+    ds = _day_night()
+    # 120 users are too few to early-stop on: a fixed number of rounds.
+    model = create_model(
+        "twostage", features=NO_TEXT, candidates=15, epochs=60, targets=3, ranker_valid=0
+    )
+    assert isinstance(model, TwoStage)
+    return ds, model.fit(ds)
+
+
+def test_candidates_merge_retrievers_distinct_and_unseen(day_night) -> None:
+    ds, model = day_night
+    hist = History.from_dataset(ds, np.arange(10))
+    cands = model.candidates_of(hist)
+    assert cands.shape == (10, 15)
+    seen = ds.matrix()
+    for r in range(10):
+        row = cands[r][cands[r] >= 0]
+        assert len(set(row.tolist())) == len(row)
+        assert not set(row.tolist()) & set(seen[r].indices.tolist())
+        for m in model.models:  # each retriever's best item is a candidate
+            best = m.rank(History.from_dataset(ds, [r]), 1)[0][0, 0]
+            assert best in row
+
+
+def test_request_time_changes_the_answer(day_night) -> None:
+    """The ranker learned that evening requests want evening items: the request hour (a
+    context feature of the query) moves evening items up."""
+    ds, model = day_night
+    users = ds.users.ids[:40].tolist()
+    day0 = 300 * 86400.0
+    share = {}
+    for hour in (8, 20):
+        recs = model.recommend_many([Query(user=u, time=day0 + hour * HOUR) for u in users], n=3)
+        share[hour] = np.mean([int(i[1:]) >= 30 for r in recs for i in r.items])
+    assert share[20] > share[8] + 0.5, share
+
+
+def test_feature_contributions_add_up_to_the_score(day_night) -> None:
+    ds, model = day_night
+    hist = model.history_of([Query(user=ds.users.ids[3], time=1e7)])
+    scores = model.score(hist)[0]
+    cands = model.candidates_of(hist)[0]
+    fc = model.feature_contributions(hist, cands[cands >= 0])
+    total = sum(fc[n] for n in [*model.feature_names, "bias"])
+    np.testing.assert_allclose(total, scores[fc["item"]], rtol=1e-4, atol=1e-4)
+    assert set(fc) == {"item", "bias", *model.feature_names}
+
+
+def test_saved_ranker_is_text_and_round_trips(day_night, tmp_path) -> None:
+    ds, model = day_night
+    model.save(tmp_path / "m")
+    assert (tmp_path / "m" / "ranker.txt").read_text().startswith("tree")
+    loaded = TwoStage.load(tmp_path / "m")
+    q = [Query(user=ds.users.ids[5], time=2e7, context={"event": "view"})]
+    np.testing.assert_allclose(loaded.score(loaded.history_of(q)), model.score(model.history_of(q)))
+
+
+def test_feature_groups_choose_the_columns() -> None:
+    m = TwoStage(features=["retrievers"], retrievers=["ease", "popularity"])
+    ease = ["ease.score", "ease.raw", "ease.rank"]
+    pop = ["popularity.score", "popularity.raw", "popularity.rank"]
+    assert m.feature_names == [*ease, *pop]
+    assert "context.hour" in TwoStage(features=["context"]).feature_names
+
+
+def test_configuration_errors() -> None:
+    for params, match in [
+        ({"retrievers": ["ease", "ease"]}, "must differ"),
+        ({"retrievers": ["twostage"]}, "cannot retrieve with a two-stage"),
+        ({"retrievers": ["nope"]}, "unknown model"),
+        ({"params": {"als": {}}}, "not retrievers"),
+        ({"features": ["weather"]}, "features"),
+    ]:
+        with pytest.raises(LmrecError, match=match):
+            create_model("twostage", **params)
+
+
+def test_too_short_histories_are_refused() -> None:
+    frame = pd.DataFrame({"user": ["a", "b"], "item": ["x", "y"], "ts": [1.0, 2.0]})
+    ds = Dataset.from_frame(frame)
+    with pytest.raises(LmrecError, match="no user has two interactions"):
+        create_model("twostage", features=NO_TEXT).fit(ds)
+
+
+def test_service_query_carries_time_and_flat_context() -> None:
+    from pydantic import ValidationError
+
+    from lmrec.service.schemas import QueryBody
+
+    body = QueryBody(items=["i1"], time=1.7e9, context={"event": "cart", "device": "mobile"})
+    assert body.time == 1.7e9 and body.context == {"event": "cart", "device": "mobile"}
+    with pytest.raises(ValidationError, match="context"):
+        QueryBody(context={"event": {"nested": 1}})
