@@ -14,7 +14,7 @@ __all__ = ["console_routes", "experiment_routes"]
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
@@ -94,6 +94,19 @@ def console_routes(svc: Service, auth: Auth) -> APIRouter:
         if WEB.resolve() not in path.parents or not path.is_file():
             raise NotFound(f"no console file {name!r}")
         return FileResponse(path, media_type=_TYPES.get(path.suffix, "application/octet-stream"))
+
+    @r.get(
+        "/auth/scope",
+        tags=["service"],
+        summary="The scope of the API key of this request",
+        dependencies=[read],
+        responses=RESPONSES,
+    )
+    async def whoami(request: Request) -> Response:
+        if not auth.enabled:
+            return _json({"scope": "admin"})
+        key = auth.key_of(request.scope["headers"]) or ""
+        return _json({"scope": auth.scope_of(key)})
 
     @r.get(
         "/stats",
