@@ -253,3 +253,33 @@ def test_cli_creates_lists_reports_and_stops(
     out = capsys.readouterr().out
     assert "stopped" in out and "sample-ratio" in out
     assert main(["--db", db, "experiment", "report", "nope"]) == 1
+
+
+def test_exposure_log_retries_until_the_store_takes_the_rows(tmp_path: Path) -> None:
+    from lmrec.service.experiments import ExposureLog
+    from lmrec.store.schema import exposures
+
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    log = ExposureLog(store, flush_ms=1.0)
+    log.start()
+    exposures.drop(store.engine)  # the store refuses every write for a while
+    for k in range(3):
+        log.add(
+            {
+                "experiment": "e",
+                "arm": "A",
+                "unit": f"u{k}",
+                "items": "[]",
+                "request_id": f"r{k}",
+                "ts": float(k),
+            }
+        )
+    deadline = time.time() + 10
+    while log.failures < 2 and time.time() < deadline:
+        time.sleep(0.02)
+    assert log.failures >= 2 and log.queued() == 3
+    exposures.create(store.engine)
+    log.flush()
+    log.stop()
+    assert store.count_exposures() == {"e": 3} and log.lost == 0 and log.written == 3
+    store.close()

@@ -149,6 +149,7 @@ def _metrics(svc: Service) -> Metrics:
         "lmrec_exposures_written_total", "Experiment exposures written.", lambda: log.written
     )
     metrics.gauge("lmrec_exposures_queued", "Exposures waiting for the log.", log.queued)
+    metrics.gauge("lmrec_exposures_lost_total", "Exposures the store refused.", lambda: log.lost)
     metrics.gauge("lmrec_live_events", "Events held in the live feed.", lambda: svc.feed.count)
     metrics.gauge(
         "lmrec_models_loaded", "Model versions in memory.", lambda: len(svc.registry.slots)

@@ -7,7 +7,9 @@ whose version is not loaded is served by the active version and logged as `ARM~f
 the sample-ratio check sees the traffic its arm lost. Every such answer carries
 `experiment: {name, arm, request_id}` and is queued to the `ExposureLog`, whose thread writes
 exposures to the store in batches, off the request's path; a failed write is retried, never
-dropped, and `stop` writes what is queued before the service ends.
+dropped (unless the store refuses it for ten minutes: then it is counted as lost and said on
+stderr), and `stop` writes what is queued before the service ends. A process killed outright
+loses what is still queued (at most the few milliseconds of the current batch).
 
 The running experiments are re-read from the store every second by the log's thread, so
 experiments created or stopped by `lmrec experiment` in another process take effect.
@@ -19,6 +21,7 @@ __all__ = ["Experiments", "ExposureLog", "Route"]
 
 import json
 import queue
+import sys
 import threading
 import time
 import uuid
@@ -57,8 +60,10 @@ class ExposureLog:
         self._thread = threading.Thread(target=self._run, name="lmrec-exposure-log", daemon=True)
         self._idle = threading.Condition()
         self._inflight = 0
-        self.written = 0
+        self.written = 0  # exposures handled (stored, or lost after give_up_s)
         self.failures = 0
+        self.lost = 0
+        self.give_up_s = 600.0
         self._started = False
 
     def start(self) -> None:
@@ -123,13 +128,28 @@ class ExposureLog:
             self._write(batch)
 
     def _write(self, batch: list[dict[str, Any]]) -> None:
-        for attempt in range(1000):
+        """Write a batch, retrying (with backoff up to 2 s) while the store refuses it; only
+        when the store has failed for `give_up_s` (default 10 minutes) are the rows counted
+        as `lost` and reported on stderr."""
+        t0 = time.monotonic()
+        attempt = 0
+        while True:
             try:
-                self.store.add_exposures(batch)
+                self.store.add_exposures(batch)  # idempotent by request id: a retry is safe
                 break
-            except Exception:
+            except Exception as exc:
                 self.failures += 1
+                if time.monotonic() - t0 > self.give_up_s:
+                    self.lost += len(batch)
+                    print(
+                        f"lmrec: {len(batch)} exposures lost, the store refused them for "
+                        f"{self.give_up_s:.0f} s: {type(exc).__name__}: {exc}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    break
                 time.sleep(min(2.0, 0.05 * 2**attempt))
+                attempt += 1
         with self._idle:
             self.written += len(batch)
             self._inflight -= len(batch)
