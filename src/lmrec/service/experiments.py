@@ -52,7 +52,7 @@ class Route:
 class ExposureLog:
     """A thread that writes queued exposures to the store in batched transactions."""
 
-    def __init__(self, store: Store, flush_ms: float = 5.0, on_tick: Any = None):
+    def __init__(self, store: Store, flush_ms: float = 100.0, on_tick: Any = None):
         self.store = store
         self.flush_s = flush_ms / 1000
         self.on_tick = on_tick  # called about once a second from the thread
