@@ -8,11 +8,12 @@ cost: routing, tagging, the exposure log), starts `lmrec serve` in a subprocess 
 with `--clients` keep-alive connections (the raw asyncio client of bench_service.py). Each
 answer is followed, for half of them, by a click on one of the shown items (POST /feedback).
 
-Blocks of `--block` requests (each from its own users) alternate: without an experiment, then with one (a new
-experiment per block, A=ease, B=ease-b, 50/50, stopped at the block's end), so that the load
-of the shared machine falls on both alike. Afterwards: the store must hold one exposure per
-tagged answer, every acknowledged feedback event, and each experiment's report must attribute
-every click sent during its block.
+Blocks of `--block` requests (each from its own users) rotate: without an experiment, with an
+A/A one (both arms `ease`: the experiment's own cost) and with an A/B one (A=ease,
+B=ease-b: also two model calls per batch instead of one), a new 50/50 experiment per block,
+stopped at the block's end, so that the load of the shared machine falls on all alike.
+Afterwards: the store must hold one exposure per tagged answer, every acknowledged feedback
+event, and each experiment's report must attribute every click sent during its block.
 
     .venv/bin/python benchmarks/bench_experiments.py --exposures 10000 --clients 20 --block 2500
 """
@@ -90,6 +91,12 @@ async def block(base: str, users: list[str], clients: int, seed: int) -> dict:
     }
 
 
+#: Arm B's version in each experiment phase: "aa" the same version as arm A (the experiment's
+#: own cost: routing, tagging, the exposure log), "ab" a second copy of it (also the cost of
+#: answering a batch with two model calls instead of one).
+MODEL_B = {"aa": "ease", "ab": "ease-b"}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--exposures", type=int, default=10_000, help="requests with an experiment")
@@ -143,26 +150,28 @@ def main() -> None:
         n_blocks = max(1, args.exposures // args.block)
         # Each block draws from its own users, so that no click of one block can be
         # attributed to another block's experiment (attribution goes by user and item).
-        groups = np.array_split(rng.permutation(ids), 2 * n_blocks)
-        lat = {"off": [], "on": []}
+        phases = ("off", "aa", "ab")
+        groups = np.array_split(rng.permutation(ids), len(phases) * n_blocks)
+        lat: dict[str, list] = {ph: [] for ph in phases}
         sent, acked, experiments = {}, warm["acked"], []
         for b in range(n_blocks):
-            for phase in ("off", "on"):
+            for k, phase in enumerate(phases):
                 name = None
-                if phase == "on":
-                    name = f"load-{b}"
+                if phase != "off":
+                    name = f"{phase}-{b}"
                     body = {
                         "name": name,
                         "arms": [
                             {"name": "A", "model": "ease", "share": 0.5},
-                            {"name": "B", "model": "ease-b", "share": 0.5},
+                            {"name": "B", "model": MODEL_B[phase], "share": 0.5},
                         ],
                     }
                     r = httpx.post(f"{base}/experiments", json=body, timeout=60)
                     assert r.status_code == 201, r.text
                     experiments.append(name)
-                users = list(rng.choice(groups[2 * b + (phase == "on")], args.block))
-                res = arun(block(base, users, args.clients, 1 + 2 * b + (phase == "on")))
+                g = len(phases) * b + k
+                users = list(rng.choice(groups[g], args.block))
+                res = arun(block(base, users, args.clients, 1 + g))
                 if name is not None:
                     httpx.post(f"{base}/experiments/{name}/stop", timeout=60)
                     assert res["tagged"] == {name: args.block}, res["tagged"]
@@ -185,8 +194,9 @@ def main() -> None:
         "clients": args.clients,
         "block": args.block,
         "without_experiment": pct(np.concatenate(lat["off"])),
-        "with_experiment": pct(np.concatenate(lat["on"])),
-        "requests_per_phase": int(sum(len(x) for x in lat["on"])),
+        "with_experiment_same_version": pct(np.concatenate(lat["aa"])),
+        "with_experiment_two_versions": pct(np.concatenate(lat["ab"])),
+        "requests_per_phase": int(sum(len(x) for x in lat["off"])),
         "exposures_tagged": args.block * len(experiments),
         "exposures_stored": int(sum(stored.values())),
         "feedback_acknowledged": acked,
@@ -197,13 +207,13 @@ def main() -> None:
         ),
         "srm_p_values": {n: r["srm"]["p_value"] for n, r in reports.items()},
     }
-    out["p99_ratio"] = round(
-        out["with_experiment"]["p99_ms"] / out["without_experiment"]["p99_ms"], 3
-    )
-    out["p99_ratio_per_block"] = [
-        round(float(np.percentile(on, 99) / np.percentile(off, 99)), 3)
-        for off, on in zip(lat["off"], lat["on"], strict=True)
-    ]
+    for ph in ("aa", "ab"):
+        key = "with_experiment_same_version" if ph == "aa" else "with_experiment_two_versions"
+        out[f"p99_ratio_{ph}"] = round(out[key]["p99_ms"] / out["without_experiment"]["p99_ms"], 3)
+        out[f"p99_ratio_{ph}_per_block"] = [
+            round(float(np.percentile(on, 99) / np.percentile(off, 99)), 3)
+            for off, on in zip(lat["off"], lat[ph], strict=True)
+        ]
     print(json.dumps(out, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
