@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from lmrec.errors import LmrecError
 
@@ -67,6 +67,7 @@ class ExperimentConfig(BaseModel):
     """A sample-ratio mismatch is flagged when the chi-square p-value is below this."""
     min_exposures: int = Field(100, ge=0)
     """The stop rule waits for at least this many exposures per arm."""
+    _models: dict[str, str | None] | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentConfig:
@@ -106,6 +107,12 @@ class ExperimentConfig(BaseModel):
 
     def running(self, now: float) -> bool:
         return (self.start is None or self.start <= now) and (self.stop is None or now < self.stop)
+
+    def model_of(self, arm: str) -> str | None:
+        """The model version of an arm (None: the active one)."""
+        if self._models is None:
+            self._models = {a.name: a.model for a in self.arms}
+        return self._models[arm]
 
     def dumps(self) -> str:
         return json.dumps(self.model_dump(), sort_keys=True)

@@ -120,7 +120,10 @@ class ExposureLog:
             while self._rows:
                 batch = []
                 while self._rows and len(batch) < 5000:
-                    batch.append(self._rows.popleft())
+                    row = self._rows.popleft()
+                    if not isinstance(row["items"], str):
+                        row["items"] = json.dumps(row["items"])
+                    batch.append(row)
                 self._write(batch)
             if stopping:
                 break
@@ -165,6 +168,7 @@ class Experiments:
         self._prefix = secrets.token_hex(8)
         self._ids = itertools.count()
         self.configs: dict[str, tuple[ExperimentConfig, float | None]] = {}
+        self._parsed: dict[str, ExperimentConfig] = {}  # by stored JSON text
         # Running experiments, oldest first, with the users known when each was read (for
         # population "new" and "known": a user stays in or out for the experiment's life).
         self.running: list[tuple[ExperimentConfig, frozenset[str] | None]] = []
@@ -179,10 +183,12 @@ class Experiments:
     def refresh(self) -> None:
         """Re-read the experiments from the store (started, stopped, created elsewhere)."""
         rows = self.store.read_experiments()
-        configs = {
-            r["name"]: (ExperimentConfig.model_validate_json(r["config"]), r["stopped_at"])
-            for r in rows
-        }
+        configs = {}
+        for r in rows:  # a config is parsed once (they do not change once stored)
+            cfg = self._parsed.get(r["config"])
+            if cfg is None:
+                cfg = self._parsed[r["config"]] = ExperimentConfig.model_validate_json(r["config"])
+            configs[r["name"]] = (cfg, r["stopped_at"])
         now = time.time()
         old = {c.name: known for c, known in self.running}
         running = []
@@ -225,8 +231,7 @@ class Experiments:
                 continue
             unit = user if user is not None else f"session:{session}"
             arm_name = assign(cfg, unit)
-            arm = next(a for a in cfg.arms if a.name == arm_name)
-            model = arm.model
+            model = cfg.model_of(arm_name)
             if model is not None and model not in self.registry.slots:
                 return Route(cfg.name, f"{arm_name}~fallback", None, unit)
             return Route(cfg.name, arm_name, model, unit)
@@ -236,12 +241,13 @@ class Experiments:
         """Tag the answer with its experiment and arm and queue its exposure."""
         rid = f"{self._prefix}{next(self._ids):016x}"
         answer["experiment"] = {"name": route.experiment, "arm": route.arm, "request_id": rid}
+        # The items' JSON is written by the log's thread (`ExposureLog.add` takes a list too).
         self.log.add(
             {
                 "experiment": route.experiment,
                 "arm": route.arm,
                 "unit": route.unit,
-                "items": json.dumps([r["item"] for r in answer["items"]]),
+                "items": [r["item"] for r in answer["items"]],
                 "request_id": rid,
                 "ts": time.time(),
             }
