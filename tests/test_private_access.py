@@ -21,6 +21,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 ALLOWED = {
     # argparse's own type of `add_subparsers()`; it has no public name.
     ("lmrec/commands/evaluate.py", "argparse._SubParsersAction"),
+    ("lmrec/commands/experiment.py", "argparse._SubParsersAction"),
     ("lmrec/commands/models.py", "argparse._SubParsersAction"),
     ("lmrec/commands/serve.py", "argparse._SubParsersAction"),
     ("lmrec/commands/text.py", "argparse._SubParsersAction"),

@@ -77,7 +77,10 @@ def test_no_server_errors(fuzz_server: Server, mode: GenerationMode) -> None:
             assert mode == GenerationMode.NEGATIVE
             unsatisfiable.append(op.label)
         print(f"{op.label}: {time.perf_counter() - t0:.2f} s")
-    assert len(unsatisfiable) <= 3, unsatisfiable
+    # The operations without parameters, which nothing can make invalid.
+    no_params = {"GET /health", "GET /metrics", "GET /models", "GET /auth/scope", "GET /stats"}
+    no_params.add("GET /experiments")
+    assert set(unsatisfiable) <= no_params, unsatisfiable
     assert len(calls) >= 50 and all(c < 500 for c in calls)
     if mode == GenerationMode.NEGATIVE:
         assert sum(400 <= c < 500 for c in calls) >= len(calls) // 2

@@ -243,6 +243,7 @@ def _global_options_after_command(sub: argparse._SubParsersAction) -> None:
 COMMAND_MODULES: list[str] = [
     "lmrec.commands.models",
     "lmrec.commands.evaluate",
+    "lmrec.commands.experiment",
     "lmrec.commands.serve",
     "lmrec.commands.text",
 ]

@@ -30,6 +30,7 @@ from lmrec.models.base import Query as ModelQuery
 from lmrec.rerank.config import Method, SimilaritySource
 from lmrec.service import schemas as out
 from lmrec.service.auth import Auth
+from lmrec.service.console import console_routes, experiment_routes
 from lmrec.service.core import Service
 from lmrec.service.errors import add_handlers
 from lmrec.service.fast import Batcher, FastPath, dumps, ingest
@@ -117,6 +118,8 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
     # The order of the groups is the order of matching: /users/{id}/recommendations before
     # /users/{id}, /items/{id}/similar before /items/{id}.
     app.include_router(_service_routes(svc, auth, metrics))
+    app.include_router(console_routes(svc, auth))  # /users/{id}/history before /users/{id}
+    app.include_router(experiment_routes(svc, auth))
     app.include_router(_recommendation_routes(svc, auth, batcher))
     app.include_router(_feedback_routes(svc, auth))
     app.include_router(_catalogue_routes(svc, auth))
@@ -141,6 +144,12 @@ def _metrics(svc: Service) -> Metrics:
     metrics.gauge(
         "lmrec_feedback_queued", "Feedback requests waiting for the writer.", writer.queued
     )
+    log = svc.experiments.log
+    metrics.gauge(
+        "lmrec_exposures_written_total", "Experiment exposures written.", lambda: log.written
+    )
+    metrics.gauge("lmrec_exposures_queued", "Exposures waiting for the log.", log.queued)
+    metrics.gauge("lmrec_exposures_lost_total", "Exposures the store refused.", lambda: log.lost)
     metrics.gauge("lmrec_live_events", "Events held in the live feed.", lambda: svc.feed.count)
     metrics.gauge(
         "lmrec_models_loaded", "Model versions in memory.", lambda: len(svc.registry.slots)
@@ -250,6 +259,7 @@ def _recommendation_routes(svc: Service, auth: Auth, batcher: Batcher) -> APIRou
                 rerank=rerank,
                 explain=body.explain,
                 extra=extra,
+                session=body.session,
             )
 
         if body.text or body.tags or body.attributes or body.explain or rerank is not None:

@@ -7,7 +7,8 @@ work, each safe to call from many threads:
 - `Answers` (answers.py): recommendations and similar items;
 - `SearchIndex` (search.py): semantic item search;
 - `FeedbackIntake` (intake.py): feedback events to the store and the live feed;
-- `ModelAdmin` and `Jobs` (admin.py): model versions, loading, activation, retraining.
+- `ModelAdmin` and `Jobs` (admin.py): model versions, loading, activation, retraining;
+- `Experiments` (experiments.py): A/B experiments, the arm of each answer, the exposure log.
 
 The methods of `Service` are the service's one surface (the routes, `lmrec serve` and the
 tests use them); each hands the call to the part that owns it.
@@ -23,14 +24,17 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Any
 
+from lmrec.experiments.config import ExperimentConfig
 from lmrec.models.base import Query
 from lmrec.rerank.config import RerankConfig
 from lmrec.service.admin import Jobs, ModelAdmin
 from lmrec.service.answers import Answers, UserRequest
 from lmrec.service.catalogue import Catalogue
 from lmrec.service.errors import NotFound, Unavailable
+from lmrec.service.experiments import Experiments
 from lmrec.service.intake import FeedbackIntake
 from lmrec.service.live import Feed, Slot
+from lmrec.service.overview import Overviews, history
 from lmrec.service.registry import ModelRegistry
 from lmrec.service.search import ItemSearch, SearchIndex
 from lmrec.service.settings import Settings
@@ -57,6 +61,8 @@ class Service:
         self.writer = self.intake.writer
         self.admin = ModelAdmin(self.registry)
         self.jobs = Jobs(self.store, self.registry)
+        self.experiments = Experiments(self.store, self.registry, self.catalogue)
+        self.overviews = Overviews(self.store)
         self.started_at = time.time()
 
     def _prepare(self, slot: Slot) -> None:
@@ -69,6 +75,7 @@ class Service:
         """Read the catalogue, start the writer, load the active version (waiting if `wait`)."""
         self.catalogue.load()
         self.writer.start()
+        self.experiments.start()
         first = self.settings.active or self.registry.newest()
         if first is not None:
             fut = self.registry.activate(first)
@@ -85,6 +92,7 @@ class Service:
     def stop(self) -> None:
         """Stop the writer (after its last commit), the loaders and the store."""
         self.writer.stop()
+        self.experiments.stop()
         self.registry.close()
         self.store.close()
 
@@ -113,22 +121,42 @@ class Service:
         rerank: RerankConfig | None = None,
         explain: bool = False,
         extra: Query | None = None,
+        session: str | None = None,
     ) -> dict[str, Any]:
-        """`Answers.recommend`: top-n items for a user and/or an anonymous query."""
-        return self.answers.recommend(
+        """`Answers.recommend`: top-n items for a user and/or an anonymous query; without a
+        `model`, a running experiment may pick the arm's version (`Experiments.route`; an
+        anonymous query is bucketed by its `session`)."""
+        route = self.experiments.route(user, session) if model is None else None
+        answer = self.answers.recommend(
             user,
             n,
-            model=model,
+            model=route.model if route is not None else model,
             exclude_seen=exclude_seen,
             category=category,
             rerank=rerank,
             explain=explain,
             extra=extra,
         )
+        if route is not None:
+            self.experiments.record(route, answer)
+        return answer
 
     def recommend_users(self, requests: Sequence[UserRequest]) -> list[dict[str, Any] | Exception]:
-        """`Answers.recommend_users`: many user requests in few model calls."""
-        return self.answers.recommend_users(requests)
+        """`Answers.recommend_users`: many user requests in few model calls (each routed by
+        the running experiments as `recommend` does)."""
+        exp = self.experiments
+        if not exp.running:
+            return self.answers.recommend_users(requests)
+        routes = [exp.route(r[0]) if r[2] is None else None for r in requests]
+        routed = [
+            r if rt is None else (r[0], r[1], rt.model, r[3], r[4])
+            for r, rt in zip(requests, routes, strict=True)
+        ]
+        out = self.answers.recommend_users(routed)
+        for rt, answer in zip(routes, out, strict=True):
+            if rt is not None and isinstance(answer, dict):
+                exp.record(rt, answer)
+        return out
 
     def similar(self, item: str, n: int = 10, *, model: str | None = None) -> dict[str, Any]:
         """`Answers.similar`: items like `item`."""
@@ -199,3 +227,31 @@ class Service:
     def job(self, job: str) -> dict[str, Any]:
         """`Jobs.get`: the state of a retraining job."""
         return self.jobs.get(job)
+
+    # -- experiments (Experiments) -----------------------------------------------------------
+
+    def create_experiment(self, config: ExperimentConfig) -> dict[str, Any]:
+        """`Experiments.create`: store an experiment and route answers by it at once."""
+        return self.experiments.create(config)
+
+    def list_experiments(self) -> list[dict[str, Any]]:
+        """`Experiments.list`: every experiment and its state."""
+        return self.experiments.list()
+
+    def experiment_report(self, name: str) -> dict[str, Any]:
+        """`Experiments.report`: per-arm results, the sequential test, the sample-ratio check."""
+        return self.experiments.report(name)
+
+    def stop_experiment(self, name: str) -> dict[str, Any]:
+        """`Experiments.stop_one`: no more assignments; the report stays."""
+        return self.experiments.stop_one(name)
+
+    # -- the console's reads (overview.py) ---------------------------------------------------
+
+    def overview(self) -> dict[str, Any]:
+        """`overview.overview`: counts, activity by day, the popularity curve."""
+        return self.overviews.get()
+
+    def history(self, user: str, n: int = 20) -> dict[str, Any]:
+        """`overview.history`: a user's newest events with the items' titles."""
+        return history(self.store, self.catalogue, user, n)

@@ -106,6 +106,9 @@ class QueryBody(_Body):
     """An anonymous (or partly known) visitor: recent items, attributes, interest tags, text."""
 
     user: Id | None = None
+    session: Id | None = Field(
+        None, description="anonymous session id: running experiments bucket anonymous queries by it"
+    )
     items: list[Id] = Field(default_factory=list, max_length=1000)
     events: list[EventName] | None = Field(None, max_length=1000)
     attributes: dict[str, Any] | None = None
@@ -212,6 +215,14 @@ class ScoredItem(_Out):
     why: Why | None = Field(None, description="only with explain=true")
 
 
+class ExposureTag(_Out):
+    """The experiment and arm that served an answer; `request_id` names its exposure."""
+
+    name: str
+    arm: str
+    request_id: str
+
+
 class Recommendations(_Out):
     """Top-n items and the version that answered (`fallback`: why a fallback answered)."""
 
@@ -219,6 +230,7 @@ class Recommendations(_Out):
     model: str
     items: list[ScoredItem]
     fallback: str | None
+    experiment: ExposureTag | None = Field(None, description="only inside a running experiment")
 
 
 class Similar(_Out):

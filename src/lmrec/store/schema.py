@@ -4,6 +4,8 @@ from __future__ import annotations
 
 __all__ = [
     "SCHEMA_VERSION",
+    "experiments",
+    "exposures",
     "interactions",
     "items",
     "meta",
@@ -29,7 +31,7 @@ from sqlalchemy import (
 )
 
 #: Bump when the tables change and add a step to `MIGRATIONS` in store.py.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = MetaData()
 
@@ -90,4 +92,28 @@ text_embeddings = Table(
     Column("dim", Integer, nullable=False),
     Column("vector", LargeBinary, nullable=False),  # float32, little-endian
     Column("created_at", Float, nullable=False),
+)
+
+# Version 3: A/B experiments (their `ExperimentConfig` as JSON) and the exposure log: one row per
+# answer served inside an experiment, with the arm, the user (or session) and the items shown.
+experiments = Table(
+    "experiments",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("config", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("stopped_at", Float, nullable=True),
+)
+
+exposures = Table(
+    "exposures",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("experiment", String(64), nullable=False),
+    Column("arm", String(64), nullable=False),
+    Column("unit", String(255), nullable=False),  # user id, or session id of anonymous requests
+    Column("items", Text, nullable=False),  # JSON list of the item ids shown, in rank order
+    Column("request_id", String(64), nullable=False, unique=True),
+    Column("ts", Float, nullable=False),
+    Index("ix_exposures_experiment", "experiment", "ts"),
 )

@@ -36,6 +36,8 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from lmrec.errors import StoreError
 from lmrec.store.schema import (
     SCHEMA_VERSION,
+    experiments,
+    exposures,
     interactions,
     items,
     meta,
@@ -57,6 +59,7 @@ def _create_tables(*names: str) -> Callable[[Connection], None]:
 # version -> the step that brings a store from version-1 to version.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     2: _create_tables("text_embeddings"),
+    3: _create_tables("experiments", "exposures"),
 }
 
 
@@ -659,3 +662,105 @@ class Store:
             if rows:
                 conn.execute(t.insert(), rows)
         return len(rows)
+
+    # -- experiments and exposures -------------------------------------------------------------
+
+    def put_experiment(self, name: str, config: str, created_at: float) -> None:
+        """Add an experiment (its config as JSON); a second one of the same name is refused."""
+        with self.begin() as conn:
+            found = conn.execute(
+                select(experiments.c.name).where(experiments.c.name == name)
+            ).first()
+            if found is not None:
+                raise StoreError(f"experiment {name!r} exists already")
+            conn.execute(
+                experiments.insert(),
+                [{"name": name, "config": config, "created_at": created_at, "stopped_at": None}],
+            )
+
+    def read_experiments(self) -> list[dict[str, Any]]:
+        """Every experiment: name, config (JSON text), created_at, stopped_at; by creation."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(experiments).order_by(experiments.c.created_at))
+            return [dict(r) for r in rows.mappings()]
+
+    def stop_experiment(self, name: str, at: float) -> bool:
+        """Mark an experiment stopped (once); returns whether it was running."""
+        t = experiments
+        with self.begin() as conn:
+            res = conn.execute(
+                t.update()
+                .where((t.c.name == name) & t.c.stopped_at.is_(None))
+                .values(stopped_at=at)
+            )
+            return bool(res.rowcount)
+
+    def add_exposures(self, rows: Sequence[dict[str, Any]]) -> int:
+        """Write exposures ({experiment, arm, unit, items: JSON text, request_id, ts}) in one
+        transaction; a request id already stored is skipped (a retried write adds nothing).
+        Returns the rows added. One executemany on the driver: the exposure log writes from
+        a thread beside the answers, so its CPU time (and GIL time) is kept small."""
+        if not rows:
+            return 0
+        cols = ("experiment", "arm", "unit", "items", "request_id", "ts")
+        data = [tuple(r[c] for c in cols) for r in rows]
+        names = ", ".join(cols)
+        with self.begin() as conn:
+            raw = conn.connection.driver_connection
+            if self.dialect == "sqlite":
+                cur = raw.cursor()
+                try:
+                    cur.executemany(
+                        f"INSERT OR IGNORE INTO exposures ({names}) VALUES (?, ?, ?, ?, ?, ?)",
+                        data,
+                    )
+                    return int(cur.rowcount)
+                finally:
+                    cur.close()
+            with raw.cursor() as cur:
+                cur.executemany(  # psycopg 3: rowcount is the sum over the rows
+                    f"INSERT INTO exposures ({names}) VALUES (%s, %s, %s, %s, %s, %s) "
+                    "ON CONFLICT (request_id) DO NOTHING",
+                    data,
+                )
+                return int(cur.rowcount)
+
+    def read_exposures(self, experiment: str) -> list[tuple[str, str, str, float, str]]:
+        """(arm, unit, items JSON, ts, request_id) of an experiment's exposures, by time."""
+        t = exposures
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(t.c.arm, t.c.unit, t.c["items"], t.c.ts, t.c.request_id)
+                .where(t.c.experiment == experiment)
+                .order_by(t.c.ts, t.c.id)
+            )
+            return [tuple(r) for r in rows]
+
+    def count_exposures(self) -> dict[str, int]:
+        """Exposures per experiment."""
+        t = exposures
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(t.c.experiment, func.count()).group_by(t.c.experiment))
+            return {name: int(n) for name, n in rows}
+
+    def events_of(
+        self, user_ids: Sequence[str], since: float, until: float | None = None
+    ) -> list[tuple[str, str, str, float | None, float]]:
+        """(user, item, event, value, ts) by external ids of these users' events in
+        [since, until), by time: the feedback that experiments attribute to exposures."""
+        u, i, x = users, items, interactions
+        out: list[tuple[str, str, str, float | None, float]] = []
+        wanted = list(dict.fromkeys(user_ids))
+        with self.engine.connect() as conn:
+            for start in range(0, len(wanted), 900):
+                chunk = wanted[start : start + 900]
+                q = (
+                    select(u.c.ext_id, i.c.ext_id, x.c.event, x.c.value, x.c.ts)
+                    .select_from(x.join(u, u.c.id == x.c.user_id).join(i, i.c.id == x.c.item_id))
+                    .where(u.c.ext_id.in_(chunk) & (x.c.ts >= since))
+                )
+                if until is not None:
+                    q = q.where(x.c.ts < until)
+                out.extend(tuple(r) for r in conn.execute(q))
+        out.sort(key=lambda r: r[4])
+        return out
