@@ -147,3 +147,18 @@ def test_chinese_cold_start_beats_whitespace_tfidf() -> None:
     # random 0.454
     assert use > words + 0.2 and use > cjk and cjk > words + 0.1, (use, cjk, words, rnd)
     assert words < rnd + 0.05  # whitespace tokens carry nothing on Chinese text
+
+
+def test_encoder_specs() -> None:
+    words = load_encoder("tfidf-words:16")
+    assert isinstance(words, TfidfEncoder) and not words.cjk and words.target_dim == 16
+    assert load_encoder("tfidf").cjk
+    with pytest.raises(LmrecError, match="positive integer"):
+        load_encoder("tfidf-words:x")
+    with pytest.raises(LmrecError, match="-int8"):
+        load_encoder("nosuch-int8")
+    # A model saved with tfidf-words loads it back with the same tokens.
+    ds = zh_sample(categories=False)
+    model = create_model("lmcontent", encoder="tfidf-words:8").fit(ds)
+    assert model.encoder().name == model.config.encoder_version
+    assert not model.encoder().cjk
