@@ -6,6 +6,7 @@ import numpy as np
 from sqlalchemy import inspect, text
 
 from lmrec.store import SCHEMA_VERSION, Store
+from lmrec.store.schema import meta
 
 
 def test_version_1_store_is_migrated(store_url: str) -> None:
@@ -15,7 +16,7 @@ def test_version_1_store_is_migrated(store_url: str) -> None:
     # Turn it back into a version-1 store: no text vector cache yet.
     with s.engine.begin() as conn:
         conn.execute(text("DROP TABLE text_embeddings"))
-        conn.execute(text("UPDATE lmrec_meta SET value='1' WHERE key='schema_version'"))
+        conn.execute(meta.update().where(meta.c.key == "schema_version").values(value="1"))
     s.close()
 
     migrated = Store(store_url)

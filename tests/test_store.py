@@ -1,4 +1,4 @@
-"""The SQL store on SQLite and on a real PostgreSQL server."""
+"""The SQL store on SQLite and on real PostgreSQL and MariaDB servers."""
 
 from __future__ import annotations
 
@@ -113,9 +113,11 @@ def test_newer_schema_is_refused(tmp_path) -> None:
 
 def test_bad_urls_are_explained() -> None:
     with pytest.raises(StoreError, match=r"unsupported database|cannot use"):
-        Store("mysql://x@localhost/db")
+        Store("oracle://x@localhost/db")
     with pytest.raises(StoreError, match="cannot open store"):
         Store("postgresql://nobody@127.0.0.1:1/none")
+    with pytest.raises(StoreError, match="cannot open store"):
+        Store("mysql://nobody@127.0.0.1:1/none")
 
 
 def _ids(store: Store, conn, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
