@@ -119,6 +119,7 @@ class MariaDBServer:
         user = ["--user=mysql"] if self.as_root else []
         install = [str(MARIADB_INSTALL), "--no-defaults", *user, f"--datadir={self.data}"]
         install += ["--auth-root-authentication-method=socket", "--skip-test-db"]
+        install += ["--innodb-log-file-size=8M"]
         self._check(subprocess.run(install, capture_output=True, text=True, cwd=self.dir))
         self.port = _free_port()
         cmd = [str(MARIADB_BIN), "--no-defaults", *user, f"--datadir={self.data}"]
@@ -126,7 +127,9 @@ class MariaDBServer:
         cmd += [f"--pid-file={self.dir / 'pid'}", f"--log-error={self.dir / 'log'}"]
         cmd += ["--innodb-flush-log-at-trx-commit=0", "--innodb-doublewrite=0"]
         cmd += ["--innodb-buffer-pool-size=128M", "--skip-name-resolve"]
-        self.proc = subprocess.Popen(cmd, cwd=self.dir)
+        cmd += ["--innodb-log-file-size=8M"]
+        with open(self.dir / "stderr", "wb") as err:
+            self.proc = subprocess.Popen(cmd, cwd=self.dir, stdout=err, stderr=err)
         self._wait_ready()
         self.root_sql(
             f"CREATE USER 'lmrec'@'127.0.0.1' IDENTIFIED BY '{self.password}'; "

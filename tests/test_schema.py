@@ -27,6 +27,20 @@ def test_version_1_store_is_migrated(store_url: str) -> None:
     migrated.close()
 
 
+def test_interrupted_schema_creation_is_completed(store_url: str) -> None:
+    # MySQL commits each CREATE TABLE at once: a creation killed before its version row
+    # leaves some tables and an empty lmrec_meta. The next open finishes it.
+    s = Store(store_url)
+    with s.engine.begin() as conn:
+        conn.execute(text("DROP TABLE text_embeddings"))
+        conn.execute(meta.delete())
+    s.close()
+    again = Store(store_url)
+    assert again.schema_version() == SCHEMA_VERSION
+    assert "text_embeddings" in inspect(again.engine).get_table_names()
+    again.close()
+
+
 def test_vector_cache_round_trip(store: Store) -> None:
     v = np.array([0.5, -1.25, 3.0], dtype=np.float32)
     assert store.put_vectors("enc@1", {"a": v, "b": -v}) == 2
