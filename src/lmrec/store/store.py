@@ -682,6 +682,37 @@ class Store:
             ts=np.fromiter(ts, dtype=np.float64, count=n),
         )
 
+    def last_event_id(self) -> int:
+        """The highest interaction row id (0 for none): where a follower starts."""
+        with self.engine.connect() as conn:
+            top = conn.execute(select(func.max(interactions.c.id))).scalar()
+        return int(top or 0)
+
+    def events_after(
+        self, after: int, also: Sequence[int] = (), limit: int = 50_000
+    ) -> list[tuple[int, str, str, str, float | None, float]]:
+        """Interactions with a row id above `after` or in `also` (at most `limit`, by id), as
+        (id, user ext_id, item ext_id, event, value or None, ts): the shared event sequence
+        that service processes poll (one primary-key range read, usually empty)."""
+        mark = "?" if self.dialect == "sqlite" else "%s"
+        where = f"x.id > {mark}"
+        params: list[Any] = [int(after)]
+        if also:
+            where += f" OR x.id IN ({', '.join([mark] * len(also))})"
+            params += [int(a) for a in also]
+        sql = (
+            "SELECT x.id, u.ext_id, i.ext_id, x.event, x.value, x.ts FROM interactions x "
+            "JOIN users u ON u.id = x.user_id JOIN items i ON i.id = x.item_id "
+            f"WHERE {where} ORDER BY x.id LIMIT {int(limit)}"
+        )
+        with self.engine.connect() as conn:
+            cur = conn.connection.driver_connection.cursor()
+            try:
+                cur.execute(sql, params)
+                return [tuple(r) for r in cur.fetchall()]
+            finally:
+                cur.close()
+
     def read_table(self, kind: str) -> list[dict[str, Any]]:
         """All users or items as dicts (store id in `id`), ordered by store id."""
         table = _table(kind)
