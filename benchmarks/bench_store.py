@@ -1,7 +1,9 @@
 """Store benchmarks: import speed (CSV -> store, end to end through `import_files`) and
-snapshot time (`Dataset.from_store`) on ML-100K, on SQLite and, when installed, PostgreSQL.
+snapshot time (`Dataset.from_store`) on ML-100K, on SQLite and, when installed, PostgreSQL
+and MariaDB (throwaway local servers, started as `tests/conftest.py` does).
 
     .venv/bin/python benchmarks/bench_store.py [--rows 1000000] [--repeat 3] [--no-postgres]
+        [--no-mysql]
 
 Prints one line per measurement (median of --repeat runs, each into a fresh store).
 """
@@ -95,6 +97,7 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-postgres", action="store_true")
+    ap.add_argument("--no-mysql", action="store_true")
     args = ap.parse_args()
 
     print(f"python {platform.python_version()}, {platform.machine()}, {platform.platform()}")
@@ -106,16 +109,19 @@ def main() -> int:
     backends: list[tuple[str, Callable[[], str]]] = []
     counter = iter(range(10**9))
     backends.append(("sqlite", lambda: f"sqlite:///{tmp / f's{next(counter)}.db'}"))
-    server = None
-    if not args.no_postgres:
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    servers = []
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    for name, skip in (("postgresql", args.no_postgres), ("mysql", args.no_mysql)):
+        if skip:
+            continue
         try:
-            from conftest import PostgresServer
+            import conftest
 
-            server = PostgresServer()
-            backends.append(("postgresql", server.new_database))
+            server = (conftest.PostgresServer if name == "postgresql" else conftest.MariaDBServer)()
+            servers.append(server)
+            backends.append((name, server.new_database))
         except Exception as exc:  # no binaries, or the server would not start
-            print(f"postgresql: skipped ({exc})")
+            print(f"{name}: skipped ({exc})")
 
     results: dict[str, dict[str, float]] = {}
     try:
@@ -131,14 +137,15 @@ def main() -> int:
             )
             print(f"{name:10s} snapshot ML-100K (Dataset.from_store): {t_snap:.3f} s")
     finally:
-        if server is not None:
+        for server in servers:
             server.stop()
-    if "postgresql" in results:
-        sq, pg = results["sqlite"], results["postgresql"]
-        print(
-            f"ratio sqlite/postgresql: import {sq['rate'] / pg['rate']:.2f}x, "
-            f"snapshot {pg['snap'] / sq['snap']:.2f}x faster on sqlite"
-        )
+    for name in ("postgresql", "mysql"):
+        if name in results:
+            sq, other = results["sqlite"], results[name]
+            print(
+                f"ratio sqlite/{name}: import {sq['rate'] / other['rate']:.2f}x, "
+                f"snapshot {other['snap'] / sq['snap']:.2f}x faster on sqlite"
+            )
     sq = results["sqlite"]
     ok = sq["rate"] >= AIM_RATE and sq["snap"] < AIM_SNAPSHOT
     print(

@@ -6,6 +6,7 @@ import numpy as np
 from sqlalchemy import inspect, text
 
 from lmrec.store import SCHEMA_VERSION, Store
+from lmrec.store.schema import meta
 
 
 def test_version_1_store_is_migrated(store_url: str) -> None:
@@ -15,7 +16,7 @@ def test_version_1_store_is_migrated(store_url: str) -> None:
     # Turn it back into a version-1 store: no text vector cache yet.
     with s.engine.begin() as conn:
         conn.execute(text("DROP TABLE text_embeddings"))
-        conn.execute(text("UPDATE lmrec_meta SET value='1' WHERE key='schema_version'"))
+        conn.execute(meta.update().where(meta.c.key == "schema_version").values(value="1"))
     s.close()
 
     migrated = Store(store_url)
@@ -24,6 +25,20 @@ def test_version_1_store_is_migrated(store_url: str) -> None:
     assert migrated.get("item", "i1")["title"] == "Alien"
     assert migrated.put_vectors("enc", {"h": np.arange(3, dtype=np.float32)}) == 1
     migrated.close()
+
+
+def test_interrupted_schema_creation_is_completed(store_url: str) -> None:
+    # MySQL commits each CREATE TABLE at once: a creation killed before its version row
+    # leaves some tables and an empty lmrec_meta. The next open finishes it.
+    s = Store(store_url)
+    with s.engine.begin() as conn:
+        conn.execute(text("DROP TABLE text_embeddings"))
+        conn.execute(meta.delete())
+    s.close()
+    again = Store(store_url)
+    assert again.schema_version() == SCHEMA_VERSION
+    assert "text_embeddings" in inspect(again.engine).get_table_names()
+    again.close()
 
 
 def test_vector_cache_round_trip(store: Store) -> None:

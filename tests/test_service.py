@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import STORE_BACKENDS, new_store_url
 from lmrec.data import Dataset
 from lmrec.models import create_model
 from lmrec.models.base import Query, Recommender
@@ -125,17 +126,12 @@ def train(url: str, name: str, out: Path, **params) -> Path:
     return out
 
 
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
-)
+@pytest.fixture(scope="module", params=STORE_BACKENDS)
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("service")
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp / 'store.db'}"
-    else:
-        url = request.getfixturevalue("postgres").new_database()
+    url = new_store_url(request, request.param, tmp)
     fill_store(url)
     models = tmp / "models"
     models.mkdir()

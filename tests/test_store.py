@@ -1,14 +1,15 @@
-"""The SQL store on SQLite and on a real PostgreSQL server."""
+"""The SQL store on SQLite and on real PostgreSQL and MariaDB servers."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from sqlalchemy import text
+from sqlalchemy import func, select, text
 
 from lmrec.data import Dataset
 from lmrec.errors import StoreError
 from lmrec.store import SCHEMA_VERSION, Store
+from lmrec.store.schema import meta
 
 
 def test_schema_created_and_versioned(store: Store) -> None:
@@ -113,9 +114,11 @@ def test_newer_schema_is_refused(tmp_path) -> None:
 
 def test_bad_urls_are_explained() -> None:
     with pytest.raises(StoreError, match=r"unsupported database|cannot use"):
-        Store("mysql://x@localhost/db")
+        Store("oracle://x@localhost/db")
     with pytest.raises(StoreError, match="cannot open store"):
         Store("postgresql://nobody@127.0.0.1:1/none")
+    with pytest.raises(StoreError, match="cannot open store"):
+        Store("mysql://nobody@127.0.0.1:1/none")
 
 
 def _ids(store: Store, conn, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
@@ -251,3 +254,45 @@ def test_add_events_says_which_rows_were_new(store: Store) -> None:
     rated = store.read_interactions(events=["rating"])
     assert rated.value.tolist() == [4.5]
     assert np.isnan(store.read_interactions(events=["view"]).value).all()
+
+
+def test_ids_compare_exactly_and_numbers_keep_full_precision(store: Store) -> None:
+    # Case, trailing space, accents and 4-byte UTF-8 all make different ids (MySQL's default
+    # collations would merge the first three and refuse the last).
+    ids = ["a", "A", "a ", "ä", "\U0001f600"]
+    with store.begin() as conn:
+        got = store.ensure(conn, "user", ids)
+        assert len(set(got.values())) == len(ids)
+        assert store.ensure(conn, "user", list(reversed(ids))) == got
+        store.upsert(conn, "item", [{"ext_id": "x", "title": "caf\u00e9 \U0001f3b5" * 8000}])
+        i = store.ensure(conn, "item", ["x"])["x"]
+        ts = np.array([1_700_000_000.000001, 1_700_000_000.000002, 0.1])
+        val = np.array([0.1, np.nan, 1e300])
+        uid = np.array([got["a"], got["a"], got["A"]])
+        assert (
+            store.insert_interactions(conn, uid, np.full(3, i), np.full(3, "v", object), val, ts)
+            == 3
+        )
+        new = store.add_events(conn, [got["a "]], [i], ["v"], [1 / 3], [2.0 / 3.0])
+        assert new.tolist() == [True]
+    arr = store.read_interactions()
+    assert arr.ts.tolist() == [*ts.tolist(), 2.0 / 3.0]  # bit for bit, not single precision
+    assert arr.value[[0, 2, 3]].tolist() == [0.1, 1e300, 1 / 3]
+    assert store.get("user", "\U0001f600")["ext_id"] == "\U0001f600"
+    assert len(store.get("item", "x")["title"]) == 48_000  # 80 kB: over the 64 KiB of MySQL TEXT
+
+
+def test_schema_creation_from_many_processes_at_once(store_url: str) -> None:
+    """Servers: workers opening one new store together create its schema once."""
+    if store_url.startswith("sqlite"):
+        pytest.skip("SQLite stores are opened by one writer")
+    from concurrent.futures import ThreadPoolExecutor
+
+    def open_store(_: int) -> int:
+        with Store(store_url) as s:
+            return s.schema_version()
+
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(open_store, range(4))) == [SCHEMA_VERSION] * 4
+    with Store(store_url) as s, s.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(meta)).scalar() == 1

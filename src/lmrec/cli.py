@@ -223,7 +223,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Nam
 
 
 DB_HELP = (
-    "store URL (default: $LMREC_DB, else sqlite:///lmrec.db); e.g. postgresql://user:pass@host/db"
+    "store URL (default: $LMREC_DB, else sqlite:///lmrec.db); e.g. postgresql://user:pass@host/db "
+    "or mysql://user:pass@host/db (MySQL or MariaDB)"
 )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["parse_keys", "register"]
+__all__ = ["app_from_env", "parse_keys", "register"]
 
 import argparse
 import os
@@ -28,6 +28,17 @@ def parse_keys(specs: Sequence[str]) -> dict[str, str]:
     return out
 
 
+#: The settings of `lmrec serve --workers N`, as JSON, for the worker processes.
+SETTINGS_ENV = "LMREC_SERVE_SETTINGS"
+
+
+def app_from_env() -> object:
+    """The app of one worker of `lmrec serve --workers N` (uvicorn calls this in each)."""
+    from lmrec.service import Settings, create_app
+
+    return create_app(Settings.model_validate_json(os.environ[SETTINGS_ENV]))
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
     from pydantic import ValidationError
@@ -48,6 +59,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             index=args.index,
             search_encoder=args.search_encoder,
             threads=args.threads,
+            follow_store=args.follow_store or args.workers > 1,
         )
     except ValidationError as exc:
         why = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
@@ -55,19 +67,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings.check()
     if not settings.auth and args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"lmrec serve: warning: serving without API keys on {args.host}", flush=True)
-    app = create_app(settings)
+    if args.workers < 1:
+        raise LmrecError(f"--workers must be at least 1, got {args.workers}")
     # Keep idle connections longer than uvicorn's 5 s: closing one while a client reuses it
     # makes that request fail (seen under load as "server disconnected").
     # No access log unless asked for (one log call per request); uvicorn picks uvloop and
     # httptools, both lmrec dependencies, when they are installed.
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        timeout_keep_alive=75,
-        access_log=args.access_log,
-    )
+    run = {
+        "host": args.host,
+        "port": args.port,
+        "log_level": args.log_level,
+        "timeout_keep_alive": 75,
+        "access_log": args.access_log,
+    }
+    if args.workers == 1:
+        uvicorn.run(create_app(settings), **run)
+        return 0
+    # Several processes on one listening socket; each builds its app from the settings in the
+    # environment and follows the store for the others' feedback. The schema is created here
+    # first, so that the workers only open it.
+    from lmrec.store import Store
+
+    Store(settings.db).close()
+    os.environ[SETTINGS_ENV] = settings.model_dump_json()
+    uvicorn.run("lmrec.commands.serve:app_from_env", factory=True, workers=args.workers, **run)
     return 0
 
 
@@ -107,6 +130,19 @@ def register(
     )
     s.add_argument("--search-encoder", help="text encoder of /search (default: the model's)")
     s.add_argument("--threads", type=int, default=0, help="cap on BLAS/FAISS threads")
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes (default 1); with more, each follows the store for the "
+        "feedback the others write",
+    )
+    s.add_argument(
+        "--follow-store",
+        action="store_true",
+        help="read feedback other processes wrote to the store before each answer (several "
+        "hosts on one store; on by itself with --workers > 1)",
+    )
     s.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
     s.add_argument("--access-log", action="store_true", help="log every request (slower)")
     cmds["serve"] = cmd_serve

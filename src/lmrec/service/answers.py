@@ -11,6 +11,7 @@ from __future__ import annotations
 __all__ = ["Answers", "UserRequest", "ranked", "slot_of"]
 
 import math
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +22,7 @@ from lmrec.models.base import History, Query, Ranker, Recommender
 from lmrec.rerank.config import RerankConfig
 from lmrec.service.catalogue import Catalogue
 from lmrec.service.errors import NotFound, Unavailable
+from lmrec.service.follow import StoreFollower
 from lmrec.service.live import Feed, Slot, record_text
 from lmrec.service.registry import ModelRegistry
 from lmrec.service.search import SearchIndex
@@ -77,6 +79,7 @@ class Answers:
     ):
         self.settings, self.registry, self.feed = settings, registry, feed
         self.catalogue, self.search = catalogue, search
+        self.follower: StoreFollower | None = None  # set by the service (follow_store)
 
     def _check_n(self, n: int) -> None:
         if n > self.settings.max_n:
@@ -87,6 +90,8 @@ class Answers:
         does not know them and the request brings none) and/or the request's `extra`."""
         if user is None:
             return extra or Query()
+        if self.follower is not None:
+            self.follower.poll(since=time.monotonic())
         q = slot.query(user, self.feed, extra)
         prof = self.catalogue.profiles.get(user)
         if prof is not None and not (extra and (extra.attributes or extra.tags or extra.text)):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 __all__ = ["NotFound", "Service", "Unavailable"]
 
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ from lmrec.service.answers import Answers, UserRequest
 from lmrec.service.catalogue import Catalogue
 from lmrec.service.errors import NotFound, Unavailable
 from lmrec.service.experiments import Experiments
+from lmrec.service.follow import StoreFollower
 from lmrec.service.intake import FeedbackIntake
 from lmrec.service.live import Feed, Slot
 from lmrec.service.overview import Overviews, history
@@ -58,6 +60,7 @@ class Service:
         self.search = SearchIndex(settings, self.store, self.registry, self.catalogue)
         self.answers = Answers(settings, self.registry, self.feed, self.catalogue, self.search)
         self.intake = FeedbackIntake(settings, self.store, self.feed, self.catalogue)
+        self.follower: StoreFollower | None = None
         self.writer = self.intake.writer
         self.admin = ModelAdmin(self.registry)
         self.jobs = Jobs(self.store, self.registry)
@@ -73,6 +76,9 @@ class Service:
 
     def start(self, wait: bool = True) -> None:
         """Read the catalogue, start the writer, load the active version (waiting if `wait`)."""
+        if self.settings.follow_store:  # before the catalogue: later events are polled
+            self.follower = StoreFollower(self.store, self.intake.on_store_rows)
+            self.answers.follower = self.follower
         self.catalogue.load()
         self.writer.start()
         self.experiments.start()
@@ -106,6 +112,8 @@ class Service:
             "search_index": "ready" if self.search.ready else "not built",
             "feedback_committed": self.writer.committed,
             "feedback_queued": self.writer.queued(),
+            "feedback_followed": self.follower.added if self.follower is not None else 0,
+            "pid": os.getpid(),
         }
 
     # -- answers (Answers, SearchIndex) ------------------------------------------------------

@@ -75,3 +75,22 @@ class FeedbackIntake:
                 ),
             )
         self.catalogue.note_feedback(pend)
+
+    def on_store_rows(self, rows: Sequence[tuple]) -> int:
+        """Rows another process committed (`StoreFollower`) reach the live feed too; those
+        this process wrote are there already. Returns how many were new to the feed."""
+        nan = float("nan")
+        pend = Pending(
+            users=[r[1] for r in rows],
+            items=[r[2] for r in rows],
+            events=[r[3] for r in rows],
+            values=[nan if r[4] is None else float(r[4]) for r in rows],
+            ts=[float(r[5]) for r in rows],
+        )
+        events = (
+            Event(i, e, t, v)
+            for i, e, t, v in zip(pend.items, pend.events, pend.ts, pend.values, strict=True)
+        )
+        added = self.feed.add(pend.users, events, unique=True)
+        self.catalogue.note_feedback([pend])
+        return added

@@ -58,12 +58,23 @@ class Feed:
         self._lock = threading.Lock()
         self.events: dict[str, list[Event]] = {}
         self.count = 0
+        self._keys: dict[str, set[tuple[str, str, float]]] = {}
 
-    def add(self, users: Sequence[str], events: Iterable[Event]) -> None:
+    def add(self, users: Sequence[str], events: Iterable[Event], *, unique: bool = False) -> int:
+        """Append events; with `unique`, only those the user's feed lacks (same item, event
+        and time: events another process wrote, read back from the store). Returns added."""
+        added = 0
         with self._lock:
             for u, e in zip(users, events, strict=True):
+                keys = self._keys.setdefault(u, set())
+                key = (e.item, e.event, e.ts)
+                if unique and key in keys:
+                    continue
+                keys.add(key)
                 self.events.setdefault(u, []).append(e)
-                self.count += 1
+                added += 1
+            self.count += added
+        return added
 
     def of(self, user: str) -> list[Event]:
         return list(self.events.get(user, ()))
@@ -72,14 +83,17 @@ class Feed:
         """Forget every event of `user` (an erased user)."""
         with self._lock:
             self.count -= len(self.events.pop(user, ()))
+            self._keys.pop(user, None)
 
     def drop_item(self, item: str) -> None:
         """Forget every event of `item` (a deleted item), of every user."""
         with self._lock:
             for u, evs in self.events.items():
                 kept = [e for e in evs if e.item != item]
-                self.count -= len(evs) - len(kept)
-                self.events[u] = kept
+                if len(kept) < len(evs):
+                    self.count -= len(evs) - len(kept)
+                    self.events[u] = kept
+                    self._keys[u] = {(e.item, e.event, e.ts) for e in kept}
 
 
 @dataclass

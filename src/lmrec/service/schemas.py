@@ -329,6 +329,10 @@ class Health(_Out):
     search_index: Literal["ready", "not built"]
     feedback_committed: int
     feedback_queued: int
+    feedback_followed: int
+    """Events other processes wrote, read from the store (`follow_store`)."""
+    pid: int
+    """The answering process (one of several with `lmrec serve --workers N`)."""
 
 
 class ErrorBody(_Out):

@@ -55,6 +55,9 @@ class Settings(BaseModel):
     """Build the item search index in the background at start (else on the first search)."""
     threads: int = Field(0, ge=0)
     """Cap on BLAS/FAISS threads (0: leave as is)."""
+    follow_store: bool = False
+    """Before each answer, read the feedback other processes wrote to the store (several
+    workers or hosts on one store; `lmrec serve --workers N` turns it on)."""
 
     @field_validator("api_keys")
     @classmethod

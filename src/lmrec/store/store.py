@@ -34,6 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
 from lmrec.errors import StoreError
+from lmrec.store import mysql
 from lmrec.store.schema import (
     SCHEMA_VERSION,
     experiments,
@@ -49,9 +50,19 @@ from lmrec.store.schema import (
 DEFAULT_URL = "sqlite:///lmrec.db"
 
 
+def create_tables(conn: Connection, names: Sequence[str] | None = None) -> None:
+    """Create the missing ones of these tables (all when None), in every dialect's form."""
+    tables = [metadata.tables[n] for n in names] if names else list(metadata.sorted_tables)
+    missing = [t for t in tables if not inspect(conn).has_table(t.name)]
+    if conn.dialect.name == "mysql":
+        mysql.create_tables(conn, missing)
+    else:
+        metadata.create_all(conn, tables=missing)
+
+
 def _create_tables(*names: str) -> Callable[[Connection], None]:
     def step(conn: Connection) -> None:
-        metadata.create_all(conn, tables=[metadata.tables[n] for n in names])
+        create_tables(conn, names)
 
     return step
 
@@ -88,6 +99,20 @@ def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql(f"BEGIN {mode}")
 
 
+#: URL schemes that name a driver by default.
+_DRIVERS = {
+    "postgresql": "postgresql+psycopg",
+    "mysql": "mysql+pymysql",
+    "mariadb": "mysql+pymysql",
+    "mariadb+pymysql": "mysql+pymysql",
+}
+
+
+def _normalise(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    return _DRIVERS.get(scheme, scheme) + sep + rest if sep else url
+
+
 #: Interactions written in one call from which the secondary indexes are rebuilt after the
 #: insert instead of updated row by row (when they are also at least half the table).
 BULK_REBUILD_ROWS = 100_000
@@ -114,25 +139,33 @@ class InteractionArrays:
 class Store:
     """A SQL store of users, items and interactions, chosen by URL.
 
-    `Store()` opens `$LMREC_DB` or `sqlite:///lmrec.db`; `Store("postgresql+psycopg://...")`
-    opens PostgreSQL. The schema is created on first use and migrated when older.
+    `Store()` opens `$LMREC_DB` or `sqlite:///lmrec.db`; `Store("postgresql://...")` opens
+    PostgreSQL (psycopg) and `Store("mysql://...")` MySQL or MariaDB (PyMySQL). The schema is
+    created on first use and migrated when older.
     """
 
     def __init__(self, url: str | None = None, *, create: bool = True):
-        self.url = resolve_url(url)
-        if self.url.startswith("postgresql://"):
-            self.url = "postgresql+psycopg://" + self.url[len("postgresql://") :]
+        self.url = _normalise(resolve_url(url))
         try:
-            backend = make_url(self.url).get_backend_name()
+            parsed = make_url(self.url)
+            backend = parsed.get_backend_name()
         except ArgumentError as exc:
             raise StoreError(f"cannot use store URL {self.url!r}: {exc}") from exc
-        if backend not in ("sqlite", "postgresql"):
-            raise StoreError(f"unsupported database {backend!r}: use sqlite:/// or postgresql://")
+        if backend not in ("sqlite", "postgresql", "mysql"):
+            raise StoreError(
+                f"unsupported database {backend!r}: use sqlite:///, postgresql:// or mysql://"
+            )
+        options: dict[str, Any] = {}
+        if backend == "mysql":
+            parsed, options = mysql.engine_options(parsed)
         try:
-            self.engine: Engine = create_engine(self.url, future=True)
+            self.engine: Engine = create_engine(parsed, future=True, **options)
         except (ArgumentError, NoSuchModuleError, ImportError, ValueError) as exc:
             raise StoreError(f"cannot use store URL {self.url!r}: {exc}") from exc
         self.dialect = self.engine.dialect.name
+        if self.dialect == "mysql":
+            event.listen(self.engine, "do_connect", mysql.on_do_connect)
+            event.listen(self.engine, "connect", mysql.on_connect)
         if self.dialect == "sqlite":
             db = self.engine.url.database
             if db and db != ":memory:":
@@ -146,8 +179,19 @@ class Store:
 
     # -- schema ------------------------------------------------------------------------------
 
+    @contextmanager
+    def _schema_lock(self, conn: Connection) -> Iterator[None]:
+        """Serialise schema creation and migration between processes opening one store."""
+        if self.dialect == "mysql":
+            with mysql.schema_lock(conn):
+                yield
+            return
+        if self.dialect == "postgresql":  # released at commit
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7120190019)")
+        yield  # SQLite: BEGIN IMMEDIATE of the first write already serialises
+
     def _init_schema(self, create: bool) -> None:
-        with self.engine.begin() as conn:
+        with self.engine.begin() as conn, self._schema_lock(conn):
             names = set(inspect(conn).get_table_names())
             if "lmrec_meta" not in names:
                 if names & {"users", "items", "interactions"}:
@@ -157,16 +201,20 @@ class Store:
                     )
                 if not create:
                     raise StoreError(f"{self.engine.url!r} is not an lmrec store (no schema)")
-                metadata.create_all(conn)
+            found = None
+            if "lmrec_meta" in names:
+                found = conn.execute(
+                    select(meta.c.value).where(meta.c.key == "schema_version")
+                ).scalar_one_or_none()
+            if found is None:
+                # A new store, or (MySQL, where DDL commits at once) a creation that was
+                # killed before its version row: create what is missing, then the row.
+                create_tables(conn)
                 conn.execute(
                     meta.insert(), [{"key": "schema_version", "value": str(SCHEMA_VERSION)}]
                 )
                 return
-            version = int(
-                conn.execute(
-                    select(meta.c.value).where(meta.c.key == "schema_version")
-                ).scalar_one()
-            )
+            version = int(found)
             if version > SCHEMA_VERSION:
                 raise StoreError(
                     f"store schema version {version} is newer than this lmrec ({SCHEMA_VERSION}); "
@@ -202,8 +250,9 @@ class Store:
     def begin(self, *, foreign_keys: bool = True) -> Iterator[Connection]:
         """One transaction: everything written inside commits together or not at all.
 
-        `foreign_keys=False` skips SQLite's per-row reference checks (and cascades) for bulk
-        loads whose user and item ids were all looked up inside this same transaction.
+        `foreign_keys=False` skips SQLite's and MySQL's per-row reference checks (and
+        SQLite's cascades) for bulk loads whose user and item ids were all looked up inside
+        this same transaction.
         """
         with self.engine.connect() as conn:
             raw = None
@@ -212,12 +261,28 @@ class Store:
                 if not foreign_keys:
                     raw = conn.connection.driver_connection
                     raw.execute("PRAGMA foreign_keys=OFF")  # only outside a transaction
+            elif self.dialect == "mysql" and not foreign_keys:
+                raw = conn.connection.driver_connection
+                with raw.cursor() as cur:
+                    cur.execute("SET SESSION foreign_key_checks = 0")
             try:
                 with conn.begin():
                     yield conn
             finally:
                 if raw is not None:
-                    raw.execute("PRAGMA foreign_keys=ON")
+                    self._foreign_keys_on(conn, raw)
+
+    def _foreign_keys_on(self, conn: Connection, raw: Any) -> None:
+        try:
+            if self.dialect == "sqlite":
+                raw.execute("PRAGMA foreign_keys=ON")
+            else:
+                with raw.cursor() as cur:
+                    cur.execute("SET SESSION foreign_key_checks = 1")
+        except Exception:
+            # A connection that cannot be reset (killed, dropped) is not put back in the pool.
+            conn.invalidate()
+            raise
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -244,6 +309,13 @@ class Store:
                 marks = ", ".join("?" * len(chunk))
                 sql = f"SELECT ext_id, id FROM {table.name} WHERE ext_id IN ({marks})"
                 out.update(raw.execute(sql, chunk).fetchall())
+            elif self.dialect == "mysql":
+                marks = ", ".join(["%s"] * len(chunk))
+                with raw.cursor() as cur:
+                    cur.execute(
+                        f"SELECT ext_id, id FROM {table.name} WHERE ext_id IN ({marks})", chunk
+                    )
+                    out.update(cur.fetchall())
             else:
                 sql = f"SELECT ext_id, id FROM {table.name} WHERE ext_id = ANY(%s)"
                 with raw.cursor() as cur:
@@ -317,6 +389,12 @@ class Store:
             marks = ", ".join("?" * (len(extra) + 1))
             raw = conn.connection.driver_connection
             raw.executemany(f"INSERT INTO {table.name} ({cols}) VALUES ({marks})", rows)
+        elif self.dialect == "mysql":
+            # PyMySQL sends an executemany of INSERT ... VALUES as multi-row statements.
+            marks = ", ".join(["%s"] * (len(extra) + 1))
+            raw = conn.connection.driver_connection
+            with raw.cursor() as cur:
+                cur.executemany(f"INSERT INTO {table.name} ({cols}) VALUES ({marks})", rows)
         else:
             raw = conn.connection.driver_connection
             with raw.cursor() as cur, cur.copy(f"COPY {table.name} ({cols}) FROM STDIN") as cp:
@@ -351,6 +429,8 @@ class Store:
         uid, iid, ev, val, t = uid[order], iid[order], ev[order], val[order], t[order]
         if self.dialect == "sqlite":
             return self._sqlite_insert_interactions(conn, uid, iid, ev, val, t)
+        if self.dialect == "mysql":
+            return mysql.insert_interactions(conn, uid, iid, ev, val, t)
         return self._pg_copy_interactions(conn, uid, iid, ev, val, t)
 
     def add_events(
@@ -375,6 +455,8 @@ class Store:
             for u, i, e, v, t in zip(user_id, item_id, event_, value, ts, strict=True)
         ]
         order = sorted(range(n), key=lambda j: (rows[j][0], rows[j][4]))
+        if self.dialect == "mysql":
+            return self._mysql_add_events(conn, rows, order)
         head = "INSERT INTO interactions (user_id, item_id, event, value, ts) VALUES "
         raw = conn.connection.driver_connection
         got: list[tuple] = []
@@ -402,6 +484,20 @@ class Store:
             if fresh.get(key, 0) > 0:
                 fresh[key] -= 1
                 new[j] = True
+        return new
+
+    @staticmethod
+    def _mysql_add_events(conn: Connection, rows: list[tuple], order: list[int]) -> np.ndarray:
+        """MySQL has no RETURNING: the first of equal rows is tried, its row count says."""
+        new = np.zeros(len(rows), bool)
+        first: dict[tuple, int] = {}
+        for j in order:
+            u, i, e, _, t = rows[j]
+            first.setdefault((u, i, e, t), j)
+        todo = list(first.values())
+        for lo in range(0, len(todo), 150):
+            part = todo[lo : lo + 150]
+            new[part] = mysql.add_events(conn, [rows[j] for j in part])
         return new
 
     @staticmethod
@@ -588,6 +684,37 @@ class Store:
             value=np.array(val, dtype=np.float64),  # None (NULL) becomes NaN
             ts=np.fromiter(ts, dtype=np.float64, count=n),
         )
+
+    def last_event_id(self) -> int:
+        """The highest interaction row id (0 for none): where a follower starts."""
+        with self.engine.connect() as conn:
+            top = conn.execute(select(func.max(interactions.c.id))).scalar()
+        return int(top or 0)
+
+    def events_after(
+        self, after: int, also: Sequence[int] = (), limit: int = 50_000
+    ) -> list[tuple[int, str, str, str, float | None, float]]:
+        """Interactions with a row id above `after` or in `also` (at most `limit`, by id), as
+        (id, user ext_id, item ext_id, event, value or None, ts): the shared event sequence
+        that service processes poll (one primary-key range read, usually empty)."""
+        mark = "?" if self.dialect == "sqlite" else "%s"
+        where = f"x.id > {mark}"
+        params: list[Any] = [int(after)]
+        if also:
+            where += f" OR x.id IN ({', '.join([mark] * len(also))})"
+            params += [int(a) for a in also]
+        sql = (
+            "SELECT x.id, u.ext_id, i.ext_id, x.event, x.value, x.ts FROM interactions x "
+            "JOIN users u ON u.id = x.user_id JOIN items i ON i.id = x.item_id "
+            f"WHERE {where} ORDER BY x.id LIMIT {int(limit)}"
+        )
+        with self.engine.connect() as conn:
+            cur = conn.connection.driver_connection.cursor()
+            try:
+                cur.execute(sql, params)
+                return [tuple(r) for r in cur.fetchall()]
+            finally:
+                cur.close()
 
     def read_table(self, kind: str) -> list[dict[str, Any]]:
         """All users or items as dicts (store id in `id`), ordered by store id."""
