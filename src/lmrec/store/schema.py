@@ -119,8 +119,8 @@ experiments = Table(
     metadata,
     Column("name", String(64), primary_key=True),
     Column("config", Text, nullable=False),
-    Column("created_at", Float, nullable=False),
-    Column("stopped_at", Float, nullable=True),
+    Column("created_at", _Double, nullable=False),
+    Column("stopped_at", _Double, nullable=True),
 )
 
 exposures = Table(
@@ -132,6 +132,6 @@ exposures = Table(
     Column("unit", String(255), nullable=False),  # user id, or session id of anonymous requests
     Column("items", Text, nullable=False),  # JSON list of the item ids shown, in rank order
     Column("request_id", String(64), nullable=False, unique=True),
-    Column("ts", Float, nullable=False),
+    Column("ts", _Double, nullable=False),
     Index("ix_exposures_experiment", "experiment", "ts"),
 )

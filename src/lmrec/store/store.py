@@ -844,10 +844,14 @@ class Store:
                     return int(cur.rowcount)
                 finally:
                     cur.close()
+            skip = (
+                "ON DUPLICATE KEY UPDATE request_id = request_id"  # PyMySQL: one multi-row INSERT
+                if self.dialect == "mysql"
+                else "ON CONFLICT (request_id) DO NOTHING"  # psycopg 3: rowcount sums the rows
+            )
             with raw.cursor() as cur:
-                cur.executemany(  # psycopg 3: rowcount is the sum over the rows
-                    f"INSERT INTO exposures ({names}) VALUES (%s, %s, %s, %s, %s, %s) "
-                    "ON CONFLICT (request_id) DO NOTHING",
+                cur.executemany(
+                    f"INSERT INTO exposures ({names}) VALUES (%s, %s, %s, %s, %s, %s) {skip}",
                     data,
                 )
                 return int(cur.rowcount)
