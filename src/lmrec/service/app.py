@@ -26,14 +26,15 @@ from fastapi import APIRouter, FastAPI, Path, Query, Response
 from starlette.concurrency import run_in_threadpool
 
 from lmrec.errors import LmrecError
+from lmrec.ids import ID_PATTERN, MAX_ID
 from lmrec.models.base import Query as ModelQuery
 from lmrec.rerank.config import Method, SimilaritySource
 from lmrec.service import schemas as out
 from lmrec.service.auth import Auth
 from lmrec.service.core import Service
 from lmrec.service.errors import add_handlers
-from lmrec.service.fast import Batcher, FastPath, dumps, ingest
-from lmrec.service.guard import Guard
+from lmrec.service.fast import Batcher, FastPath, dumps, ingest, send_json
+from lmrec.service.guard import Guard, path_problem
 from lmrec.service.metrics import Metrics
 from lmrec.service.schemas import (
     MAX_POOL,
@@ -49,7 +50,7 @@ from lmrec.service.schemas import (
 )
 from lmrec.service.settings import Settings
 
-IdPath = Annotated[str, Path(min_length=1, max_length=255)]
+IdPath = Annotated[str, Path(min_length=1, max_length=MAX_ID, pattern=ID_PATTERN)]
 N = Annotated[int, Query(ge=1, le=1000, description="how many items (at most max_n)")]
 
 
@@ -64,6 +65,9 @@ class _App(FastAPI):
     fast: Any = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and (problem := path_problem(scope)) is not None:
+            await send_json(send, 400, dumps({"detail": problem}))
+            return
         if self.fast is None or scope["type"] != "http":
             await super().__call__(scope, receive, send)
         else:
@@ -103,7 +107,7 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
     app.state.service = svc
     app.state.metrics = metrics
     app.fast = FastPath(svc, auth, batcher, metrics, settings.max_body_bytes)
-    add_handlers(app)
+    add_handlers(app, auth)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 

@@ -9,16 +9,31 @@ either path.
 
 from __future__ import annotations
 
-__all__ = ["STATUS", "HttpProblem", "NotFound", "Unavailable", "add_handlers", "answer_of"]
+__all__ = [
+    "STATUS",
+    "STORE_DOWN",
+    "HttpProblem",
+    "NotFound",
+    "Unavailable",
+    "add_handlers",
+    "answer_of",
+]
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lmrec.errors import LmrecError
+
+log = logging.getLogger("lmrec.service")
+
+#: The answer to a store failure (the database's own message, which quotes SQL, is logged).
+STORE_DOWN = "the store is busy or unreachable; try again"
 
 
 class NotFound(LmrecError):
@@ -63,18 +78,26 @@ def answer_of(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str] | Non
         return 422, body, None
     if isinstance(exc, StarletteHTTPException):
         return exc.status_code, {"detail": exc.detail}, exc.headers
+    if isinstance(exc, OperationalError):  # locked, busy or unreachable; its SQL stays here
+        log.warning("store failure: %s", exc)
+        return 503, {"detail": STORE_DOWN}, {"Retry-After": "1"}
     for cls in type(exc).__mro__:
         if cls in STATUS:
             return STATUS[cls], {"detail": str(exc)}, None
     raise exc
 
 
-async def _handle(request: Request, exc: Exception) -> Response:
-    status, body, headers = answer_of(exc)
-    return JSONResponse(body, status, headers=headers)
+def add_handlers(app: FastAPI, auth: Any = None) -> None:
+    """Answer every error of the table, invalid requests and HTTP errors through `answer_of`;
+    an invalid request to a route that needs a key is first checked for the key (`auth`:
+    `Auth.route_problem`), so 401 and 403 come before 422."""
 
+    async def handle(request: Request, exc: Exception) -> Response:
+        if auth is not None and isinstance(exc, RequestValidationError | StarletteHTTPException):
+            exc = auth.route_problem(request.scope) or exc
+        status, body, headers = answer_of(exc)
+        return JSONResponse(body, status, headers=headers)
 
-def add_handlers(app: FastAPI) -> None:
-    """Answer every error of the table, invalid requests and HTTP errors through `answer_of`."""
     for cls in (HttpProblem, *STATUS, RequestValidationError, StarletteHTTPException):
-        app.add_exception_handler(cls, _handle)
+        app.add_exception_handler(cls, handle)
+    app.add_exception_handler(OperationalError, handle)

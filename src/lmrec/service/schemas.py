@@ -39,13 +39,25 @@ __all__ = [
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
 
+from lmrec.ids import EVENT_PATTERN, ID_PATTERN, MAX_ID, event_name
 from lmrec.rerank.config import Method, RerankConfig, SimilaritySource
 
-Id = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f]+$")]
+#: A user or item id (`lmrec.ids`: the importer's rule too).
+Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID, pattern=ID_PATTERN)]
+#: An event name, stored in lower case (as the importer stores it).
 EventName = Annotated[
-    str, StringConstraints(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.:-]+$")
+    str,
+    StringConstraints(min_length=1, max_length=32, pattern=EVENT_PATTERN),
+    AfterValidator(event_name),
 ]
 Tag = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 Text = Annotated[str, StringConstraints(max_length=10_000)]
@@ -67,7 +79,9 @@ Timestamp = Annotated[float, Field(ge=0, le=7_258_118_400)]
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: no coercion of JSON types (`ts: false`, `value: true`, `n: "5"` are refused);
+    # integers are still numbers where a float is expected.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 def _scalar_attributes(v: dict[str, Any] | None) -> dict[str, Any] | None:

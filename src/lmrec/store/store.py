@@ -65,17 +65,22 @@ def resolve_url(url: str | None = None) -> str:
     return url or os.environ.get("LMREC_DB") or DEFAULT_URL
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    # The driver's own transaction handling is off: SQLAlchemy's "begin" event below emits
-    # BEGIN, so reads, writes and DDL of one `Store.begin()` block are one SQLite transaction.
-    dbapi_conn.isolation_level = None
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=30000")
-    cur.execute("PRAGMA cache_size=-65536")  # up to 64 MiB of page cache per connection
-    cur.close()
+def _sqlite_pragmas(busy_ms: int) -> Callable[[Any, Any], None]:
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # The driver's own transaction handling is off: SQLAlchemy's "begin" event below emits
+        # BEGIN, so reads, writes and DDL of one `Store.begin()` block are one transaction.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
+        cur.execute("PRAGMA cache_size=-65536")  # up to 64 MiB of page cache per connection
+        # Deleted rows are overwritten with zeros, not left in free pages (erasure).
+        cur.execute("PRAGMA secure_delete=ON")
+        cur.close()
+
+    return on_connect
 
 
 def _sqlite_begin(conn: Connection) -> None:
@@ -115,7 +120,10 @@ class Store:
     opens PostgreSQL. The schema is created on first use and migrated when older.
     """
 
-    def __init__(self, url: str | None = None, *, create: bool = True):
+    def __init__(
+        self, url: str | None = None, *, create: bool = True, busy_timeout_s: float = 30.0
+    ):
+        """`busy_timeout_s`: how long a SQLite write waits for another process's lock."""
         self.url = resolve_url(url)
         if self.url.startswith("postgresql://"):
             self.url = "postgresql+psycopg://" + self.url[len("postgresql://") :]
@@ -134,7 +142,7 @@ class Store:
             db = self.engine.url.database
             if db and db != ":memory:":
                 Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "connect", _sqlite_pragmas(int(busy_timeout_s * 1000)))
             event.listen(self.engine, "begin", _sqlite_begin)
         try:
             self._init_schema(create)
