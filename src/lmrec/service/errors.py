@@ -27,6 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from lmrec.errors import LmrecError
 
@@ -38,6 +39,11 @@ STORE_DOWN = "the store is busy or unreachable; try again"
 
 class NotFound(LmrecError):
     """A named user, item, model version or job does not exist (404)."""
+
+
+class Conflict(LmrecError):
+    """The request clashes with the state of the server, e.g. a version that fails to load
+    (409)."""
 
 
 class Unavailable(LmrecError):
@@ -54,7 +60,12 @@ class HttpProblem(Exception):
 
 
 #: Status of each error of the service; the first class in an exception's MRO decides.
-STATUS: dict[type[Exception], int] = {NotFound: 404, Unavailable: 503, LmrecError: 400}
+STATUS: dict[type[Exception], int] = {
+    NotFound: 404,
+    Conflict: 409,
+    Unavailable: 503,
+    LmrecError: 400,
+}
 
 #: Most problems a 422 answer lists in its `detail` line (and in `errors`).
 _SHOWN, _LISTED = 20, 100
@@ -87,6 +98,18 @@ def answer_of(exc: Exception) -> tuple[int, dict[str, Any], dict[str, str] | Non
     raise exc
 
 
+def allowed(request: Request) -> str:
+    """The methods of the path's most specific routes (`/items/{id}/similar` over
+    `/items/{id}`, which its `:path` parameter would also match), for a 405's Allow header."""
+    found: dict[str, set[str]] = {}
+    for route in request.app.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match != Match.NONE and getattr(route, "methods", None):
+            found.setdefault(route.path_format, set()).update(route.methods)
+    best = max(found, key=len, default=None)
+    return ", ".join(sorted(found[best] - {"HEAD"})) if best else ""
+
+
 def add_handlers(app: FastAPI, auth: Any = None) -> None:
     """Answer every error of the table, invalid requests and HTTP errors through `answer_of`;
     an invalid request to a route that needs a key is first checked for the key (`auth`:
@@ -96,6 +119,8 @@ def add_handlers(app: FastAPI, auth: Any = None) -> None:
         if auth is not None and isinstance(exc, RequestValidationError | StarletteHTTPException):
             exc = auth.route_problem(request.scope) or exc
         status, body, headers = answer_of(exc)
+        if status == 405 and not isinstance(exc, HttpProblem):
+            headers = {**(headers or {}), "Allow": allowed(request)}
         return JSONResponse(body, status, headers=headers)
 
     for cls in (HttpProblem, *STATUS, RequestValidationError, StarletteHTTPException):

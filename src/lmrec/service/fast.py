@@ -42,7 +42,9 @@ def dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
 
 
-async def send_json(send: Any, status: int, body: bytes) -> None:
+async def send_json(
+    send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     """Send a whole JSON answer on raw ASGI."""
     await send(
         {
@@ -51,6 +53,7 @@ async def send_json(send: Any, status: int, body: bytes) -> None:
             "headers": [
                 (b"content-length", str(len(body)).encode()),
                 (b"content-type", b"application/json"),
+                *(headers or ()),
             ],
         }
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = ["Guard", "path_problem"]
 
+import re
 import time
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -28,6 +29,16 @@ def path_problem(scope: dict) -> str | None:
     if _CONTROL.search(scope["path"]):
         return "the path holds a control character (NUL, newline, tab, ...): no id may"
     return None
+
+
+_READ_ONLY = re.compile(r"^/(items/.+/similar|users/.+/recommendations)$")
+
+
+def read_only(scope: dict) -> bool:
+    """Whether the request would change `/items/{id}/similar` or `/users/{id}/recommendations`
+    (PUT, DELETE): those paths name the read-only sub-resource (405), never an id ending in
+    "/similar" that the `:path` parameter of `/items/{id}` would otherwise take."""
+    return scope["method"] in ("PUT", "DELETE", "PATCH") and bool(_READ_ONLY.match(scope["path"]))
 
 
 class Guard:

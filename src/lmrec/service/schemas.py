@@ -49,6 +49,7 @@ from pydantic import (
 )
 
 from lmrec.ids import EVENT_PATTERN, ID_PATTERN, MAX_ID, event_name
+from lmrec.models import REGISTRY
 from lmrec.rerank.config import Method, RerankConfig, SimilaritySource
 
 #: A user or item id (`lmrec.ids`: the importer's rule too).
@@ -76,6 +77,15 @@ def rerank_config(**given: Any) -> RerankConfig | None:
 
 #: Unix seconds between 1970 and 2200.
 Timestamp = Annotated[float, Field(ge=0, le=7_258_118_400)]
+
+
+#: A flat attribute value (a string of at most 1000 characters, a number, a boolean or null).
+AttrValue = Annotated[str, StringConstraints(max_length=1000)] | int | float | bool | None
+#: Flat attributes: at most 100, names of 1 to 64 characters.
+Attributes = Annotated[
+    dict[Annotated[str, StringConstraints(min_length=1, max_length=64)], AttrValue],
+    Field(max_length=100),
+]
 
 
 class _Body(BaseModel):
@@ -122,7 +132,7 @@ class QueryBody(_Body):
     user: Id | None = None
     items: list[Id] = Field(default_factory=list, max_length=1000)
     events: list[EventName] | None = Field(None, max_length=1000)
-    attributes: dict[str, Any] | None = None
+    attributes: Attributes | None = None
     tags: list[Tag] = Field(default_factory=list, max_length=100)
     text: Text | None = None
     n: int = Field(10, ge=1, le=1000)
@@ -163,7 +173,7 @@ class ItemBody(_Body):
     title: Text | None = None
     description: Text | None = None
     categories: list[Tag] | None = Field(None, max_length=100)
-    attributes: dict[str, Any] | None = None
+    attributes: Attributes | None = None
 
     _attrs = field_validator("attributes")(_scalar_attributes)
 
@@ -171,7 +181,7 @@ class ItemBody(_Body):
 class UserBody(_Body):
     """Fields of a user; on update, only the given ones change."""
 
-    attributes: dict[str, Any] | None = None
+    attributes: Attributes | None = None
     tags: list[Tag] | None = Field(None, max_length=100)
 
     _attrs = field_validator("attributes")(_scalar_attributes)
@@ -180,8 +190,10 @@ class UserBody(_Body):
 class TrainBody(_Body):
     """Retrain a model on the current store and activate the new version when done."""
 
-    model: Annotated[str, StringConstraints(min_length=1, max_length=64)]
-    params: dict[str, Any] = Field(default_factory=dict)
+    model: Literal[tuple(REGISTRY)]  # type: ignore[valid-type]
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="the model's parameters (`lmrec train --help`)"
+    )
     activate: bool = True
 
 
@@ -202,7 +214,7 @@ class Reason(BaseModel):
     items: list[str] | None = None
     titles: list[str] | None = None
     contributions: list[float] | None = None
-    attributes: dict[str, Any] | None = None
+    attributes: Attributes | None = None
     tags: list[str] | None = None
     count: int | None = None
     text: str | None = None
@@ -343,6 +355,7 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
         (401, "no or unknown API key"),
         (403, "the API key's scope is too narrow"),
         (404, "not found"),
+        (409, "the state of the server forbids it (a version that cannot be loaded)"),
         (413, "body too large"),
         (422, "invalid request"),
         (503, "not ready (no model loaded) or the store failed"),
