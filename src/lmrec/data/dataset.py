@@ -101,6 +101,12 @@ def csr_dedup(
     return m
 
 
+def erased_id(k: int) -> str:
+    """The id left at vocabulary index `k` of an erased user: it holds a control character,
+    which no real id may (`lmrec.ids`), so it never names anybody."""
+    return f"\x1ferased:{k}"
+
+
 class Dataset:
     """Users, items and time-ordered interactions over two vocabularies.
 
@@ -292,6 +298,22 @@ class Dataset:
         if mask.dtype != bool:
             mask = np.sort(mask)
         return self._replace(mask, name=self.name if name is None else name)
+
+    def forget_users(self, idx: Sequence[int] | np.ndarray) -> Dataset:
+        """The dataset without these users (indices): their interactions, attributes and tags
+        are gone and their ids are replaced by `erased_id` tombstones, so every other index
+        stays as it was (models keep their user-indexed arrays aligned)."""
+        idx = np.unique(np.asarray(idx, np.int64))
+        if not len(idx):
+            return self
+        ids = self.users.ids.tolist()
+        for k in idx.tolist():
+            ids[k] = erased_id(k)
+        attrs, tags = list(self.user_features.attributes), list(self.user_features.tags)
+        for k in idx.tolist():
+            attrs[k], tags[k] = {}, []
+        keep = ~np.isin(self.user, idx)
+        return self._replace(keep, users=Vocabulary(ids), user_features=UserFeatures(attrs, tags))
 
     def concat(self, other: Dataset, name: str | None = None) -> Dataset:
         """Interactions of both datasets (which must share vocabularies and event names).

@@ -169,10 +169,17 @@ class Catalogue:
         }
 
     def delete_user(self, user: str) -> None:
-        """Erase a user: their row and events in the store, the live feed, every loaded
-        version's view of them (later answers for this id are the unknown-user answer)."""
+        """Erase a user (`lmrec.erasure.erase_user`): their row, events and cached profile
+        vectors in the store, every saved version's artifact (rewritten without them), the
+        store's free pages and WAL; then the live feed and every loaded version's view of them
+        (later answers for this id are the unknown-user answer)."""
+        from lmrec.erasure import erase_user
+
         with self.lock:
-            if not self.store.delete("user", user):
+            dirs = [v.path for v in self.registry.versions.values()]
+            if self.registry.models_dir is not None:
+                dirs.append(self.registry.models_dir)
+            if not erase_user(self.store, user, dirs, vacuum=False).found:
                 raise NotFound(f"unknown user {user!r}")
             self.users.discard(user)
             self.profiles.pop(user, None)

@@ -29,7 +29,7 @@ from sqlalchemy import (
 )
 
 #: Bump when the tables change and add a step to `MIGRATIONS` in store.py.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = MetaData()
 
@@ -90,4 +90,14 @@ text_embeddings = Table(
     Column("dim", Integer, nullable=False),
     Column("vector", LargeBinary, nullable=False),  # float32, little-endian
     Column("created_at", Float, nullable=False),
+)
+
+# Version 3: the erasure log: what each erasure removed (counts, never the data or the id).
+erasure_log = Table(
+    "erasure_log",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("erased_at", Float, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("report", JSON, nullable=False),
 )

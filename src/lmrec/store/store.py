@@ -36,6 +36,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from lmrec.errors import StoreError
 from lmrec.store.schema import (
     SCHEMA_VERSION,
+    erasure_log,
     interactions,
     items,
     meta,
@@ -57,6 +58,7 @@ def _create_tables(*names: str) -> Callable[[Connection], None]:
 # version -> the step that brings a store from version-1 to version.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     2: _create_tables("text_embeddings"),
+    3: _create_tables("erasure_log"),
 }
 
 
@@ -534,6 +536,57 @@ class Store:
             conn.execute(interactions.delete().where(col == found[ext_id]))
             conn.execute(table.delete().where(table.c.id == found[ext_id]))
             return True
+
+    def erase_user(self, ext_id: str, text_hashes: Iterable[str] = ()) -> dict[str, int] | None:
+        """Erase a user in one transaction: their row, their events and the cached text vectors
+        of their profile texts (`text_hashes`), and log what was removed (counts only: the
+        log names no id and holds no data). None when the user does not exist. Call `compact`
+        afterwards so that no copy stays in free pages or the write-ahead log."""
+        hashes = list(dict.fromkeys(text_hashes))
+        with self.begin() as conn:
+            found = self.id_map(conn, "user", [ext_id])
+            if not found:
+                return None
+            uid = found[ext_id]
+            events = conn.execute(
+                interactions.delete().where(interactions.c.user_id == uid)
+            ).rowcount
+            conn.execute(users.delete().where(users.c.id == uid))
+            vectors = 0
+            if hashes:
+                t = text_embeddings
+                vectors = conn.execute(t.delete().where(t.c.text_hash.in_(hashes))).rowcount
+            report = {"users": 1, "events": int(events), "text_vectors": int(vectors)}
+            conn.execute(
+                erasure_log.insert().values(erased_at=time.time(), kind="user", report=report)
+            )
+        return report
+
+    def erasures(self) -> list[dict[str, Any]]:
+        """The erasure log, oldest first: when, what kind, and the counts removed."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(erasure_log).order_by(erasure_log.c.id)).mappings()
+            return [dict(r) for r in rows]
+
+    def compact(self, vacuum: bool = True) -> None:
+        """Leave no copy of deleted rows on disk. SQLite: deleted content is zeroed as it is
+        deleted (secure_delete), the WAL is checkpointed and truncated and (`vacuum`) the file
+        rebuilt, which also returns the space (VACUUM: a full copy, slow on a big store).
+        PostgreSQL: VACUUM FULL rewrites each table and index into new files (the
+        old ones are removed) and a CHECKPOINT flushes them; the server's WAL segments and any
+        backups or replicas are the operator's to expire."""
+        if self.dialect == "sqlite":
+            with self.engine.connect() as conn:
+                raw = conn.connection.driver_connection
+                raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                if vacuum:
+                    raw.execute("VACUUM")
+                    raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            for t in ("interactions", "users", "text_embeddings", "items"):
+                conn.exec_driver_sql(f"VACUUM FULL {t}")
+            conn.exec_driver_sql("CHECKPOINT")
 
     # -- reads -------------------------------------------------------------------------------
 
