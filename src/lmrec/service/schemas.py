@@ -183,6 +183,12 @@ class UserBody(_Body):
 
     attributes: Attributes | None = None
     tags: list[Tag] | None = Field(None, max_length=100)
+    consent_personal: bool | None = Field(
+        None, description="false: answered with non-personal recommendations"
+    )
+    consent_training: bool | None = Field(
+        None, description="false: left out of every snapshot models are trained on"
+    )
 
     _attrs = field_validator("attributes")(_scalar_attributes)
 
@@ -275,6 +281,8 @@ class User(_Out):
     user: str
     attributes: dict[str, Any] | None
     tags: list[str] | None
+    consent_personal: bool
+    consent_training: bool
     created_at: float
     events_since_start: int
 

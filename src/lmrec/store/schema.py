@@ -15,6 +15,7 @@ __all__ = [
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     Float,
     ForeignKey,
@@ -26,6 +27,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    true,
 )
 
 #: Bump when the tables change and add a step to `MIGRATIONS` in store.py.
@@ -51,6 +53,10 @@ users = Table(
     Column("attributes", JSON, nullable=False, default=dict),
     Column("tags", JSON, nullable=False, default=list),
     Column("created_at", Float, nullable=False),
+    # Version 3: consent. Opted out of personalisation: answered as anybody unknown; of
+    # training: left out of every snapshot (`Dataset.from_store`).
+    Column("consent_personal", Boolean, nullable=False, default=True, server_default=true()),
+    Column("consent_training", Boolean, nullable=False, default=True, server_default=true()),
 )
 
 items = Table(

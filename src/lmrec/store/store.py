@@ -55,10 +55,16 @@ def _create_tables(*names: str) -> Callable[[Connection], None]:
     return step
 
 
+def _add_consent(conn: Connection) -> None:
+    yes = "1" if conn.dialect.name == "sqlite" else "TRUE"
+    for col in ("consent_personal", "consent_training"):
+        conn.exec_driver_sql(f"ALTER TABLE users ADD COLUMN {col} BOOLEAN NOT NULL DEFAULT {yes}")
+
+
 # version -> the step that brings a store from version-1 to version.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     2: _create_tables("text_embeddings"),
-    3: _create_tables("erasure_log"),
+    3: lambda conn: (_create_tables("erasure_log")(conn), _add_consent(conn)),
 }
 
 
@@ -294,7 +300,7 @@ class Store:
     def _fill_defaults(kind: str, r: dict[str, Any], now: float) -> dict[str, Any]:
         base: dict[str, Any] = {"attributes": {}, "created_at": now}
         if kind == "user":
-            base["tags"] = []
+            base.update(tags=[], consent_personal=True, consent_training=True)
         else:
             base.update(title="", description="", categories=[])
         base.update(r)

@@ -57,6 +57,8 @@ ALIASES: dict[Kind, dict[str, tuple[str, ...]]] = {
     "users": {
         "ext_id": ("user_id", "user", "userid", "uid", "customer_id", "id"),
         "tags": ("tags", "interests", "interest_tags", "interest"),
+        "consent_personal": ("consent_personal", "consent_personalisation"),
+        "consent_training": ("consent_training",),
     },
 }
 REQUIRED: dict[Kind, tuple[str, ...]] = {
@@ -88,6 +90,10 @@ class ParsedFile:
 _MAX_SECONDS = 1e11
 #: Latest time an event may have (2200-01-01, as `lmrec.service.schemas.Timestamp`).
 MAX_TS = 7_258_118_400
+
+
+#: Spellings of a consent flag (an empty value: consent, the default).
+_CONSENT = {"true": True, "yes": True, "1": True, "": True, "false": False, "no": False, "0": False}
 
 
 def check_mapping(mapping: Mapping[str, str]) -> None:
@@ -441,6 +447,16 @@ def _entity_fields(
     """Categories or tags, title and description (items), created_at, and the other columns
     as attributes, of item or user rows."""
     out: dict[str, Any] = {}
+    for f in ("consent_personal", "consent_training"):
+        if kind == "users" and f in cols:
+            txt = _text(frame[cols[f]]).str.lower()
+            flags = [_CONSENT.get(x) for x in txt.tolist()]
+            check.flag(
+                np.array([v is None for v in flags], bool),
+                cols[f],
+                "expected true or false (also yes/no, 1/0; empty: true)",
+            )
+            out[f] = [True if v is None else v for v in flags]
     list_field = "categories" if kind == "items" else "tags"
     if list_field in cols:
         out[list_field] = _split_list(frame[cols[list_field]], list_sep)
