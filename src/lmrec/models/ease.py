@@ -207,10 +207,8 @@ class EASE(Recommender):
         x = dataset.matrix().astype(np.float64)
         if self.config.binary:
             x.data[:] = 1.0
-        if self.config.epsilon is not None:
-            g = self._dp_gram(dataset, x)
-        else:
-            g = (x.T @ x).toarray()
+        dp = self.config.epsilon is not None
+        g = self._dp_gram(dataset, x) if dp else (x.T @ x).toarray()
         scale = max(float(np.diag(g).mean()), 1e-12)
         lam = self.config.reg * scale if self.config.relative_reg else self.config.reg
         g[np.diag_indices(len(g))] += lam
