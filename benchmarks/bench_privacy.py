@@ -30,13 +30,21 @@ def main() -> None:
         import_sample(s)
         ds = Dataset.from_store(s, name="ml-100k")
     split = leave_one_out(ds)
-    print("| epsilon | clip c | reg | valid NDCG@10 | test NDCG@10 | test Recall@10 | sigma | "
-          "sensitivity | epsilon spent | fit s |")
+    print(
+        "| epsilon | clip c | reg | valid NDCG@10 | test NDCG@10 | test Recall@10 | sigma | "
+        "sensitivity | epsilon spent | fit s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for eps in EPSILONS:
-        grid = [({}, "default")] if eps is None else [
-            ({"epsilon": eps, "dp_max_items": c, "reg": r}, f"{c} {r}") for c in CLIPS for r in REGS
-        ]
+        grid = (
+            [({}, "default")]
+            if eps is None
+            else [
+                ({"epsilon": eps, "dp_max_items": c, "reg": r}, f"{c} {r}")
+                for c in CLIPS
+                for r in REGS
+            ]
+        )
         best = None
         for params, _ in grid:
             m = create_model("ease", **params).fit(split.train)
