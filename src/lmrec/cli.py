@@ -245,6 +245,7 @@ COMMAND_MODULES: list[str] = [
     "lmrec.commands.evaluate",
     "lmrec.commands.serve",
     "lmrec.commands.text",
+    "lmrec.commands.users",
 ]
 
 

@@ -112,6 +112,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         "interactions": data.n_interactions,
         "out": str(args.out),
     }
+    privacy = getattr(model, "privacy_", None)  # a DP model's spent budget (lmrec.privacy)
+    if privacy:
+        out["privacy"] = privacy
     if split is not None:
         out["valid"] = leave_one_out_metrics(model, split, "valid")
         out["test"] = leave_one_out_metrics(model, split, "test")
@@ -122,6 +125,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"trained {args.model} on {out['interactions']} interactions ({out['trained_on']}) "
             f"in {fit_s:.2f} s; saved to {args.out}"
         )
+        if privacy:
+            print(
+                f"  differential privacy: ({privacy['epsilon']:.3f}, {privacy['delta']:g})-DP "
+                f"by the RDP accountant; noise sigma {privacy['sigma']:.3f}, sensitivity "
+                f"{privacy['sensitivity']:.3f} ({privacy['mechanism']})"
+            )
         for part in ("valid", "test"):
             if part in out:
                 m = out[part]

@@ -200,6 +200,11 @@ class EASE(Recommender):
         g, self.lam, scale = self._gram(dataset)
         if f is not None and self.text_weight_ > 0:
             g += (self.text_weight_ * scale) * (f @ f.T)
+        if self.config.epsilon is not None:
+            # The noisy Gram is symmetric but indefinite: scipy 1.17's inv (which detects
+            # symmetry) hung or crashed on it; LU through numpy does not.
+            self._set_weights(np.linalg.inv(g))
+            return
         self._set_weights(scipy.linalg.inv(g, overwrite_a=True, check_finite=False))
 
     def _gram(self, dataset: Dataset) -> tuple[np.ndarray, float, float]:
