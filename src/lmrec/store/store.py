@@ -57,7 +57,10 @@ def _create_tables(*names: str) -> Callable[[Connection], None]:
 
 def _add_consent(conn: Connection) -> None:
     yes = "1" if conn.dialect.name == "sqlite" else "TRUE"
+    have = {c["name"] for c in inspect(conn).get_columns("users")}
     for col in ("consent_personal", "consent_training"):
+        if col in have:
+            continue
         conn.exec_driver_sql(f"ALTER TABLE users ADD COLUMN {col} BOOLEAN NOT NULL DEFAULT {yes}")
 
 
