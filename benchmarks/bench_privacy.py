@@ -9,6 +9,8 @@ Run: nice -n 10 .venv/bin/python benchmarks/bench_privacy.py
 
 from __future__ import annotations
 
+import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +24,8 @@ from lmrec.store import Store
 
 EPSILONS = (1.0, 4.0, 8.0, None)
 CLIPS = (16, 32, 64)
-REGS = (8.0, 32.0, 128.0)
+#: `LMREC_DP_REGS=128,512,2048` replaces the grid of regularisations.
+REGS = tuple(float(r) for r in os.environ.get("LMREC_DP_REGS", "8,32,128").split(","))
 
 
 def main() -> None:
@@ -35,7 +38,7 @@ def main() -> None:
         "sensitivity | epsilon spent | fit s |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for eps in EPSILONS:
+    for eps in [float(e) if e != "inf" else None for e in sys.argv[1:]] or EPSILONS:
         grid = (
             [({}, "default")]
             if eps is None
