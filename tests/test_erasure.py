@@ -63,7 +63,10 @@ def hits(paths: list[Path]) -> list[str]:
     needles = [s.encode(enc) for s in SECRETS for enc in ("utf-8", "utf-32-le")]
     found = []
     for p in paths:
-        data = p.read_bytes()
+        try:
+            data = p.read_bytes()
+        except FileNotFoundError:  # a server's temporary file, gone since the listing
+            continue
         blobs = [(str(p), data)]
         if zipfile.is_zipfile(p):
             with zipfile.ZipFile(p) as z:

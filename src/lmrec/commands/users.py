@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
+from typing import Any
 
 from lmrec.errors import LmrecError
 
@@ -30,7 +31,7 @@ def cmd_users(args: argparse.Namespace) -> int:
 
 
 def register(
-    subparsers: argparse._SubParsersAction,
+    subparsers: Any,
     commands: dict[str, Callable[[argparse.Namespace], int]],
 ) -> None:
     """Add `users delete` to the `lmrec` command line."""
