@@ -145,3 +145,18 @@ def test_recommend_new_items_from_the_store(db: str, tmp_path: Path, capsys) -> 
     err = capsys.readouterr().err
     assert "holds 1 items the 'ease' model was not trained on" in err
     assert "cannot score items from their text; retrain it" in err
+
+
+def test_dp_train_shows_budget_and_users_delete(db: str, tmp_path: Path, capsys) -> None:
+    """`lmrec train` shows the privacy budget a DP model spent; `lmrec users delete` erases a
+    user from the store and rewrites the saved model without them."""
+    out = tmp_path / "dp"
+    argv = ["--db", db, "train", "--model", "ease", "--param", "epsilon=4", "--out", str(out)]
+    assert main([*argv, "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["privacy"]["epsilon"] <= 4.0001 and got["privacy"]["delta"] == 1e-5
+    assert main(["--db", db, "users", "delete", "943", "--models", str(out), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["found"] and rep["store"]["users"] == 1 and rep["models"] == ["dp"]
+    assert main(["--db", db, "users", "delete", "943"]) == 1  # the CLI prints the error
+    assert "unknown user '943'" in capsys.readouterr().err

@@ -88,10 +88,10 @@ def free_port() -> int:
 class Server:
     """uvicorn serving `create_app(settings)` in a thread on a free loopback port."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, port: int | None = None):
         import uvicorn
 
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.app = create_app(settings)
         config = uvicorn.Config(

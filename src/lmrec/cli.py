@@ -247,6 +247,7 @@ COMMAND_MODULES: list[str] = [
     "lmrec.commands.experiment",
     "lmrec.commands.serve",
     "lmrec.commands.text",
+    "lmrec.commands.users",
 ]
 
 

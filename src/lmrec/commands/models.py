@@ -114,6 +114,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     }
     if chosen := model.chosen():
         out["chosen"] = chosen
+    privacy = getattr(model, "privacy_", None)  # a DP model's spent budget (lmrec.privacy)
+    if privacy:
+        out["privacy"] = privacy
     if split is not None:
         out["valid"] = leave_one_out_metrics(model, split, "valid")
         out["test"] = leave_one_out_metrics(model, split, "test")
@@ -126,6 +129,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         if chosen:
             print(f"  chosen while fitting: {json.dumps(chosen)}")
+        if privacy:
+            print(
+                f"  differential privacy: ({privacy['epsilon']:.3f}, {privacy['delta']:g})-DP "
+                f"by the RDP accountant; noise sigma {privacy['sigma']:.3f}, sensitivity "
+                f"{privacy['sensitivity']:.3f} ({privacy['mechanism']})"
+            )
         for part in ("valid", "test"):
             if part in out:
                 m = out[part]

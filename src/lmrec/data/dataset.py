@@ -101,6 +101,24 @@ def csr_dedup(
     return m
 
 
+def _consenting(arr: Any, urows: list[dict[str, Any]]) -> tuple[Any, list[dict[str, Any]]]:
+    """The interactions and users of a store read without those who opted out of training."""
+    out = [r for r in urows if r.get("consent_training", True) in (True, 1)]
+    if len(out) == len(urows):
+        return arr, urows
+    gone = np.array(
+        [r["id"] for r in urows if r.get("consent_training", True) not in (True, 1)], np.int64
+    )
+    keep = ~np.isin(arr.user_id, gone)
+    return type(arr)(*(getattr(arr, f)[keep] for f in arr.__dataclass_fields__)), out
+
+
+def erased_id(k: int) -> str:
+    """The id left at vocabulary index `k` of an erased user: it holds a control character,
+    which no real id may (`lmrec.ids`), so it never names anybody."""
+    return f"\x1ferased:{k}"
+
+
 class Dataset:
     """Users, items and time-ordered interactions over two vocabularies.
 
@@ -293,6 +311,22 @@ class Dataset:
             mask = np.sort(mask)
         return self._replace(mask, name=self.name if name is None else name)
 
+    def forget_users(self, idx: Sequence[int] | np.ndarray) -> Dataset:
+        """The dataset without these users (indices): their interactions, attributes and tags
+        are gone and their ids are replaced by `erased_id` tombstones, so every other index
+        stays as it was (models keep their user-indexed arrays aligned)."""
+        idx = np.unique(np.asarray(idx, np.int64))
+        if not len(idx):
+            return self
+        ids = self.users.ids.tolist()
+        for k in idx.tolist():
+            ids[k] = erased_id(k)
+        attrs, tags = list(self.user_features.attributes), list(self.user_features.tags)
+        for k in idx.tolist():
+            attrs[k], tags[k] = {}, []
+        keep = ~np.isin(self.user, idx)
+        return self._replace(keep, users=Vocabulary(ids), user_features=UserFeatures(attrs, tags))
+
     def concat(self, other: Dataset, name: str | None = None) -> Dataset:
         """Interactions of both datasets (which must share vocabularies and event names).
 
@@ -393,15 +427,20 @@ class Dataset:
         min_item_interactions: int = 0,
         event_weights: Mapping[str, float] | None = None,
         include_inactive: bool = True,
+        consent: bool = True,
         name: str = "",
     ) -> Dataset:
         """Snapshot the store, optionally limited by time window [since, until) and events.
 
         With `include_inactive`, users and items without interactions in the window stay in the
-        vocabularies (new items are part of the catalogue); count filters drop them.
+        vocabularies (new items are part of the catalogue); count filters drop them. With
+        `consent` (the default) users who opted out of training are left out, with their
+        events; `consent=False` is for the store's own tools, never for training.
         """
         arr = store.read_interactions(since=since, until=until, events=events)
         urows = store.read_table("user")
+        if consent:
+            arr, urows = _consenting(arr, urows)
         irows = store.read_table("item")
         uid = np.fromiter((r["id"] for r in urows), np.int64, len(urows))
         iid = np.fromiter((r["id"] for r in irows), np.int64, len(irows))

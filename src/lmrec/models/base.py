@@ -26,7 +26,7 @@ __all__ = [
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, Self, runtime_checkable
@@ -677,6 +677,33 @@ class Recommender(ABC):
         for name, value in list(vars(self).items()):
             if isinstance(value, np.ndarray) and value.ndim == 2 and not value.flags.c_contiguous:
                 setattr(self, name, np.ascontiguousarray(value))
+
+    # -- erasure ------------------------------------------------------------------------------
+
+    def forget_users(self, ids: Iterable[str]) -> int:
+        """Erase users from this fitted model: their ids become tombstones (they are answered
+        as unknown users), their stored history, attributes and tags go, and user-indexed
+        learned state is cleared (`_forget_user_rows`). Item-side parameters learned from their
+        events stay (no retraining here). Returns how many of `ids` the model knew."""
+        self.check_fitted()
+        assert self.users is not None
+        idx = [self.users.get(u) for u in ids]
+        idx = [k for k in idx if k >= 0]
+        if not idx:
+            return 0
+        from lmrec.data.dataset import erased_id
+
+        names = self.users.ids.tolist()
+        for k in idx:
+            names[k] = erased_id(k)
+        self.users = Vocabulary(names)
+        if self.history is not None:
+            self.history = self.history.forget_users(idx)
+        self._forget_user_rows(np.asarray(idx, np.int64))
+        return len(idx)
+
+    def _forget_user_rows(self, idx: np.ndarray) -> None:  # noqa: B027 - optional hook
+        """Clear the learned state of these user indices (user factors, stored rows)."""
 
     # -- persistence -------------------------------------------------------------------------
 

@@ -17,6 +17,8 @@ lmrec model (`benchmarks/text_aware.md`).
 
 from __future__ import annotations
 
+import json
+
 __all__ = ["EASE", "EASEConfig"]
 
 from collections.abc import Mapping, Sequence
@@ -64,6 +66,17 @@ class EASEConfig(ModelConfig):
     """Text encoder spec (see `lmrec.text.load_encoder`) when text_weight > 0."""
     item_template: str | None = None
     """str.format template of item text (title, description, categories, attributes)."""
+    epsilon: float | None = Field(None, gt=0)
+    """Differential privacy (`lmrec.privacy.dp_gram`): the Gram X'X gets Gaussian noise so the
+    weights are (epsilon, delta)-DP for adding or removing one user (None: no noise). It
+    covers the weights only: the popularity fallback and the training history saved for
+    fold-in are not noised (DEVELOPERS.md, issue 18)."""
+    delta: float = Field(1e-5, gt=0, lt=1)
+    """The delta of (epsilon, delta)-DP."""
+    dp_max_items: int = Field(64, ge=1)
+    """With epsilon: each user's row is clipped to their this many latest items."""
+    seed: int = 0
+    """Seed of the privacy noise."""
 
 
 def text_side(
@@ -192,18 +205,35 @@ class EASE(Recommender):
         g, self.lam, scale = self._gram(dataset)
         if f is not None and self.text_weight_ > 0:
             g += (self.text_weight_ * scale) * (f @ f.T)
+        if self.config.epsilon is not None:
+            # The noisy Gram is symmetric but indefinite: scipy 1.17's inv (which detects
+            # symmetry) hung or crashed on it; LU through numpy does not.
+            self._set_weights(np.linalg.inv(g))
+            return
         self._set_weights(scipy.linalg.inv(g, overwrite_a=True, check_finite=False))
 
     def _gram(self, dataset: Dataset) -> tuple[np.ndarray, float, float]:
-        """(X'X + lambda I, lambda, mean of diag(X'X))."""
+        """(X'X + lambda I, lambda, mean of diag(X'X)); with `epsilon`, X'X is DP-noised."""
         x = dataset.matrix().astype(np.float64)
         if self.config.binary:
             x.data[:] = 1.0
-        g = (x.T @ x).toarray()
+        dp = self.config.epsilon is not None
+        g = self._dp_gram(dataset, x) if dp else (x.T @ x).toarray()
         scale = max(float(np.diag(g).mean()), 1e-12)
         lam = self.config.reg * scale if self.config.relative_reg else self.config.reg
         g[np.diag_indices(len(g))] += lam
         return g, lam, scale
+
+    def _dp_gram(self, dataset: Dataset, x: sp.csr_matrix) -> np.ndarray:
+        from lmrec.privacy import dp_gram
+
+        cfg = self.config
+        assert cfg.epsilon is not None
+        last = _last_times(dataset, x)
+        rng = np.random.default_rng(cfg.seed)
+        g, privacy = dp_gram(x, cfg.epsilon, cfg.delta, cfg.dp_max_items, rng, ts=last)
+        self.privacy_ = privacy.as_dict()
+        return g
 
     def _set_weights(self, p: np.ndarray) -> None:
         """B = -P / diag(P) with a zero diagonal, from P = (Gram + lambda I)^-1."""
@@ -261,7 +291,11 @@ class EASE(Recommender):
         )
 
     def _state(self) -> dict[str, np.ndarray]:
+        extra = {}
+        if getattr(self, "privacy_", None):
+            extra["privacy"] = np.asarray(json.dumps(self.privacy_))
         return {
+            **extra,
             "weights": self.weights,
             "lambda": np.asarray(self.lam),
             "text_weight": np.asarray(self.text_weight_),
@@ -271,6 +305,8 @@ class EASE(Recommender):
         }
 
     def _set_state(self, state: Mapping[str, np.ndarray]) -> None:
+        if "privacy" in state:
+            self.privacy_ = json.loads(str(state["privacy"]))
         self.weights = np.ascontiguousarray(state["weights"], dtype=np.float32)
         self.lam = float(state["lambda"])
         if "text_weight" in state:  # artifacts before the text view have neither
@@ -278,3 +314,15 @@ class EASE(Recommender):
             self.text_search_ = np.asarray(state["text_search"])
             self.text_f = np.asarray(state["text_f"], np.float32)
             self.text_mean = np.asarray(state["text_mean"], np.float64)
+
+
+def _last_times(dataset: Dataset, x: sp.csr_matrix) -> np.ndarray:
+    """For each stored entry of `x` (a user's item), the time of the user's latest
+    interaction with it (clipping keeps the latest items)."""
+    key = dataset.user.astype(np.int64) * dataset.n_items + dataset.item
+    order = np.argsort(key, kind="stable")
+    k, t = key[order], dataset.ts[order]
+    rows = np.repeat(np.arange(x.shape[0]), np.diff(x.indptr)).astype(np.int64)
+    want = rows * dataset.n_items + x.indices
+    pos = np.searchsorted(k, want, side="right") - 1  # a key's last row: its latest time
+    return t[pos]

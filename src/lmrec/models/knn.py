@@ -265,6 +265,13 @@ class UserKNN(Recommender):
             out[start : start + hb.shape[0]] = (w @ self.train).toarray()
         return out
 
+    def _forget_user_rows(self, idx: np.ndarray) -> None:
+        train = self.train.tolil(copy=True)
+        train[idx] = 0
+        self.train = train.tocsr()
+        self.train.eliminate_zeros()
+        self._cache()
+
     def _state(self) -> dict[str, np.ndarray]:
         return sparse_state("train", self.train)
 

@@ -135,6 +135,11 @@ class _MF(Recommender):
         order = order[np.isfinite(sims[order])]
         return Recommendations(self.items.ids_of(order), sims[order].astype(float).tolist())
 
+    def _forget_user_rows(self, idx: np.ndarray) -> None:
+        self.user_factors = np.array(self.user_factors, copy=True)
+        self.user_factors[idx] = 0.0
+        self._restore()
+
     def _state(self) -> dict[str, np.ndarray]:
         return {"user_factors": self.user_factors, "item_factors": self.item_factors}
 

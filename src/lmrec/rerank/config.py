@@ -104,6 +104,13 @@ class RerankConfig(BaseModel):
     """Category -> at least this many chosen items of it, when the pool has them."""
     filters: Filters = Field(default_factory=Filters)
     """Items removed before ranking (ids, categories, a score floor)."""
+    fair_categories: tuple[str, ...] = ()
+    """Fair re-ranking (FA*IR): items of any of these categories (providers, brands) are the
+    protected group."""
+    fair_share: float = Field(0.0, ge=0.0, lt=1.0)
+    """FA*IR target proportion p of protected items in every prefix of a list (0: off)."""
+    fair_alpha: float = Field(0.1, gt=0.0, lt=1.0)
+    """FA*IR significance: a prefix of length t holds at least binom.ppf(alpha, t, p)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> RerankConfig:
@@ -134,9 +141,14 @@ class RerankConfig(BaseModel):
         return self.method != "none" and self.diversity > 0
 
     @property
+    def fair(self) -> bool:
+        """Whether the FA*IR prefix minimums apply."""
+        return bool(self.fair_categories) and self.fair_share > 0
+
+    @property
     def constrained(self) -> bool:
-        """Whether category caps or minimums apply."""
-        return self.max_per_category is not None or bool(self.min_per_category)
+        """Whether category caps or minimums (FA*IR's included) apply."""
+        return self.max_per_category is not None or bool(self.min_per_category) or self.fair
 
     @property
     def active(self) -> bool:

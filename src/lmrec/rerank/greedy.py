@@ -128,6 +128,12 @@ class CategoryConstraints:
     categories: Sequence[Sequence[str]]
     max_per_category: int | None = None
     min_per_category: Mapping[str, int] = field(default_factory=dict)
+    fair_categories: Sequence[str] = ()
+    """Items carrying any of these categories form the protected group of FA*IR."""
+    fair_share: float = 0.0
+    """FA*IR (Zehlike et al. 2017): every prefix of length t holds at least
+    `binom.ppf(fair_alpha, t, fair_share)` protected items (when the pool has them)."""
+    fair_alpha: float = 0.1
 
     def __post_init__(self) -> None:
         if self.max_per_category is not None and self.max_per_category < 1:
@@ -149,10 +155,28 @@ class CategoryConstraints:
         for c, v in self.min_per_category.items():
             need[col[c]] = v
         object.__setattr__(self, "_need", need)
+        unknown = sorted(c for c in self.fair_categories if c not in col)
+        if unknown:
+            raise LmrecError(f"unknown categories in fair_categories: {', '.join(unknown)}")
+        if not 0.0 <= self.fair_share < 1.0 or not 0.0 < self.fair_alpha < 1.0:
+            raise LmrecError("fair_share must be in [0, 1) and fair_alpha in (0, 1)")
+        object.__setattr__(self, "_fair", [col[c] for c in self.fair_categories])
+
+    def fair_minimums(self, k: int) -> np.ndarray:
+        """(k + 1,) the fewest protected items each prefix of length 0..k must hold."""
+        from scipy.stats import binom
+
+        if not self.fair_categories or self.fair_share <= 0:
+            return np.zeros(k + 1, np.int64)
+        t = np.arange(k + 1)
+        return np.maximum(binom.ppf(self.fair_alpha, t, self.fair_share), 0).astype(np.int64)
 
     def start(self, items: np.ndarray, k: int) -> _Admission:
         g = self._matrix[np.asarray(items, np.int64)].toarray() > 0  # type: ignore[attr-defined]
-        return _Admission(g, self.max_per_category, self._need, k)  # type: ignore[attr-defined]
+        adm = _Admission(g, self.max_per_category, self._need, k)  # type: ignore[attr-defined]
+        if self._fair:  # type: ignore[attr-defined]
+            adm.protect(g[:, self._fair].any(axis=1), self.fair_minimums(k))  # type: ignore[attr-defined]
+        return adm
 
 
 class _Admission:
@@ -167,9 +191,21 @@ class _Admission:
         self.picked = 0
         # Minimums beyond what the pool can give are impossible: ask only for what exists.
         self.need = np.minimum(need, g.sum(axis=0))
+        self.protected: np.ndarray | None = None
+        self.fair_min = np.zeros(k + 1, np.int64)
+        self.n_protected = 0
+
+    def protect(self, protected: np.ndarray, minimums: np.ndarray) -> None:
+        """FA*IR: the next pick must be protected while the prefix it ends would hold fewer
+        protected items than `minimums` says (and the pool still has some)."""
+        self.protected, self.fair_min = protected, minimums
 
     def mask(self, free: np.ndarray) -> np.ndarray:
         """Admissible among `free` (not yet chosen) positions; relaxed if nothing is."""
+        if self.protected is not None and self.n_protected < self.fair_min[self.picked + 1]:
+            must = free & self.protected
+            if must.any():
+                return must
         allowed = free.copy()
         if self.cap is not None:
             full = self.counts >= self.cap
@@ -187,6 +223,8 @@ class _Admission:
     def add(self, pos: int) -> None:
         self.counts += self.g[pos]
         self.picked += 1
+        if self.protected is not None and self.protected[pos]:
+            self.n_protected += 1
 
 
 class _NoConstraints:

@@ -313,6 +313,11 @@ def diversify(
                 raise LmrecError("category constraints need item categories (the model has none)")
             categories = model.history.item_features.categories
         constraints = CategoryConstraints(
-            categories, config.max_per_category, dict(config.min_per_category)
+            categories,
+            config.max_per_category,
+            dict(config.min_per_category),
+            fair_categories=config.fair_categories,
+            fair_share=config.fair_share,
+            fair_alpha=config.fair_alpha,
         )
     return Reranked(model, make_reranker(config, sim, constraints), config, categories=categories)

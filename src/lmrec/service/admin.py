@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 from lmrec.errors import LmrecError
@@ -30,7 +31,8 @@ class ModelAdmin:
         out = []
         for v in sorted(self.registry.versions.values(), key=lambda v: v.name):
             slot = self.registry.slots.get(v.name)
-            row: dict[str, Any] = {"version": v.name, "path": v.path, "state": v.state}
+            # The folder's name only: the server's paths are not shown to read keys.
+            row: dict[str, Any] = {"version": v.name, "path": Path(v.path).name, "state": v.state}
             if v.error:
                 row["error"] = v.error
             if slot is not None:

@@ -8,7 +8,7 @@ catalogues, the retrieval index of embedding models.
 
 from __future__ import annotations
 
-__all__ = ["Answers", "UserRequest", "ranked", "slot_of"]
+__all__ = ["NO_CONSENT", "Answers", "UserRequest", "ranked", "slot_of"]
 
 import math
 import time
@@ -27,6 +27,9 @@ from lmrec.service.live import Feed, Slot, record_text
 from lmrec.service.registry import ModelRegistry
 from lmrec.service.search import SearchIndex
 from lmrec.service.settings import Settings
+
+#: The `fallback` of answers to users who opted out of personalisation.
+NO_CONSENT = "no consent to personalisation"
 
 #: One user-recommendation request: (user, n, model, exclude_seen, category).
 UserRequest = tuple[str, int, "str | None", bool, "str | None"]
@@ -85,11 +88,15 @@ class Answers:
         if n > self.settings.max_n:
             raise LmrecError(f"n must be at most {self.settings.max_n}, got {n}")
 
+    def _fallback(self, user: str | None, used: str | None) -> str | None:
+        """The answer's `fallback`: NO_CONSENT for a user who opted out of personalisation."""
+        return NO_CONSENT if user is not None and not self.catalogue.personal(user) else used
+
     def query(self, slot: Slot, user: str | None, extra: Query | None = None) -> Query:
         """The model's query for `user` (live history, and the stored profile when the model
         does not know them and the request brings none) and/or the request's `extra`."""
-        if user is None:
-            return extra or Query()
+        if user is None or not self.catalogue.personal(user):
+            return extra or Query()  # no consent to personalisation: what anybody gets
         if self.follower is not None:
             self.follower.poll(since=time.monotonic())
         q = slot.query(user, self.feed, extra)
@@ -133,7 +140,7 @@ class Answers:
         hist = m.history_of([q])
         mask = slot.candidates(category, self.catalogue.categories)
         idx, val, used = self._rank(slot, m, hist, n, exclude_seen, mask, rerank)
-        out = ranked(user, slot.name, m, idx[0], val[0], used[0])
+        out = ranked(user, slot.name, m, idx[0], val[0], self._fallback(user, used[0]))
         if explain:
             self._explain(slot, hist, out)
         return out
@@ -166,7 +173,9 @@ class Answers:
                 continue
             for j, r in enumerate(rows):
                 user, n = requests[r][0], requests[r][1]
-                out[r] = ranked(user, slot.name, m, idx[j][:n], val[j][:n], used[j])
+                out[r] = ranked(
+                    user, slot.name, m, idx[j][:n], val[j][:n], self._fallback(user, used[j])
+                )
         return out  # type: ignore[return-value]
 
     def _rank(

@@ -26,16 +26,18 @@ from fastapi import APIRouter, FastAPI, Path, Query, Response
 from starlette.concurrency import run_in_threadpool
 
 from lmrec.errors import LmrecError
+from lmrec.ids import ID_PATTERN, MAX_ID
 from lmrec.models.base import Query as ModelQuery
 from lmrec.rerank.config import Method, SimilaritySource
 from lmrec.service import schemas as out
 from lmrec.service.auth import Auth
 from lmrec.service.console import console_routes, experiment_routes
 from lmrec.service.core import Service
-from lmrec.service.errors import add_handlers
-from lmrec.service.fast import Batcher, FastPath, dumps, ingest
-from lmrec.service.guard import Guard
+from lmrec.service.errors import Conflict, add_handlers
+from lmrec.service.fast import Batcher, FastPath, dumps, ingest, send_json
+from lmrec.service.guard import Guard, path_problem, read_only
 from lmrec.service.metrics import Metrics
+from lmrec.service.openapi import document
 from lmrec.service.schemas import (
     MAX_POOL,
     RESPONSES,
@@ -50,8 +52,12 @@ from lmrec.service.schemas import (
 )
 from lmrec.service.settings import Settings
 
-IdPath = Annotated[str, Path(min_length=1, max_length=255)]
+IdPath = Annotated[str, Path(min_length=1, max_length=MAX_ID, pattern=ID_PATTERN)]
 N = Annotated[int, Query(ge=1, le=1000, description="how many items (at most max_n)")]
+
+
+CREATED = {201: {"model": out.Written, "description": "created"}}
+ACCEPTED = {202: {"model": out.VersionState, "description": "loading in the background"}}
 
 
 def _json(obj: Any, status: int = 200) -> Response:
@@ -65,6 +71,14 @@ class _App(FastAPI):
     fast: Any = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and (problem := path_problem(scope)) is not None:
+            await send_json(send, 400, dumps({"detail": problem}))
+            return
+        if scope["type"] == "http" and read_only(scope):
+            await send_json(
+                send, 405, dumps({"detail": "Method Not Allowed"}), [(b"allow", b"GET")]
+            )
+            return
         if self.fast is None or scope["type"] != "http":
             await super().__call__(scope, receive, send)
         else:
@@ -101,10 +115,11 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
         "feedback.",
         lifespan=lifespan,
     )
+    app.openapi = lambda: document(app)  # type: ignore[method-assign]
     app.state.service = svc
     app.state.metrics = metrics
     app.fast = FastPath(svc, auth, batcher, metrics, settings.max_body_bytes)
-    add_handlers(app)
+    add_handlers(app, auth)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -173,7 +188,13 @@ def _service_routes(svc: Service, auth: Auth, metrics: Metrics) -> APIRouter:
         summary="Prometheus metrics",
         dependencies=[auth.need("read")],
         response_class=Response,
-        responses=RESPONSES,
+        responses={
+            **RESPONSES,
+            200: {
+                "description": "metrics",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            },
+        },
     )
     async def prom() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
@@ -327,6 +348,7 @@ def _catalogue_routes(svc: Service, auth: Auth) -> APIRouter:
         summary="Create or update an item",
         dependencies=[write],
         response_model=out.Written,
+        responses=CREATED,
     )
     async def put_item(item_id: IdPath, body: ItemBody) -> Response:
         answer = await run_in_threadpool(svc.put_item, item_id, body.model_dump())
@@ -359,6 +381,7 @@ def _catalogue_routes(svc: Service, auth: Auth) -> APIRouter:
         summary="Create or update a user",
         dependencies=[write],
         response_model=out.Written,
+        responses=CREATED,
     )
     async def put_user(user_id: IdPath, body: UserBody) -> Response:
         answer = await run_in_threadpool(svc.put_user, user_id, body.model_dump())
@@ -399,10 +422,10 @@ def _model_routes(svc: Service, auth: Auth) -> APIRouter:
             return _json({"version": name, "state": "loading"}, 202)
         try:
             await asyncio.wrap_future(fut)
-        except LmrecError:
-            raise
+        except LmrecError as exc:
+            raise Conflict(f"cannot load model version {name!r}: {exc}") from None
         except Exception as exc:
-            raise LmrecError(f"cannot load model version {name!r}: {exc}") from None
+            raise Conflict(f"cannot load model version {name!r}: {exc}") from None
         return _json({"version": name, "state": "loaded", "active": svc.registry.active})
 
     @r.get(
@@ -419,6 +442,7 @@ def _model_routes(svc: Service, auth: Auth) -> APIRouter:
         summary="Load (in the background) and make a version the default; no downtime",
         dependencies=[admin],
         response_model=out.VersionState,
+        responses=ACCEPTED,
     )
     async def activate(version: IdPath, wait: bool = False) -> Response:
         return await loaded(svc.activate(version), wait, version)
@@ -428,6 +452,7 @@ def _model_routes(svc: Service, auth: Auth) -> APIRouter:
         summary="Load a version beside the active one (for ?model= variants)",
         dependencies=[admin],
         response_model=out.VersionState,
+        responses=ACCEPTED,
     )
     async def load(version: IdPath, wait: bool = False) -> Response:
         return await loaded(svc.load(version), wait, version)

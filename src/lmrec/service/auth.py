@@ -78,4 +78,22 @@ class Auth:
             if problem is not None:
                 raise problem
 
+        check.lmrec_scope = needed  # type: ignore[attr-defined]  # read by `route_problem`
         return Depends(check)
+
+    def route_problem(self, scope: dict) -> HttpProblem | None:
+        """The key problem of a request for its route's needed scope (None: none, or no
+        route). FastAPI reads and validates a body before it runs dependencies; an invalid
+        body is answered only after this check, so that a caller without a key learns 401,
+        not what the body should have been."""
+        route = scope.get("route")
+        stack = [getattr(route, "dependant", None)]
+        while stack:
+            dep = stack.pop()
+            if dep is None:
+                continue
+            needed = getattr(dep.call, "lmrec_scope", None)
+            if needed is not None:
+                return self.problem(scope["headers"], needed)
+            stack.extend(dep.dependencies)
+        return None

@@ -39,6 +39,7 @@ class Catalogue:
         self.categories: dict[str, list[str]] = {}
         self.profiles: dict[str, tuple[dict[str, Any], list[str]]] = {}
         self.users: set[str] = set()
+        self.impersonal: set[str] = set()  # users without consent to personalisation
         self.watchers: list[ItemWatcher] = []
 
     def watch(self, watcher: ItemWatcher) -> None:
@@ -56,8 +57,11 @@ class Catalogue:
             self.categories = {i: list(r["categories"] or []) for i, r in self.items.items()}
             self.users = set()
             self.profiles = {}
+            self.impersonal = set()
             for r in self.store.read_table("user"):
                 self.users.add(r["ext_id"])
+                if not r.get("consent_personal", True):
+                    self.impersonal.add(r["ext_id"])
                 if r["attributes"] or r["tags"]:
                     self.profiles[r["ext_id"]] = (
                         dict(r["attributes"] or {}),
@@ -140,6 +144,10 @@ class Catalogue:
 
     # -- users -------------------------------------------------------------------------------
 
+    def personal(self, user: str) -> bool:
+        """Whether `user` may be answered with personal recommendations (consent)."""
+        return user not in self.impersonal
+
     def put_user(self, user: str, fields: dict[str, Any]) -> dict[str, Any]:
         """Create or update a user; the profile (attributes, tags) speaks for them at once."""
         fields = {k: v for k, v in fields.items() if v is not None}
@@ -153,6 +161,10 @@ class Catalogue:
                 self.profiles[user] = (dict(rec["attributes"] or {}), list(rec["tags"] or []))
             else:
                 self.profiles.pop(user, None)
+            if rec.get("consent_personal", True):
+                self.impersonal.discard(user)
+            else:
+                self.impersonal.add(user)
         return {"user": user, "created": bool(added)}
 
     def get_user(self, user: str) -> dict[str, Any]:
@@ -164,18 +176,28 @@ class Catalogue:
             "user": user,
             "attributes": rec["attributes"],
             "tags": rec["tags"],
+            "consent_personal": bool(rec.get("consent_personal", True)),
+            "consent_training": bool(rec.get("consent_training", True)),
             "created_at": rec["created_at"],
             "events_since_start": len(self.feed.of(user)),
         }
 
     def delete_user(self, user: str) -> None:
-        """Erase a user: their row and events in the store, the live feed, every loaded
-        version's view of them (later answers for this id are the unknown-user answer)."""
+        """Erase a user (`lmrec.erasure.erase_user`): their row, events and cached profile
+        vectors in the store, every saved version's artifact (rewritten without them), the
+        store's free pages and WAL; then the live feed and every loaded version's view of them
+        (later answers for this id are the unknown-user answer)."""
+        from lmrec.erasure import erase_user
+
         with self.lock:
-            if not self.store.delete("user", user):
+            dirs = [v.path for v in self.registry.versions.values()]
+            if self.registry.models_dir is not None:
+                dirs.append(self.registry.models_dir)
+            if not erase_user(self.store, user, dirs, vacuum=False).found:
                 raise NotFound(f"unknown user {user!r}")
             self.users.discard(user)
             self.profiles.pop(user, None)
+            self.impersonal.discard(user)
             self.feed.drop_user(user)
             for slot in list(self.registry.slots.values()):
                 slot.drop_user(user)

@@ -53,7 +53,7 @@ class Service:
             from threadpoolctl import threadpool_limits
 
             threadpool_limits(settings.threads)
-        self.store = Store(settings.db)
+        self.store = Store(settings.db, busy_timeout_s=settings.busy_timeout_s)
         self.feed = Feed()
         self.registry = ModelRegistry(settings.models, settings.models_dir, self._prepare)
         self.catalogue = Catalogue(settings, self.store, self.feed, self.registry)

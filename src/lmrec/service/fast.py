@@ -24,10 +24,11 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from lmrec.errors import LmrecError
+from lmrec.ids import id_problem
 from lmrec.service.answers import UserRequest
 from lmrec.service.auth import Auth
 from lmrec.service.core import Service
-from lmrec.service.errors import Unavailable, answer_of
+from lmrec.service.errors import STORE_DOWN, Unavailable, answer_of, log
 from lmrec.service.metrics import Metrics
 from lmrec.service.schemas import Feedback
 
@@ -41,7 +42,9 @@ def dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
 
 
-async def send_json(send: Any, status: int, body: bytes) -> None:
+async def send_json(
+    send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     """Send a whole JSON answer on raw ASGI."""
     await send(
         {
@@ -50,6 +53,7 @@ async def send_json(send: Any, status: int, body: bytes) -> None:
             "headers": [
                 (b"content-length", str(len(body)).encode()),
                 (b"content-type", b"application/json"),
+                *(headers or ()),
             ],
         }
     )
@@ -63,8 +67,9 @@ async def ingest(svc: Service, events: Sequence[Feedback]) -> dict[str, Any]:
         added = await asyncio.wrap_future(fut)
     except LmrecError:
         raise
-    except Exception as exc:
-        raise Unavailable(f"the store refused the events: {type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # the database's message (SQL text) goes to the log, not out
+        log.warning("feedback not committed: %s: %s", type(exc).__name__, exc)
+        raise Unavailable(f"the events were not committed: {STORE_DOWN}") from None
     return {"accepted": len(events), "added": int(added)}
 
 
@@ -161,8 +166,8 @@ class FastPath:
 
     def _recommendation(self, scope: dict, user: str) -> UserRequest | None:
         """The batcher's request for a plain GET of recommendations, None for any other."""
-        if not (0 < len(user) <= 255 and self.auth.allows(scope["headers"], "read")):
-            return None
+        if id_problem(user) is not None or not self.auth.allows(scope["headers"], "read"):
+            return None  # FastAPI answers (422 for a bad id, as on every route)
         args: dict[str, str] = {}
         if scope["query_string"]:
             for k, v in parse_qsl(scope["query_string"].decode("latin-1"), True):

@@ -39,13 +39,26 @@ __all__ = [
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
 
+from lmrec.ids import EVENT_PATTERN, ID_PATTERN, MAX_ID, event_name
+from lmrec.models import REGISTRY
 from lmrec.rerank.config import Method, RerankConfig, SimilaritySource
 
-Id = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f]+$")]
+#: A user or item id (`lmrec.ids`: the importer's rule too).
+Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID, pattern=ID_PATTERN)]
+#: An event name, stored in lower case (as the importer stores it).
 EventName = Annotated[
-    str, StringConstraints(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_.:-]+$")
+    str,
+    StringConstraints(min_length=1, max_length=32, pattern=EVENT_PATTERN),
+    AfterValidator(event_name),
 ]
 Tag = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 Text = Annotated[str, StringConstraints(max_length=10_000)]
@@ -66,8 +79,19 @@ def rerank_config(**given: Any) -> RerankConfig | None:
 Timestamp = Annotated[float, Field(ge=0, le=7_258_118_400)]
 
 
+#: A flat attribute value (a string of at most 1000 characters, a number, a boolean or null).
+AttrValue = Annotated[str, StringConstraints(max_length=1000)] | int | float | bool | None
+#: Flat attributes: at most 100, names of 1 to 64 characters.
+Attributes = Annotated[
+    dict[Annotated[str, StringConstraints(min_length=1, max_length=64)], AttrValue],
+    Field(max_length=100),
+]
+
+
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: no coercion of JSON types (`ts: false`, `value: true`, `n: "5"` are refused);
+    # integers are still numbers where a float is expected.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 def _scalar_attributes(v: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -111,7 +135,7 @@ class QueryBody(_Body):
     )
     items: list[Id] = Field(default_factory=list, max_length=1000)
     events: list[EventName] | None = Field(None, max_length=1000)
-    attributes: dict[str, Any] | None = None
+    attributes: Attributes | None = None
     tags: list[Tag] = Field(default_factory=list, max_length=100)
     text: Text | None = None
     time: Timestamp | None = Field(None, description="request time, Unix seconds (default: now)")
@@ -157,7 +181,7 @@ class ItemBody(_Body):
     title: Text | None = None
     description: Text | None = None
     categories: list[Tag] | None = Field(None, max_length=100)
-    attributes: dict[str, Any] | None = None
+    attributes: Attributes | None = None
 
     _attrs = field_validator("attributes")(_scalar_attributes)
 
@@ -165,8 +189,14 @@ class ItemBody(_Body):
 class UserBody(_Body):
     """Fields of a user; on update, only the given ones change."""
 
-    attributes: dict[str, Any] | None = None
+    attributes: Attributes | None = None
     tags: list[Tag] | None = Field(None, max_length=100)
+    consent_personal: bool | None = Field(
+        None, description="false: answered with non-personal recommendations"
+    )
+    consent_training: bool | None = Field(
+        None, description="false: left out of every snapshot models are trained on"
+    )
 
     _attrs = field_validator("attributes")(_scalar_attributes)
 
@@ -174,8 +204,10 @@ class UserBody(_Body):
 class TrainBody(_Body):
     """Retrain a model on the current store and activate the new version when done."""
 
-    model: Annotated[str, StringConstraints(min_length=1, max_length=64)]
-    params: dict[str, Any] = Field(default_factory=dict)
+    model: Literal[tuple(REGISTRY)]  # type: ignore[valid-type]
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="the model's parameters (`lmrec train --help`)"
+    )
     activate: bool = True
 
 
@@ -196,7 +228,7 @@ class Reason(BaseModel):
     items: list[str] | None = None
     titles: list[str] | None = None
     contributions: list[float] | None = None
-    attributes: dict[str, Any] | None = None
+    attributes: Attributes | None = None
     tags: list[str] | None = None
     count: int | None = None
     text: str | None = None
@@ -266,6 +298,8 @@ class User(_Out):
     user: str
     attributes: dict[str, Any] | None
     tags: list[str] | None
+    consent_personal: bool
+    consent_training: bool
     created_at: float
     events_since_start: int
 
@@ -350,6 +384,7 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
         (401, "no or unknown API key"),
         (403, "the API key's scope is too narrow"),
         (404, "not found"),
+        (409, "the state of the server forbids it (a version that cannot be loaded)"),
         (413, "body too large"),
         (422, "invalid request"),
         (503, "not ready (no model loaded) or the store failed"),

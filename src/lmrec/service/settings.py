@@ -53,6 +53,8 @@ class Settings(BaseModel):
     """Text encoder of item search (None: the active text model's, else 'minilm')."""
     warm_search: bool = True
     """Build the item search index in the background at start (else on the first search)."""
+    busy_timeout_s: float = Field(30.0, ge=0)
+    """How long a SQLite write waits for a lock another process holds (then: 503)."""
     threads: int = Field(0, ge=0)
     """Cap on BLAS/FAISS threads (0: leave as is)."""
     follow_store: bool = False

@@ -18,6 +18,7 @@ __all__ = [
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     Float,
     ForeignKey,
@@ -29,11 +30,12 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    true,
 )
 from sqlalchemy.dialects import mysql
 
 #: Bump when the tables change and add a step to `MIGRATIONS` in store.py.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 metadata = MetaData()
 
@@ -67,6 +69,10 @@ users = Table(
     Column("attributes", JSON, nullable=False, default=dict),
     Column("tags", JSON, nullable=False, default=list),
     Column("created_at", _Double, nullable=False),
+    # Version 4: consent. Opted out of personalisation: answered as anybody unknown; of
+    # training: left out of every snapshot (`Dataset.from_store`).
+    Column("consent_personal", Boolean, nullable=False, default=True, server_default=true()),
+    Column("consent_training", Boolean, nullable=False, default=True, server_default=true()),
     **MYSQL_TABLE,
 )
 
@@ -121,6 +127,7 @@ experiments = Table(
     Column("config", Text, nullable=False),
     Column("created_at", _Double, nullable=False),
     Column("stopped_at", _Double, nullable=True),
+    **MYSQL_TABLE,
 )
 
 exposures = Table(
@@ -134,4 +141,16 @@ exposures = Table(
     Column("request_id", String(64), nullable=False, unique=True),
     Column("ts", _Double, nullable=False),
     Index("ix_exposures_experiment", "experiment", "ts"),
+    **MYSQL_TABLE,
+)
+
+# Version 4: the erasure log: what each erasure removed (counts, never the data or the id).
+erasure_log = Table(
+    "erasure_log",
+    metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("erased_at", _Double, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("report", JSON, nullable=False),
+    **MYSQL_TABLE,
 )

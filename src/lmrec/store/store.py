@@ -39,6 +39,7 @@ from lmrec.store.schema import (
     SCHEMA_VERSION,
     experiments,
     exposures,
+    erasure_log,
     interactions,
     items,
     meta,
@@ -67,10 +68,20 @@ def _create_tables(*names: str) -> Callable[[Connection], None]:
     return step
 
 
+def _add_consent(conn: Connection) -> None:
+    yes = "1" if conn.dialect.name == "sqlite" else "TRUE"
+    have = {c["name"] for c in inspect(conn).get_columns("users")}
+    for col in ("consent_personal", "consent_training"):
+        if col in have:
+            continue
+        conn.exec_driver_sql(f"ALTER TABLE users ADD COLUMN {col} BOOLEAN NOT NULL DEFAULT {yes}")
+
+
 # version -> the step that brings a store from version-1 to version.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     2: _create_tables("text_embeddings"),
     3: _create_tables("experiments", "exposures"),
+    4: lambda conn: (_create_tables("erasure_log")(conn), _add_consent(conn)),
 }
 
 
@@ -79,17 +90,22 @@ def resolve_url(url: str | None = None) -> str:
     return url or os.environ.get("LMREC_DB") or DEFAULT_URL
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    # The driver's own transaction handling is off: SQLAlchemy's "begin" event below emits
-    # BEGIN, so reads, writes and DDL of one `Store.begin()` block are one SQLite transaction.
-    dbapi_conn.isolation_level = None
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA busy_timeout=30000")
-    cur.execute("PRAGMA cache_size=-65536")  # up to 64 MiB of page cache per connection
-    cur.close()
+def _sqlite_pragmas(busy_ms: int) -> Callable[[Any, Any], None]:
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # The driver's own transaction handling is off: SQLAlchemy's "begin" event below emits
+        # BEGIN, so reads, writes and DDL of one `Store.begin()` block are one transaction.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
+        cur.execute("PRAGMA cache_size=-65536")  # up to 64 MiB of page cache per connection
+        # Deleted rows are overwritten with zeros, not left in free pages (erasure).
+        cur.execute("PRAGMA secure_delete=ON")
+        cur.close()
+
+    return on_connect
 
 
 def _sqlite_begin(conn: Connection) -> None:
@@ -144,7 +160,10 @@ class Store:
     created on first use and migrated when older.
     """
 
-    def __init__(self, url: str | None = None, *, create: bool = True):
+    def __init__(
+        self, url: str | None = None, *, create: bool = True, busy_timeout_s: float = 30.0
+    ):
+        """`busy_timeout_s`: how long a SQLite write waits for another process's lock."""
         self.url = _normalise(resolve_url(url))
         try:
             parsed = make_url(self.url)
@@ -170,7 +189,7 @@ class Store:
             db = self.engine.url.database
             if db and db != ":memory:":
                 Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "connect", _sqlite_pragmas(int(busy_timeout_s * 1000)))
             event.listen(self.engine, "begin", _sqlite_begin)
         try:
             self._init_schema(create)
@@ -359,7 +378,7 @@ class Store:
     def _fill_defaults(kind: str, r: dict[str, Any], now: float) -> dict[str, Any]:
         base: dict[str, Any] = {"attributes": {}, "created_at": now}
         if kind == "user":
-            base["tags"] = []
+            base.update(tags=[], consent_personal=True, consent_training=True)
         else:
             base.update(title="", description="", categories=[])
         base.update(r)
@@ -625,6 +644,57 @@ class Store:
             conn.execute(interactions.delete().where(col == found[ext_id]))
             conn.execute(table.delete().where(table.c.id == found[ext_id]))
             return True
+
+    def erase_user(self, ext_id: str, text_hashes: Iterable[str] = ()) -> dict[str, int] | None:
+        """Erase a user in one transaction: their row, their events and the cached text vectors
+        of their profile texts (`text_hashes`), and log what was removed (counts only: the
+        log names no id and holds no data). None when the user does not exist. Call `compact`
+        afterwards so that no copy stays in free pages or the write-ahead log."""
+        hashes = list(dict.fromkeys(text_hashes))
+        with self.begin() as conn:
+            found = self.id_map(conn, "user", [ext_id])
+            if not found:
+                return None
+            uid = found[ext_id]
+            events = conn.execute(
+                interactions.delete().where(interactions.c.user_id == uid)
+            ).rowcount
+            conn.execute(users.delete().where(users.c.id == uid))
+            vectors = 0
+            if hashes:
+                t = text_embeddings
+                vectors = conn.execute(t.delete().where(t.c.text_hash.in_(hashes))).rowcount
+            report = {"users": 1, "events": int(events), "text_vectors": int(vectors)}
+            conn.execute(
+                erasure_log.insert().values(erased_at=time.time(), kind="user", report=report)
+            )
+        return report
+
+    def erasures(self) -> list[dict[str, Any]]:
+        """The erasure log, oldest first: when, what kind, and the counts removed."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(erasure_log).order_by(erasure_log.c.id)).mappings()
+            return [dict(r) for r in rows]
+
+    def compact(self, vacuum: bool = True) -> None:
+        """Leave no copy of deleted rows on disk. SQLite: deleted content is zeroed as it is
+        deleted (secure_delete), the WAL is checkpointed and truncated and (`vacuum`) the file
+        rebuilt, which also returns the space (VACUUM: a full copy, slow on a big store).
+        PostgreSQL: VACUUM FULL rewrites each table and index into new files (the
+        old ones are removed) and a CHECKPOINT flushes them; the server's WAL segments and any
+        backups or replicas are the operator's to expire."""
+        if self.dialect == "sqlite":
+            with self.engine.connect() as conn:
+                raw = conn.connection.driver_connection
+                raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                if vacuum:
+                    raw.execute("VACUUM")
+                    raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            for t in ("interactions", "users", "text_embeddings", "items"):
+                conn.exec_driver_sql(f"VACUUM FULL {t}")
+            conn.exec_driver_sql("CHECKPOINT")
 
     # -- reads -------------------------------------------------------------------------------
 

@@ -150,7 +150,10 @@ def _split_unquoted(name: str, text: str, sep: str) -> TextTable:
             body = b"\n".join([data[starts[i] : ends[i]] for i in good.tolist()])
         table = pacsv.read_csv(
             io.BytesIO(body),
-            read_options=pacsv.ReadOptions(column_names=names),
+            # A block must hold the longest line, else Arrow fails ("straddling object").
+            read_options=pacsv.ReadOptions(
+                column_names=names, block_size=max(1 << 20, int((ends - starts).max()) + 2)
+            ),
             parse_options=pacsv.ParseOptions(
                 delimiter=sep, quote_char=False, double_quote=False, escape_char=False
             ),
@@ -255,8 +258,37 @@ def _read_parquet(path: Path) -> RawFile:
     frame = frame.reset_index(drop=True)
     frame.columns = [str(c).strip() for c in frame.columns]
     _check_header(name, list(frame.columns), None)
+    for c in frame.columns:
+        frame[c] = _parquet_values(frame[c], path, c)
     frame["_line"] = np.arange(1, len(frame) + 1)
     return RawFile(frame, {}, [], 0)
+
+
+def _parquet_values(s: pd.Series, path: Path, column: str) -> pd.Series:
+    """A Parquet column's values as a CSV file would give them: binary values as UTF-8 text
+    (not "b'...'"), and a float NaN that is a value, not a null, as the text "NaN" (refused
+    where a number is expected, as in CSV; a null stays missing)."""
+    if pd.api.types.is_float_dtype(s) and s.isna().any():
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        col = pq.read_table(path, columns=[column]).column(0)
+        nan = pc.and_(pc.is_nan(col), pc.is_valid(col)).to_numpy(zero_copy_only=False)
+        if nan.any():
+            out = s.astype(object)
+            out[nan] = "NaN"
+            return out
+        return s
+    if pd.api.types.is_object_dtype(s) and s.map(lambda x: isinstance(x, bytes)).any():
+        return s.map(lambda x: _utf8(x) if isinstance(x, bytes) else x)
+    return s
+
+
+def _utf8(b: bytes) -> str | bytes:
+    try:
+        return b.decode("utf-8")
+    except UnicodeDecodeError:
+        return b  # left as bytes: refused where an id or text is expected
 
 
 def _atomic_header(name: str, t: TextTable) -> tuple[list[str], dict[str, str]]:

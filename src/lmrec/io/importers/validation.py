@@ -14,6 +14,7 @@ __all__ = [
     "resolve_columns",
 ]
 
+import datetime
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from lmrec.errors import DataError, LmrecError, Problem
+from lmrec.ids import CONTROL
 from lmrec.io.importers.options import ImportOptions, Kind
 from lmrec.io.importers.readers import ATOMIC_SUFFIX, detect_format, read_raw
 
@@ -55,6 +57,8 @@ ALIASES: dict[Kind, dict[str, tuple[str, ...]]] = {
     "users": {
         "ext_id": ("user_id", "user", "userid", "uid", "customer_id", "id"),
         "tags": ("tags", "interests", "interest_tags", "interest"),
+        "consent_personal": ("consent_personal", "consent_personalisation"),
+        "consent_training": ("consent_training",),
     },
 }
 REQUIRED: dict[Kind, tuple[str, ...]] = {
@@ -84,6 +88,12 @@ class ParsedFile:
 
 #: Numeric timestamps above this, read as seconds, are after the year 5000: milliseconds.
 _MAX_SECONDS = 1e11
+#: Latest time an event may have (2200-01-01, as `lmrec.service.schemas.Timestamp`).
+MAX_TS = 7_258_118_400
+
+
+#: Spellings of a consent flag (an empty value: consent, the default).
+_CONSENT = {"true": True, "yes": True, "1": True, "": True, "false": False, "no": False, "0": False}
 
 
 def check_mapping(mapping: Mapping[str, str]) -> None:
@@ -193,10 +203,32 @@ def _parse_times(s: pd.Series, unit: str) -> tuple[np.ndarray, np.ndarray, np.nd
     too_big = np.isfinite(v) & (np.abs(v) > _MAX_SECONDS)
     need = ~np.isfinite(v) & (txt != "").to_numpy(bool)
     if need.any():
-        dt = pd.to_datetime(txt[need], errors="coerce", utc=True, format="ISO8601")
-        secs = (dt - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(np.float64)
-        v[need] = secs
+        v[need] = _iso_seconds(txt[need])
     return v, ~np.isfinite(v), too_big
+
+
+def _iso_seconds(txt: pd.Series) -> np.ndarray:
+    """Seconds of ISO 8601 dates; NaN where not one. Dates outside pandas' nanosecond range
+    (1677-2262) are read by `datetime` instead, so they are values (refused later as outside
+    1970-2200 where that matters), never an OutOfBoundsDatetime traceback."""
+    try:
+        dt = pd.to_datetime(txt, errors="coerce", utc=True, format="ISO8601")
+        return (dt - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(np.float64)
+    except (pd.errors.OutOfBoundsDatetime, OverflowError, ValueError):
+        return np.array([_one_iso(x) for x in txt.tolist()], np.float64)
+
+
+def _one_iso(x: str) -> float:
+    try:
+        d = datetime.datetime.fromisoformat(x.replace("Z", "+00:00"))
+    except ValueError:
+        try:
+            return float((pd.Timestamp(x, tz=None) - pd.Timestamp(0)).total_seconds())
+        except (ValueError, pd.errors.OutOfBoundsDatetime, OverflowError):
+            return math.nan
+    if d.tzinfo is None:
+        d = d.replace(tzinfo=datetime.UTC)
+    return (d - datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)).total_seconds()
 
 
 def _split_list(s: pd.Series, sep: str) -> list[list[str]]:
@@ -334,7 +366,21 @@ def _id_fields(
     """The id columns (user and item, or ext_id) as stripped strings; empty or long ids flagged."""
     out: dict[str, Any] = {}
     for f in ("user", "item") if kind == "interactions" else ("ext_id",):
-        ids = _text(frame[cols[f]])
+        raw = frame[cols[f]]
+        if pd.api.types.is_object_dtype(raw):
+            check.flag(
+                raw.map(lambda x: isinstance(x, list | tuple | dict | np.ndarray | bytes)).to_numpy(
+                    bool
+                ),
+                cols[f],
+                "expected an id (text or a number), found a list or binary value",
+            )
+        ids = _text(raw)
+        check.flag(
+            ids.str.contains(CONTROL.pattern, regex=True).to_numpy(bool),
+            cols[f],
+            "expected an id without control characters (NUL, newline, tab, ...)",
+        )
         check.flag((ids == "").to_numpy(bool), cols[f], "expected an id, found an empty value")
         check.flag(
             (ids.str.len() > MAX_ID_LEN).to_numpy(bool),
@@ -363,6 +409,11 @@ def _interaction_fields(
             too_big,
             cols["ts"],
             "expected a Unix time in seconds; this looks like milliseconds (pass --time-unit ms)",
+        )
+        check.flag(
+            ~badt & ~too_big & ((t < 0) | (t > MAX_TS)),
+            cols["ts"],
+            "expected a time between 1970 and 2200 (as the API)",
         )
         out["ts"] = t
     else:
@@ -396,6 +447,16 @@ def _entity_fields(
     """Categories or tags, title and description (items), created_at, and the other columns
     as attributes, of item or user rows."""
     out: dict[str, Any] = {}
+    for f in ("consent_personal", "consent_training"):
+        if kind == "users" and f in cols:
+            txt = _text(frame[cols[f]]).str.lower()
+            flags = [_CONSENT.get(x) for x in txt.tolist()]
+            check.flag(
+                np.array([v is None for v in flags], bool),
+                cols[f],
+                "expected true or false (also yes/no, 1/0; empty: true)",
+            )
+            out[f] = [True if v is None else v for v in flags]
     list_field = "categories" if kind == "items" else "tags"
     if list_field in cols:
         out[list_field] = _split_list(frame[cols[list_field]], list_sep)
