@@ -5,6 +5,7 @@ string arrays, compressed inside .npz files or not."""
 
 from __future__ import annotations
 
+import time
 import zipfile
 from pathlib import Path
 
@@ -82,6 +83,15 @@ def files(*roots: Path) -> list[Path]:
 def store_files(store: Store, request: pytest.FixtureRequest) -> list[Path]:
     if store.dialect == "sqlite":
         return files(Path(store.engine.url.database).parent)
+    if store.dialect == "mysql":
+        db = request.getfixturevalue("mariadb")
+        # Write InnoDB's dirty pages into the table files, so that the scan sees what is there.
+        db.root_sql("SET GLOBAL innodb_max_dirty_pages_pct = 0; FLUSH TABLES;")
+        time.sleep(1.0)
+        # The server's files but its redo log and the system tablespace's undo log (recycled
+        # by the server, as PostgreSQL's WAL below).
+        logs = ("ib_logfile", "ibdata", "undo", "aria_log", "ib_buffer_pool")
+        return [p for p in files(db.dir) if not p.name.startswith(logs)]
     pg = request.getfixturevalue("postgres")
     # The cluster's files but its WAL (pg_wal: recycled segments, the operator's to expire).
     return [p for p in files(pg.data) if "pg_wal" not in p.parts] + [pg.dir / "log"]

@@ -37,9 +37,9 @@ from lmrec.errors import StoreError
 from lmrec.store import mysql
 from lmrec.store.schema import (
     SCHEMA_VERSION,
+    erasure_log,
     experiments,
     exposures,
-    erasure_log,
     interactions,
     items,
     meta,
@@ -682,7 +682,9 @@ class Store:
         rebuilt, which also returns the space (VACUUM: a full copy, slow on a big store).
         PostgreSQL: VACUUM FULL rewrites each table and index into new files (the
         old ones are removed) and a CHECKPOINT flushes them; the server's WAL segments and any
-        backups or replicas are the operator's to expire."""
+        backups or replicas are the operator's to expire. MySQL / MariaDB: OPTIMIZE TABLE
+        rebuilds each InnoDB table into a new file; the redo and undo logs (ib_logfile*,
+        the system tablespace's undo) keep old rows until the server recycles them."""
         if self.dialect == "sqlite":
             with self.engine.connect() as conn:
                 raw = conn.connection.driver_connection
@@ -691,8 +693,12 @@ class Store:
                     raw.execute("VACUUM")
                     raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             return
+        tables = ("interactions", "users", "text_embeddings", "items")
         with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            for t in ("interactions", "users", "text_embeddings", "items"):
+            if self.dialect == "mysql":  # InnoDB: OPTIMIZE rebuilds each table into a new file
+                conn.exec_driver_sql("OPTIMIZE TABLE " + ", ".join(tables)).fetchall()
+                return
+            for t in tables:
                 conn.exec_driver_sql(f"VACUUM FULL {t}")
             conn.exec_driver_sql("CHECKPOINT")
 
