@@ -35,6 +35,11 @@ REGISTRY: dict[str, str] = {
     "bert4rec": "lmrec.models.sequential:BERT4Rec",
     "xlnet": "lmrec.models.sequential:XLNet",
     "blend": "lmrec.models.blend:Blend",
+    "baseline": "lmrec.models.rating:Baseline",
+    "knnbaseline": "lmrec.models.rating:KNNBaseline",
+    "biasedmf": "lmrec.models.rating_mf:BiasedMF",
+    "svdpp": "lmrec.models.rating_mf:SVDPP",
+    "lmrating": "lmrec.models.rating_mf:LMRating",
 }
 
 
