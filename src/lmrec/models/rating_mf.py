@@ -86,8 +86,8 @@ def _net(cfg: BiasedMFConfig, n_users: int, n_items: int, text: np.ndarray | Non
         return torch.nn.Parameter(torch.randn(n, k, generator=g) * cfg.init_std)
 
     p: dict[str, Any] = {
-        "bu": torch.nn.Parameter(torch.zeros(n_users)),
-        "bi": torch.nn.Parameter(torch.zeros(n_items)),
+        "bu": torch.nn.Parameter(torch.zeros(n_users, 1)),
+        "bi": torch.nn.Parameter(torch.zeros(n_items, 1)),
         "p": normal(n_users),
         "q": normal(n_items),
     }
@@ -100,40 +100,44 @@ def _net(cfg: BiasedMFConfig, n_users: int, n_items: int, text: np.ndarray | Non
     return torch.nn.ParameterDict(p)
 
 
-class _Batches:
-    """Implicit-feedback bags of the batch users: items rated, weights |N(u)|^-1/2."""
+def _implicit_matrix(rated: sp.csr_matrix) -> tuple[Any, sp.csr_matrix]:
+    """(torch sparse |N(u)|^-1/2 indicator of the rated items, the scipy indicator)."""
+    import torch
 
-    def __init__(self, rated: sp.csr_matrix):
-        self.indptr = rated.indptr.astype(np.int64)
-        self.indices = rated.indices.astype(np.int64)
-        n = np.diff(self.indptr)
-        self.norm = np.where(n > 0, 1.0 / np.sqrt(np.maximum(n, 1)), 0.0)
-
-    def bags(self, users: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        lo, hi = self.indptr[users], self.indptr[users + 1]
-        lens = hi - lo
-        offsets = np.concatenate(([0], np.cumsum(lens)[:-1]))
-        at = np.repeat(lo - offsets, lens) + np.arange(int(lens.sum()))
-        return self.indices[at], offsets, np.repeat(self.norm[users], lens)
+    ind = sp.csr_matrix(rated, dtype=np.float64, copy=True)
+    ind.data[:] = 1.0
+    n = np.diff(ind.indptr)
+    norm = sp.diags(np.where(n > 0, 1.0 / np.sqrt(np.maximum(n, 1)), 0.0)) @ ind
+    coo = norm.tocoo()
+    t = torch.sparse_coo_tensor(
+        np.vstack([coo.row, coo.col]),
+        coo.data.astype(np.float32),
+        coo.shape,
+        check_invariants=False,
+    ).coalesce()
+    return t, ind.tocsc()
 
 
 def _step_loss(net: Any, cfg: BiasedMFConfig, batch: dict[str, Any], mu: float) -> Any:
     """0.5 * sum of squared errors + 0.5 * regularisation of the parameters used."""
+    import torch
     import torch.nn.functional as F
 
     u, i, r = batch["u"], batch["i"], batch["r"]
-    pu, qi, bu, bi = net["p"][u], net["q"][i], net["bu"][u], net["bi"][i]
+    # Sparse gradients: each step updates only the rows its examples touch.
+    pu, qi = F.embedding(u, net["p"], sparse=True), F.embedding(i, net["q"], sparse=True)
+    bu = F.embedding(u, net["bu"], sparse=True)[:, 0]
+    bi = F.embedding(i, net["bi"], sparse=True)[:, 0]
     reg = cfg.reg * ((pu * pu).sum() + (qi * qi).sum()) + cfg.reg_bias * (
         (bu * bu).sum() + (bi * bi).sum()
     )
     user = pu
     if "y" in net:
-        y_rows = net["y"][batch["bag"]]
-        imp = F.embedding_bag(
-            batch["bag"], net["y"], batch["offsets"], mode="sum", per_sample_weights=batch["bag_w"]
-        )
+        # SVD++ as Surprise trains it: every example moves y_j of all j in N(u) (the implicit
+        # sums of every user through one sparse product; y regularised once per example).
+        imp = torch.sparse.mm(batch["implicit"], net["y"])[u]
         user = pu + imp
-        reg = reg + cfg.reg_implicit * ((y_rows * y_rows).sum(1) * batch["bag_w"] ** 2).sum()
+        reg = reg + cfg.reg_implicit * (batch["y_count"] * (net["y"] * net["y"]).sum(1)).sum()
     if "w" in net:
         x = batch["x"]
         keep = batch["keep"]
@@ -159,7 +163,7 @@ def _train(
         opts = [torch.optim.SGD(free, lr=cfg.learning_rate)]
         if "w" in net:
             opts.append(torch.optim.Adam([net["w"], net["wb"]], lr=cfg.text_learning_rate))
-        bags = _Batches(rated) if "y" in net else None
+        implicit = _implicit_matrix(rated) if "y" in net else None
         x_all = torch.from_numpy(np.asarray(text, np.float32)) if text is not None else None
         rng = np.random.default_rng(cfg.seed)
         drop = getattr(cfg, "text_dropout", 0.0)
@@ -171,11 +175,13 @@ def _train(
                 idx = perm[start : start + cfg.batch_size]
                 tidx = torch.from_numpy(idx)
                 batch: dict[str, Any] = {"u": ru[tidx], "i": ri[tidx], "r": rv[tidx]}
-                if bags is not None:
-                    bag, offsets, bag_w = bags.bags(r.user[idx])
-                    batch["bag"] = torch.from_numpy(bag)
-                    batch["offsets"] = torch.from_numpy(offsets)
-                    batch["bag_w"] = torch.from_numpy(bag_w.astype(np.float32))
+                if implicit is not None:
+                    # y_j is regularised once per example whose user rated j.
+                    per_user = np.bincount(r.user[idx], minlength=n_users).astype(np.float64)
+                    batch["implicit"] = implicit[0]
+                    batch["y_count"] = torch.from_numpy(
+                        (implicit[1].T @ per_user).astype(np.float32)
+                    )
                 if x_all is not None:
                     batch["x"] = x_all[batch["i"]]
                     keep = rng.random(len(idx)) >= drop
@@ -186,7 +192,9 @@ def _train(
                 loss.backward()
                 for o in opts:
                     o.step()
-        return {k: v.detach().numpy().astype(np.float64) for k, v in net.items()}
+        out = {k: v.detach().numpy().astype(np.float64) for k, v in net.items()}
+        out["bu"], out["bi"] = out["bu"][:, 0], out["bi"][:, 0]
+        return out
     finally:
         torch.set_num_threads(old_threads)
 

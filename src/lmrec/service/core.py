@@ -130,6 +130,10 @@ class Service:
         """`Answers.recommend_users`: many user requests in few model calls."""
         return self.answers.recommend_users(requests)
 
+    def ratings(self, user: str, items: Sequence[str], *, model: str | None = None) -> dict:
+        """`Answers.ratings`: predicted ratings of items for a user."""
+        return self.answers.ratings(user, items, model=model)
+
     def similar(self, item: str, n: int = 10, *, model: str | None = None) -> dict[str, Any]:
         """`Answers.similar`: items like `item`."""
         return self.answers.similar(item, n, model=model)
