@@ -196,3 +196,57 @@ def test_evaluate_rating_task_cli(tmp_path: Path, capsys) -> None:
     assert main(["--db", url2, "import", "-q", "--interactions", str(views)]) == 0
     assert main(["--db", url2, "evaluate", "--task", "rating", "-q"]) == 1
     assert "no 'rating' events" in capsys.readouterr().err
+
+
+def test_service_returns_predicted_ratings(tmp_path: Path) -> None:
+    from test_service import ADMIN, READ, Server
+
+    from lmrec.service import Settings
+    from lmrec.store import Store
+
+    frame = _frame(n_users=30, n_items=20, per_user=10)
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    with Store(url) as store, store.begin() as conn:
+        items = sorted(set(frame.item))
+        store.upsert(conn, "item", [{"ext_id": i, "title": f"Film {i}"} for i in items])
+        store.upsert(conn, "user", [{"ext_id": u} for u in sorted(set(frame.user))])
+        umap = store.id_map(conn, "user", sorted(set(frame.user)))
+        imap = store.id_map(conn, "item", items)
+        store.insert_interactions(
+            conn,
+            np.array([umap[u] for u in frame.user]),
+            np.array([imap[i] for i in frame.item]),
+            np.array(frame.event),
+            frame.value.to_numpy(),
+            frame.ts.to_numpy() + 1000.0,
+        )
+    with Store(url) as store:
+        ds = Dataset.from_store(store)
+    models = tmp_path / "models"
+    knn = create_model("knnbaseline").fit(ds)
+    knn.save(models / "knn")
+    create_model("popularity").fit(ds).save(models / "pop")
+    srv = Server(
+        Settings(
+            db=url,
+            models=[f"knn={models / 'knn'}", f"pop={models / 'pop'}"],
+            models_dir=str(models),
+            api_keys={READ: "read", ADMIN: "admin"},
+        )
+    )
+    try:
+        with srv.client(READ) as c:
+            r = c.get("/users/u3/ratings", params={"item": ["i1", "i2", "nope"]})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["model"] == "knn" and body["known_user"] is True
+            got = [x["rating"] for x in body["items"]]
+            want = knn.rate("u3", ["i1", "i2"])
+            assert got[:2] == pytest.approx(want) and got[2] is None
+            new = c.get("/users/stranger/ratings", params={"item": "i1"}).json()
+            assert new["known_user"] is False and 1 <= new["items"][0]["rating"] <= 5
+            bad = c.get("/users/u3/ratings", params={"item": "i1", "model": "pop"})
+            assert bad.status_code == 400 and "does not predict ratings" in bad.json()["detail"]
+            assert c.get("/users/u3/ratings").status_code == 422
+    finally:
+        srv.stop()
