@@ -199,10 +199,9 @@ def test_evaluate_rating_task_cli(tmp_path: Path, capsys) -> None:
 
 
 def test_service_returns_predicted_ratings(tmp_path: Path) -> None:
-    from test_service import ADMIN, READ, Server
-
     from lmrec.service import Settings
     from lmrec.store import Store
+    from test_service import ADMIN, READ, Server
 
     frame = _frame(n_users=30, n_items=20, per_user=10)
     url = f"sqlite:///{tmp_path / 'store.db'}"
