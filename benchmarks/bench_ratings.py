@@ -106,7 +106,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/ratings.json")
     ap.add_argument("--surprise", help="python of an environment with scikit-surprise")
-    ap.add_argument("--models", default="baseline,knnbaseline,biasedmf,svdpp,lmrating")
+    ap.add_argument("--models", default="baseline,knnbaseline,biasedmf,svdpp,lmrating,ratingblend")
     ap.add_argument("--cold", default="baseline,lmrating")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--skip-folds", action="store_true", help="only the cold-item part")
@@ -115,23 +115,30 @@ def main() -> None:
     rng = np.random.default_rng(0)
     fold = rng.permutation(len(ds)) % args.folds
     report: dict = {"dataset": repr(ds), "folds": args.folds}
+    proc, tmp = None, Path(tempfile.mkdtemp())
+    if args.surprise and not args.skip_folds:
+        # Surprise runs at the same time as lmrec, on the same folds (same machine load).
+        csv = tmp / "folds.csv"
+        with csv.open("w") as fh:
+            fh.write("user,item,rating,fold\n")
+            for u, i, r, f in zip(
+                ds.users.ids_of(ds.user), ds.items.ids_of(ds.item), ds.value, fold, strict=True
+            ):
+                fh.write(f"{u},{i},{r:g},{f}\n")
+        runner = Path(__file__).with_name("surprise_runner.py")
+        log = (tmp / "surprise.log").open("w")
+        cmd = [args.surprise, str(runner), str(csv), str(tmp / "surprise.json")]
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     if not args.skip_folds:
         report["lmrec"] = lmrec_side(ds, fold, args.models.split(","))
-    if args.surprise and not args.skip_folds:
-        with tempfile.TemporaryDirectory() as tmp:
-            csv = Path(tmp) / "folds.csv"
-            with csv.open("w") as fh:
-                fh.write("user,item,rating,fold\n")
-                for u, i, r, f in zip(
-                    ds.users.ids_of(ds.user), ds.items.ids_of(ds.item), ds.value, fold, strict=True
-                ):
-                    fh.write(f"{u},{i},{r:g},{f}\n")
-            out = Path(tmp) / "surprise.json"
-            runner = Path(__file__).with_name("surprise_runner.py")
-            subprocess.run([args.surprise, str(runner), str(csv), str(out)], check=True)
-            report["surprise"] = json.loads(out.read_text())
+        Path(args.out).write_text(json.dumps(report, indent=2))
     if args.cold:
         report["cold_items"] = cold_items(ds, args.cold.split(","))
+        Path(args.out).write_text(json.dumps(report, indent=2))
+    if proc is not None:
+        if proc.wait() != 0:
+            raise SystemExit(f"surprise_runner failed; see {tmp / 'surprise.log'}")
+        report["surprise"] = json.loads((tmp / "surprise.json").read_text())
     Path(args.out).write_text(json.dumps(report, indent=2))
     for side in ("lmrec", "surprise"):
         for name, r in report.get(side, {}).items():

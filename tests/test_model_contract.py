@@ -95,9 +95,11 @@ def fitted(request: pytest.FixtureRequest, blocks, rated_blocks) -> Recommender:
         return create_model(request.param).fit(blocks[0])
     # SGD-trained rating models take more passes over these 660 ratings than their defaults
     # (tuned for ML-100K's 80,000) to learn the clusters.
-    params = {"epochs": 100} if "epochs" in cls.config_class.model_fields else {}
-    if "batch_size" in cls.config_class.model_fields:
-        params["batch_size"] = 64
+    sgd = {"epochs": 100, "batch_size": 64}
+    fields = cls.config_class.model_fields
+    params: dict = {k: v for k, v in sgd.items() if k in fields}
+    if "components" in fields:  # a blend of rating models: two components, to stay fast
+        params.update(components=["knnbaseline", "biasedmf"], params={"biasedmf": sgd})
     return create_model(request.param, **params).fit(rated_blocks[0])
 
 

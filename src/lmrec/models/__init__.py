@@ -40,6 +40,7 @@ REGISTRY: dict[str, str] = {
     "biasedmf": "lmrec.models.rating_mf:BiasedMF",
     "svdpp": "lmrec.models.rating_mf:SVDPP",
     "lmrating": "lmrec.models.rating_mf:LMRating",
+    "ratingblend": "lmrec.models.rating_blend:RatingBlend",
 }
 
 

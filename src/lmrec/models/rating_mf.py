@@ -34,17 +34,17 @@ from lmrec.models.rating import RatingConfig, RatingModel, Ratings
 class BiasedMFConfig(RatingConfig):
     embedding_size: int = Field(100, ge=1)
     """Number of latent factors."""
-    epochs: int = Field(20, ge=1)
+    epochs: int = Field(40, ge=1)
     """Passes over the training ratings."""
-    learning_rate: float = Field(0.005, gt=0)
+    learning_rate: float = Field(0.007, gt=0)
     """SGD step per example (Surprise's lr_all)."""
-    reg: float = Field(0.05, ge=0)
+    reg: float = Field(0.08, ge=0)
     """L2 weight of the factors (Surprise's reg_all for factors)."""
     reg_bias: float = Field(0.02, ge=0)
     """L2 weight of the biases."""
     init_std: float = Field(0.1, gt=0)
     """Standard deviation of the initial factors."""
-    batch_size: int = Field(128, ge=1)
+    batch_size: int = Field(512, ge=1)
     """Ratings per vectorised SGD step."""
     fold_in_reg: float = Field(1.0, ge=0)
     """Ridge weight (times the number of ratings) of a new user's folded-in factors."""
@@ -55,8 +55,10 @@ class BiasedMFConfig(RatingConfig):
 
 
 class SVDPPConfig(BiasedMFConfig):
-    learning_rate: float = Field(0.007, gt=0)
-    """SGD step per example (Surprise's SVD++ lr_all)."""
+    epochs: int = Field(20, ge=1)
+    """Passes over the training ratings."""
+    reg: float = Field(0.05, ge=0)
+    """L2 weight of the factors (Surprise's reg_all for factors)."""
     reg_implicit: float = Field(0.05, ge=0)
     """L2 weight of the implicit factors y_j (per example, on the mean of its user's y^2)."""
     implicit: bool = True
@@ -64,6 +66,10 @@ class SVDPPConfig(BiasedMFConfig):
 
 
 class LMRatingConfig(SVDPPConfig):
+    epochs: int = Field(40, ge=1)
+    """Passes over the training ratings."""
+    reg: float = Field(0.08, ge=0)
+    """L2 weight of the factors."""
     implicit: bool = False
     """Add the SVD++ implicit term |N(u)|^-1/2 sum_j y_j to the user factor."""
     encoder: str = "minilm"
