@@ -42,13 +42,13 @@ def load() -> object:
         return Dataset.from_store(s, name="ml-100k")
 
 
-def lmrec_side(ds, fold: np.ndarray, models: list[str]) -> dict:
+def lmrec_side(ds, fold: np.ndarray, models: list[str], only: int | None = None) -> dict:
     from lmrec.models import create_model
 
     out: dict[str, dict] = {}
     for name in models:
         res = out.setdefault(name, {"rmse": [], "mae": [], "fit_seconds": []})
-        for f in range(int(fold.max()) + 1):
+        for f in range(int(fold.max()) + 1) if only is None else [only]:
             train, test = ds.subset(fold != f), ds.subset(fold == f)
             t0 = time.perf_counter()
             m = create_model(name).fit(train)
@@ -60,7 +60,7 @@ def lmrec_side(ds, fold: np.ndarray, models: list[str]) -> dict:
             print(name, f, res["rmse"][-1], res["mae"][-1], res["fit_seconds"][-1], flush=True)
         for k in ("rmse", "mae", "fit_seconds"):
             res[f"{k}_mean"] = float(np.mean(res[k]))
-            res[f"{k}_std"] = float(np.std(res[k], ddof=1))
+            res[f"{k}_std"] = float(np.std(res[k], ddof=1)) if len(res[k]) > 1 else 0.0
     return out
 
 
@@ -110,6 +110,11 @@ def main() -> None:
     ap.add_argument("--cold", default="baseline,lmrating")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--skip-folds", action="store_true", help="only the cold-item part")
+    ap.add_argument(
+        "--only-fold",
+        type=int,
+        help="run lmrec's models on this fold only (to run folds in parallel)",
+    )
     args = ap.parse_args()
     ds = load()
     rng = np.random.default_rng(0)
@@ -130,7 +135,7 @@ def main() -> None:
         cmd = [args.surprise, str(runner), str(csv), str(tmp / "surprise.json")]
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     if not args.skip_folds:
-        report["lmrec"] = lmrec_side(ds, fold, args.models.split(","))
+        report["lmrec"] = lmrec_side(ds, fold, args.models.split(","), args.only_fold)
         Path(args.out).write_text(json.dumps(report, indent=2))
     if args.cold:
         report["cold_items"] = cold_items(ds, args.cold.split(","))
