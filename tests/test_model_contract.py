@@ -19,12 +19,17 @@ from lmrec.models import REGISTRY, create_model, get_model_class, model_names
 from lmrec.models.base import History, Query, Recommender
 
 N_CLUSTERS, ITEMS_PER, USERS_PER, SEEN = 4, 10, 15, 8
+N_LOW = 10  # items of other clusters that each user of the rated variant rates low
 
 
-def _blocks() -> tuple[Dataset, dict[str, str]]:
+def _blocks(rated: bool = False) -> tuple[Dataset, dict[str, str]]:
     """Users in 4 taste clusters, each seeing 8 of its cluster's 10 items; one more item of the
-    cluster per user is held out (and returned as user -> item)."""
+    cluster per user is held out (and returned as user -> item).
+
+    rated: the same users and held-out items as star ratings for the rating models: the 8 seen
+    items rated 4 or 5, and N_LOW items of other clusters rated 1 or 2."""
     rng = np.random.default_rng(7)
+    stars = np.random.default_rng(8)
     rows, held = [], {}
     t = 0
     for c in range(N_CLUSTERS):
@@ -33,9 +38,17 @@ def _blocks() -> tuple[Dataset, dict[str, str]]:
             user = f"u{c}_{u}"
             perm = rng.permutation(ITEMS_PER)
             for j in perm[:SEEN]:
-                rows.append((user, items[j], "view", 1.0, float(t)))
+                if rated:
+                    rows.append((user, items[j], "rating", float(stars.integers(4, 6)), float(t)))
+                else:
+                    rows.append((user, items[j], "view", 1.0, float(t)))
                 t += 1
             held[user] = items[perm[SEEN]]
+            if rated:
+                others = [i for i in range(N_CLUSTERS * ITEMS_PER) if i // ITEMS_PER != c]
+                for i in stars.choice(others, N_LOW, replace=False):
+                    rows.append((user, f"i{i}", "rating", float(stars.integers(1, 3)), float(t)))
+                    t += 1
     frame = pd.DataFrame(rows, columns=["user", "item", "event", "value", "ts"])
     ds = Dataset.from_frame(frame, name="blocks")
     n = ds.n_items
@@ -68,10 +81,26 @@ def blocks() -> tuple[Dataset, dict[str, str]]:
     return _blocks()
 
 
+@pytest.fixture(scope="module")
+def rated_blocks() -> tuple[Dataset, dict[str, str]]:
+    return _blocks(rated=True)
+
+
 @pytest.fixture(scope="module", params=model_names())
-def fitted(request: pytest.FixtureRequest, blocks) -> Recommender:
-    ds, _ = blocks
-    return create_model(request.param).fit(ds)
+def fitted(request: pytest.FixtureRequest, blocks, rated_blocks) -> Recommender:
+    """Each registered model fitted on the blocks: rating models on their rated variant
+    (`fitted.history` is the dataset it was fitted on)."""
+    cls = get_model_class(request.param)
+    if not cls.predicts_ratings:
+        return create_model(request.param).fit(blocks[0])
+    # SGD-trained rating models take more passes over these 660 ratings than their defaults
+    # (tuned for ML-100K's 80,000) to learn the clusters.
+    sgd = {"epochs": 100, "batch_size": 64}
+    fields = cls.config_class.model_fields
+    params: dict = {k: v for k, v in sgd.items() if k in fields}
+    if "components" in fields:  # a blend of rating models: two components, to stay fast
+        params.update(components=["knnbaseline", "biasedmf"], params={"biasedmf": sgd})
+    return create_model(request.param, **params).fit(rated_blocks[0])
 
 
 def _same_ranking(a, b) -> None:
@@ -96,7 +125,7 @@ def test_registry_is_explicit_and_complete() -> None:
 
 
 def test_recovers_held_out_item(fitted: Recommender, blocks) -> None:
-    ds, held = blocks
+    ds, held = fitted.history, blocks[1]
     recs = fitted.recommend_many(list(held), n=2)
     hits = np.mean([held[u] in r.items for u, r in zip(held, recs, strict=True)])
     if fitted.personalized:
@@ -133,7 +162,7 @@ def test_unknown_user_and_empty_history_fall_back(fitted: Recommender) -> None:
 
 
 def test_exclude_seen_and_candidates(fitted: Recommender, blocks) -> None:
-    ds, held = blocks
+    ds, held = fitted.history, blocks[1]
     user = next(iter(held))
     seen = set(ds.items.ids_of(ds.sequence(ds.users.index(user))))
     all_items = fitted.recommend(user, n=ds.n_items, exclude_seen=False)
@@ -145,8 +174,8 @@ def test_exclude_seen_and_candidates(fitted: Recommender, blocks) -> None:
     assert r.scores == sorted(r.scores, reverse=True)
 
 
-def test_rank_on_dataset_histories(fitted: Recommender, blocks) -> None:
-    ds, _ = blocks
+def test_rank_on_dataset_histories(fitted: Recommender) -> None:
+    ds = fitted.history
     users = np.arange(ds.n_users)
     idx, val, used = fitted.rank(History.from_dataset(ds, users), 3, exclude_seen=True)
     assert idx.shape == val.shape == (ds.n_users, 3) and len(used) == ds.n_users
@@ -166,7 +195,7 @@ def test_similar_items(fitted: Recommender) -> None:
 
 
 def test_save_load_round_trip(fitted: Recommender, blocks, tmp_path) -> None:
-    ds, held = blocks
+    ds, held = fitted.history, blocks[1]
     fitted.save(tmp_path / "m")
     meta = json.loads((tmp_path / "m" / "config.json").read_text())
     assert meta["model"] == fitted.name

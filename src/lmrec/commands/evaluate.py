@@ -125,7 +125,52 @@ def breakdown_csv_path(csv_path: str | Path) -> Path:
     return p.with_name(f"{p.stem}-breakdown{p.suffix or '.csv'}")
 
 
+def cmd_rating(args: argparse.Namespace) -> int:
+    """`lmrec evaluate --task rating`: RMSE / MAE / MSE of rating models (all of them without
+    --models), mean ± std over folds, paired tests against the first (or --compare)."""
+    from lmrec.data import snapshot
+    from lmrec.evaluation.protocols import make_splits
+    from lmrec.evaluation.rating import rating_model_names, run_rating_protocol
+    from lmrec.models import create_model
+
+    labels = [m.strip() for m in (args.models or "").split(",") if m.strip()]
+    if args.model_dir:
+        raise LmrecError("--task rating refits its models; --model-dir is for the ranking task")
+    labels = labels or rating_model_names()
+    params = _model_params(args.param, labels)
+    for lab in labels:
+        create_model(lab, **params.get(lab, {}))
+    ds = snapshot(args.db)
+    protocol = args.protocol.replace("-", "_")
+    if protocol == "loo":  # one rating per user says little about rating error
+        protocol = "random"
+    splits = make_splits(ds, protocol, seed=args.seed, folds=args.folds)
+    ks = [] if protocol.startswith("cold") else _ks(args.k)
+
+    def fitted(label: str, fold: int, seconds: float) -> None:
+        if not args.quiet:
+            where = f" (fold {fold + 1}/{len(splits)})" if len(splits) > 1 else ""
+            print(f"lmrec evaluate: {label}{where} fitted in {seconds:.2f} s", file=sys.stderr)
+
+    result = run_rating_protocol(
+        labels, ds, splits, protocol=protocol, params=params, ks=ks, on_model=fitted
+    )
+    comparison = result.compare(args.compare, test=args.test) if len(labels) >= 2 else None
+    report = result.to_json(comparison)
+    if args.json == "-":
+        print(json.dumps(report, indent=2))
+        return 0
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    print(result.table(comparison))
+    if args.json:
+        print(f"JSON report: {args.json}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.task == "rating":
+        return cmd_rating(args)
     from lmrec.data import snapshot
     from lmrec.evaluation import run_protocol
     from lmrec.evaluation.protocols import ProtocolResult, make_splits
@@ -263,6 +308,14 @@ def register(
         description="Split the stored data by a protocol, fit each model on train, rank the "
         "whole catalogue for every test user (their history excluded) and report metrics@k, "
         "a paired test of each model against the first (or --compare) and bootstrap CIs.",
+    )
+    s.add_argument(
+        "--task",
+        choices=["ranking", "rating"],
+        default="ranking",
+        help="ranking (default): full-ranking metrics; rating: RMSE, MAE and MSE of the rating "
+        "models on the rated test interactions (every rating model without --models; the "
+        "loo protocol becomes random; other events are ignored)",
     )
     s.add_argument("--models", help=f"comma-separated model names ({', '.join(model_names())})")
     s.add_argument("--param", action="append", metavar="MODEL.NAME=VALUE", help="e.g. ease.reg=2")

@@ -36,6 +36,12 @@ REGISTRY: dict[str, str] = {
     "xlnet": "lmrec.models.sequential:XLNet",
     "blend": "lmrec.models.blend:Blend",
     "twostage": "lmrec.models.twostage:TwoStage",
+    "baseline": "lmrec.models.rating:Baseline",
+    "knnbaseline": "lmrec.models.rating:KNNBaseline",
+    "biasedmf": "lmrec.models.rating_mf:BiasedMF",
+    "svdpp": "lmrec.models.rating_mf:SVDPP",
+    "lmrating": "lmrec.models.rating_mf:LMRating",
+    "ratingblend": "lmrec.models.rating_blend:RatingBlend",
 }
 
 

@@ -627,6 +627,32 @@ class Recommender(ABC):
         text in the model's own vector space; None by default."""
         return None
 
+    #: Whether the model predicts explicit ratings (`predict_ratings`; `lmrec.models.rating`).
+    predicts_ratings: ClassVar[bool] = False
+
+    def predict_ratings(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Predicted ratings (n,) of (user index, item index) pairs over the model's
+        vocabularies (user -1: unknown), clipped to the learned rating scale. Models that only
+        rank (the default) refuse."""
+        raise LmrecError(
+            f"model {self.name!r} ranks items but does not predict ratings; use a rating model "
+            "(baseline, knnbaseline, biasedmf, svdpp, lmrating)"
+        )
+
+    def rate(self, user: str | None, items: Sequence[str]) -> list[float | None]:
+        """Predicted ratings of `items` (ids) for `user` (an id, or None / unknown: a user
+        without ratings); None for an item not in the catalogue."""
+        self.check_fitted()
+        assert self.items is not None and self.users is not None
+        idx = self.items.indices(list(items))
+        ok = idx >= 0
+        u = self.users.get(user) if user is not None else -1
+        pred = self.predict_ratings(np.full(int(ok.sum()), u, np.int64), idx[ok])
+        out: list[float | None] = [None] * len(idx)
+        for pos, v in zip(np.flatnonzero(ok), pred, strict=True):
+            out[int(pos)] = float(v)
+        return out
+
     #: Whether `with_items` can add items the model was not trained on (from their text).
     accepts_new_items: ClassVar[bool] = False
 

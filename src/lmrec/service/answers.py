@@ -219,6 +219,27 @@ class Answers:
                 ],
             }
 
+    def ratings(self, user: str, items: Sequence[str], *, model: str | None = None) -> dict:
+        """Predicted ratings of `items` for `user` by a rating model (an unknown user gets the
+        ratings of a user without any: the item baselines)."""
+        if not items:
+            raise LmrecError("give at least one item (?item=ID, repeated for more)")
+        slot = slot_of(self.registry, model)
+        m = slot.model
+        if not getattr(m, "predicts_ratings", False):
+            raise LmrecError(
+                f"model {slot.name!r} ({m.name}) ranks items but does not predict ratings; "
+                "serve a rating model (baseline, knnbaseline, biasedmf, svdpp, lmrating)"
+            )
+        assert m.users is not None
+        rated = m.rate(user, list(items))
+        return {
+            "user": user,
+            "model": slot.name,
+            "known_user": user in m.users,
+            "items": [{"item": i, "rating": r} for i, r in zip(items, rated, strict=True)],
+        }
+
     def similar(self, item: str, n: int = 10, *, model: str | None = None) -> dict[str, Any]:
         """Items like `item`: the model's own similarity, else the text index for new items."""
         self._check_n(n)

@@ -288,6 +288,18 @@ def _recommendation_routes(svc: Service, auth: Auth, batcher: Batcher) -> APIRou
         return _json(run())
 
     @r.get(
+        "/users/{user_id:path}/ratings",
+        summary="Predicted ratings of items for a user (rating models only)",
+        response_model=out.Ratings,
+    )
+    async def ratings(
+        user_id: IdPath,
+        item: Annotated[list[str], Query(min_length=1, max_length=1000, description="item ids")],
+        model: Annotated[str | None, Query(max_length=255, description="version")] = None,
+    ) -> Response:
+        return _json(await run_in_threadpool(svc.ratings, user_id, item, model=model))
+
+    @r.get(
         "/items/{item_id:path}/similar",
         summary="Items similar to an item (the model's similarity; text for new items)",
         response_model=out.Similar,

@@ -166,6 +166,10 @@ class Service:
                 exp.record(rt, answer)
         return out
 
+    def ratings(self, user: str, items: Sequence[str], *, model: str | None = None) -> dict:
+        """`Answers.ratings`: predicted ratings of items for a user."""
+        return self.answers.ratings(user, items, model=model)
+
     def similar(self, item: str, n: int = 10, *, model: str | None = None) -> dict[str, Any]:
         """`Answers.similar`: items like `item`."""
         return self.answers.similar(item, n, model=model)

@@ -255,6 +255,20 @@ class ExposureTag(_Out):
     request_id: str
 
 
+class RatedItem(_Out):
+    item: str
+    rating: float | None = Field(description="predicted rating (null: item not in the model)")
+
+
+class Ratings(_Out):
+    """Predicted ratings of items for a user, by a rating model (`predicts_ratings`)."""
+
+    user: str
+    model: str
+    known_user: bool = Field(description="false: the user has no ratings in the model")
+    items: list[RatedItem]
+
+
 class Recommendations(_Out):
     """Top-n items and the version that answered (`fallback`: why a fallback answered)."""
 

@@ -1,0 +1,334 @@
+"""Latent-factor rating models: `biasedmf` (r = mu + b_u + b_i + p_u.q_i, Koren, Bell &
+Volinsky 2009), `svdpp` (SVD++: the user factor plus |N(u)|^-1/2 sum of y_j over the items the
+user rated, Koren, KDD 2008) and `lmrating`, the LM-enhanced R = U.V^T + biases whose item
+factor and item bias include a learned projection of the item's text vector (MiniLM by
+default): q_i = v_i + W x_i, b_i = c_i + w.x_i. An item without ratings (a cold item, v_i = 0,
+c_i = 0) gets its rating from its text alone; during training the free parts v_i, c_i of a
+random `text_dropout` share of the examples are dropped so that W learns to stand on its own
+(DropoutNet, Volkovs et al., NeurIPS 2017).
+
+Training is Surprise's stochastic gradient descent (per-example squared error plus
+reg * squared norms of the parameters it touches, learning rate per example) vectorised over
+mini-batches of `batch_size` ratings with torch on the CPU; the text projection is trained by
+Adam. A new user (no stored ratings) is folded in by ridge regression of their ratings on the
+fixed item factors.
+"""
+
+from __future__ import annotations
+
+__all__ = ["SVDPP", "BiasedMF", "BiasedMFConfig", "LMRating", "LMRatingConfig", "SVDPPConfig"]
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from pydantic import Field
+
+from lmrec.data import Dataset
+from lmrec.errors import LmrecError
+from lmrec.models.base import Recommendations
+from lmrec.models.rating import RatingConfig, RatingModel, Ratings
+
+
+class BiasedMFConfig(RatingConfig):
+    embedding_size: int = Field(100, ge=1)
+    """Number of latent factors."""
+    epochs: int = Field(40, ge=1)
+    """Passes over the training ratings."""
+    learning_rate: float = Field(0.007, gt=0)
+    """SGD step per example (Surprise's lr_all)."""
+    reg: float = Field(0.08, ge=0)
+    """L2 weight of the factors (Surprise's reg_all for factors)."""
+    reg_bias: float = Field(0.02, ge=0)
+    """L2 weight of the biases."""
+    init_std: float = Field(0.1, gt=0)
+    """Standard deviation of the initial factors."""
+    batch_size: int = Field(512, ge=1)
+    """Ratings per vectorised SGD step."""
+    fold_in_reg: float = Field(1.0, ge=0)
+    """Ridge weight (times the number of ratings) of a new user's folded-in factors."""
+    seed: int = 0
+    """Seed of initialisation and shuffling."""
+    num_threads: int = Field(1, ge=1, exclude=True)
+    """Torch threads while training (a runtime setting, not saved)."""
+
+
+class SVDPPConfig(BiasedMFConfig):
+    epochs: int = Field(20, ge=1)
+    """Passes over the training ratings."""
+    reg: float = Field(0.05, ge=0)
+    """L2 weight of the factors (Surprise's reg_all for factors)."""
+    reg_implicit: float = Field(0.05, ge=0)
+    """L2 weight of the implicit factors y_j (per example, on the mean of its user's y^2)."""
+    implicit: bool = True
+    """Add |N(u)|^-1/2 sum_j y_j over the items u rated to the user factor."""
+
+
+class LMRatingConfig(SVDPPConfig):
+    epochs: int = Field(40, ge=1)
+    """Passes over the training ratings."""
+    reg: float = Field(0.08, ge=0)
+    """L2 weight of the factors."""
+    implicit: bool = False
+    """Add the SVD++ implicit term |N(u)|^-1/2 sum_j y_j to the user factor."""
+    encoder: str = "minilm"
+    """Text encoder spec of the item text vectors ('minilm', 'tfidf[:DIM]', 'st:PATH')."""
+    item_template: str | None = None
+    """str.format template of item text (title, description, categories, attributes)."""
+    text_learning_rate: float = Field(1e-3, gt=0)
+    """Adam learning rate of the text projection W, w."""
+    text_dropout: float = Field(0.3, ge=0, lt=1)
+    """Share of training examples whose free item parts (v_i, c_i) are dropped."""
+
+
+def _net(cfg: BiasedMFConfig, n_users: int, n_items: int, text: np.ndarray | None) -> Any:
+    import torch
+
+    g = torch.Generator().manual_seed(cfg.seed)
+    k = cfg.embedding_size
+
+    def normal(n: int) -> Any:
+        return torch.nn.Parameter(torch.randn(n, k, generator=g) * cfg.init_std)
+
+    p: dict[str, Any] = {
+        "bu": torch.nn.Parameter(torch.zeros(n_users, 1)),
+        "bi": torch.nn.Parameter(torch.zeros(n_items, 1)),
+        "p": normal(n_users),
+        "q": normal(n_items),
+    }
+    if getattr(cfg, "implicit", False):
+        p["y"] = torch.nn.Parameter(torch.zeros(n_items, k))
+    if text is not None:
+        d = text.shape[1]
+        p["w"] = torch.nn.Parameter(torch.randn(d, k, generator=g) * (cfg.init_std / d**0.5))
+        p["wb"] = torch.nn.Parameter(torch.zeros(d))
+    return torch.nn.ParameterDict(p)
+
+
+def _implicit_matrix(rated: sp.csr_matrix) -> tuple[Any, sp.csr_matrix]:
+    """(torch sparse |N(u)|^-1/2 indicator of the rated items, the scipy indicator)."""
+    import torch
+
+    ind = sp.csr_matrix(rated, dtype=np.float64, copy=True)
+    ind.data[:] = 1.0
+    n = np.diff(ind.indptr)
+    norm = sp.diags(np.where(n > 0, 1.0 / np.sqrt(np.maximum(n, 1)), 0.0)) @ ind
+    coo = norm.tocoo()
+    t = torch.sparse_coo_tensor(
+        np.vstack([coo.row, coo.col]),
+        coo.data.astype(np.float32),
+        coo.shape,
+        check_invariants=False,
+    ).coalesce()
+    return t, ind.tocsc()
+
+
+def _step_loss(net: Any, cfg: BiasedMFConfig, batch: dict[str, Any], mu: float) -> Any:
+    """0.5 * sum of squared errors + 0.5 * regularisation of the parameters used."""
+    import torch
+    import torch.nn.functional as F
+
+    u, i, r = batch["u"], batch["i"], batch["r"]
+    # Sparse gradients: each step updates only the rows its examples touch.
+    pu, qi = F.embedding(u, net["p"], sparse=True), F.embedding(i, net["q"], sparse=True)
+    bu = F.embedding(u, net["bu"], sparse=True)[:, 0]
+    bi = F.embedding(i, net["bi"], sparse=True)[:, 0]
+    reg = cfg.reg * ((pu * pu).sum() + (qi * qi).sum()) + cfg.reg_bias * (
+        (bu * bu).sum() + (bi * bi).sum()
+    )
+    user = pu
+    if "y" in net:
+        # SVD++ as Surprise trains it: every example moves y_j of all j in N(u) (the implicit
+        # sums of every user through one sparse product; y regularised once per example).
+        imp = torch.sparse.mm(batch["implicit"], net["y"])[u]
+        user = pu + imp
+        reg = reg + cfg.reg_implicit * (batch["y_count"] * (net["y"] * net["y"]).sum(1)).sum()
+    if "w" in net:
+        x = batch["x"]
+        keep = batch["keep"]
+        qi = qi * keep[:, None] + x @ net["w"]
+        bi = bi * keep + x @ net["wb"]
+    pred = mu + bu + bi + (user * qi).sum(1)
+    err = pred - r
+    return 0.5 * (err * err).sum() + 0.5 * reg
+
+
+def _train(
+    cfg: BiasedMFConfig, r: Ratings, rated: sp.csr_matrix, mu: float, text: np.ndarray | None
+) -> dict[str, np.ndarray]:
+    """Vectorised mini-batch SGD over the ratings; the learned arrays by name."""
+    import torch
+
+    n_users, n_items = rated.shape
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.num_threads)
+    try:
+        net = _net(cfg, n_users, n_items, text)
+        free = [v for k, v in net.items() if k not in ("w", "wb")]
+        opts = [torch.optim.SGD(free, lr=cfg.learning_rate)]
+        if "w" in net:
+            opts.append(torch.optim.Adam([net["w"], net["wb"]], lr=cfg.text_learning_rate))
+        implicit = _implicit_matrix(rated) if "y" in net else None
+        x_all = torch.from_numpy(np.asarray(text, np.float32)) if text is not None else None
+        rng = np.random.default_rng(cfg.seed)
+        drop = getattr(cfg, "text_dropout", 0.0)
+        ru, ri = torch.from_numpy(r.user), torch.from_numpy(r.item)
+        rv = torch.from_numpy(r.value.astype(np.float32))
+        for _ in range(cfg.epochs):
+            perm = rng.permutation(len(r))
+            for start in range(0, len(perm), cfg.batch_size):
+                idx = perm[start : start + cfg.batch_size]
+                tidx = torch.from_numpy(idx)
+                batch: dict[str, Any] = {"u": ru[tidx], "i": ri[tidx], "r": rv[tidx]}
+                if implicit is not None:
+                    # y_j is regularised once per example whose user rated j.
+                    per_user = np.bincount(r.user[idx], minlength=n_users).astype(np.float64)
+                    batch["implicit"] = implicit[0]
+                    batch["y_count"] = torch.from_numpy(
+                        (implicit[1].T @ per_user).astype(np.float32)
+                    )
+                if x_all is not None:
+                    batch["x"] = x_all[batch["i"]]
+                    keep = rng.random(len(idx)) >= drop
+                    batch["keep"] = torch.from_numpy(keep.astype(np.float32))
+                loss = _step_loss(net, cfg, batch, mu)
+                for o in opts:
+                    o.zero_grad(set_to_none=True)
+                loss.backward()
+                for o in opts:
+                    o.step()
+        out = {k: v.detach().numpy().astype(np.float64) for k, v in net.items()}
+        out["bu"], out["bi"] = out["bu"][:, 0], out["bi"][:, 0]
+        return out
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+class BiasedMF(RatingModel):
+    """r_ui = mu + b_u + b_i + p_u . q_i, by vectorised SGD."""
+
+    name = "biasedmf"
+    config_class: type[BiasedMFConfig] = BiasedMFConfig
+    config: BiasedMFConfig
+    bu_: np.ndarray
+    bi_: np.ndarray
+    user_vec_: np.ndarray
+    item_vec_: np.ndarray
+    y_: np.ndarray | None = None
+
+    def _text(self, dataset: Dataset) -> np.ndarray | None:
+        return None
+
+    def _fit_ratings(self, r: Ratings, dataset: Dataset) -> None:
+        text = self._text(dataset)
+        w = _train(self.config, r, self.rated_, self.mu_, text)
+        n_u = np.bincount(r.user, minlength=dataset.n_users)
+        n_i = np.bincount(r.item, minlength=dataset.n_items)
+        # Users and items without ratings keep no trace of their random initialisation.
+        w["p"][n_u == 0] = 0.0
+        w["q"][n_i == 0] = 0.0
+        w["bi"][n_i == 0] = 0.0
+        self.bu_, self.bi_ = w["bu"], w["bi"]
+        self.item_vec_ = w["q"]
+        if text is not None:
+            self.item_vec_ = w["q"] + text @ w["w"]
+            self.bi_ = w["bi"] + text @ w["wb"]
+        self.y_ = w.get("y")
+        self.user_vec_ = w["p"] + self._implicit(self.rated_)
+
+    def _implicit(self, rated: sp.csr_matrix) -> np.ndarray:
+        """|N(u)|^-1/2 sum_{j in N(u)} y_j per row of `rated` (0 without y)."""
+        if self.y_ is None:
+            return np.zeros((rated.shape[0], self.item_vec_.shape[1]))
+        ind = sp.csr_matrix(rated, copy=True)
+        ind.data = np.ones_like(ind.data)
+        n = np.asarray(ind.sum(axis=1)).ravel()
+        scale = np.where(n > 0, 1.0 / np.sqrt(np.maximum(n, 1)), 0.0)
+        return sp.diags(scale) @ (ind @ self.y_)
+
+    def _predict_pairs(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        dot = np.einsum("nk,nk->n", self.user_vec_[users], self.item_vec_[items])
+        return self.mu_ + self.bu_[users] + self.bi_[items] + dot
+
+    def _predict_rows(self, users: np.ndarray) -> np.ndarray:
+        return (
+            self.mu_
+            + self.bu_[users, None]
+            + self.bi_[None, :]
+            + self.user_vec_[users] @ self.item_vec_.T
+        )
+
+    def _fold_in(self, items: np.ndarray, ratings: np.ndarray) -> np.ndarray:
+        base = self.mu_ + self.bi_
+        if len(items) == 0:
+            return base
+        resid = ratings - base[items]
+        bu = resid.sum() / (len(items) + 15.0)
+        q = self.item_vec_[items]
+        row = sp.csr_matrix(
+            (np.ones(len(items)), (np.zeros(len(items), np.int64), items)), shape=(1, len(base))
+        )
+        implicit = self._implicit(row)[0]
+        target = resid - bu - q @ implicit
+        k = q.shape[1]
+        a = q.T @ q + self.config.fold_in_reg * len(items) * np.eye(k)
+        p = np.linalg.solve(a, q.T @ target)
+        return base + bu + self.item_vec_ @ (p + implicit)
+
+    def similar_items(self, item: str, n: int = 10) -> Recommendations:
+        """Items whose factors have the highest cosine with the item's factors."""
+        self.check_fitted()
+        assert self.items is not None
+        i = self.items.get(item)
+        if i < 0:
+            raise LmrecError(f"unknown item {item!r}")
+        v = self.item_vec_
+        norms = np.linalg.norm(v, axis=1)
+        norms[norms == 0] = 1.0
+        sims = (v @ v[i]) / (norms * norms[i])
+        sims[i] = -np.inf
+        order = np.lexsort((np.arange(len(sims)), -sims))[:n]
+        return Recommendations(self.items.ids_of(order), sims[order].astype(float).tolist())
+
+    def _state(self) -> dict[str, np.ndarray]:
+        out = {
+            **self._base_state(),
+            "bu": self.bu_,
+            "bi": self.bi_,
+            "user_vec": self.user_vec_,
+            "item_vec": self.item_vec_,
+        }
+        if self.y_ is not None:
+            out["y"] = self.y_
+        return out
+
+    def _set_state(self, state: Mapping[str, np.ndarray]) -> None:
+        self._set_base_state(state)
+        self.bu_, self.bi_ = state["bu"], state["bi"]
+        self.user_vec_, self.item_vec_ = state["user_vec"], state["item_vec"]
+        self.y_ = state.get("y")
+
+
+class SVDPP(BiasedMF):
+    """SVD++: user factor p_u + |N(u)|^-1/2 sum_{j in N(u)} y_j over the items u rated."""
+
+    name = "svdpp"
+    config_class = SVDPPConfig
+    config: SVDPPConfig
+
+
+class LMRating(BiasedMF):
+    """R = U.V^T + biases with item factors v_i + W x_i and item biases c_i + w.x_i from the
+    item text vectors x_i: an item without ratings is rated from its text."""
+
+    name = "lmrating"
+    config_class = LMRatingConfig
+    config: LMRatingConfig
+
+    def _text(self, dataset: Dataset) -> np.ndarray:
+        from lmrec.text.cache import item_vectors
+
+        return np.asarray(
+            item_vectors(dataset, self.config.encoder, self.config.item_template), np.float64
+        )
