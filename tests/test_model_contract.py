@@ -90,9 +90,14 @@ def rated_blocks() -> tuple[Dataset, dict[str, str]]:
 def fitted(request: pytest.FixtureRequest, blocks, rated_blocks) -> Recommender:
     """Each registered model fitted on the blocks: rating models on their rated variant
     (`fitted.history` is the dataset it was fitted on)."""
-    cls = get_model_class(request.param)
+    return fit_on_blocks(request.param, blocks[0], rated_blocks[0])
+
+
+def fit_on_blocks(name: str, blocks: Dataset, rated: Dataset) -> Recommender:
+    """A registered model fitted on the blocks, a rating model on their rated variant."""
+    cls = get_model_class(name)
     if not cls.predicts_ratings:
-        return create_model(request.param).fit(blocks[0])
+        return create_model(name).fit(blocks)
     # SGD-trained rating models take more passes over these 660 ratings than their defaults
     # (tuned for ML-100K's 80,000) to learn the clusters.
     sgd = {"epochs": 100, "batch_size": 64}
@@ -100,7 +105,7 @@ def fitted(request: pytest.FixtureRequest, blocks, rated_blocks) -> Recommender:
     params: dict = {k: v for k, v in sgd.items() if k in fields}
     if "components" in fields:  # a blend of rating models: two components, to stay fast
         params.update(components=["knnbaseline", "biasedmf"], params={"biasedmf": sgd})
-    return create_model(request.param, **params).fit(rated_blocks[0])
+    return create_model(name, **params).fit(rated)
 
 
 def _same_ranking(a, b) -> None:

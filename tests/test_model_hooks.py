@@ -15,12 +15,12 @@ import scipy.sparse as sp
 
 from lmrec.data import Dataset
 from lmrec.explain import explain, score_margin
-from lmrec.models import create_model, model_names
+from lmrec.models import model_names
 from lmrec.models.base import History, Query, Recommender
 from lmrec.service import Settings
 from lmrec.service.core import Service
 from lmrec.store import Store
-from test_model_contract import ITEMS_PER, _blocks
+from test_model_contract import ITEMS_PER, _blocks, fit_on_blocks
 
 NEW = "new_item"
 NEW_FIELDS = {
@@ -70,11 +70,22 @@ def store_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def rated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The blocks as star ratings, for the rating models (`_blocks(rated=True)`)."""
+    path = tmp_path_factory.mktemp("hooks-rated") / "store.db"
+    ds, _ = _blocks(rated=True)
+    _fill(f"sqlite:///{path}", ds)
+    return path
+
+
 @pytest.fixture(scope="module", params=model_names())
-def fitted(request: pytest.FixtureRequest, store_db: Path) -> Recommender:
-    with Store(f"sqlite:///{store_db}") as store:
-        ds = Dataset.from_store(store)
-    return create_model(request.param).fit(ds)
+def fitted(request: pytest.FixtureRequest, store_db: Path, rated_db: Path) -> Recommender:
+    data = []
+    for db in (store_db, rated_db):
+        with Store(f"sqlite:///{db}") as store:
+            data.append(Dataset.from_store(store))
+    return fit_on_blocks(request.param, *data)
 
 
 def _answers(svc: Service, accepts: bool) -> None:
@@ -96,10 +107,10 @@ def _answers(svc: Service, accepts: bool) -> None:
 
 
 def test_every_model_answers_after_a_new_item(
-    fitted: Recommender, store_db: Path, tmp_path: Path
+    fitted: Recommender, store_db: Path, rated_db: Path, tmp_path: Path
 ) -> None:
     db = tmp_path / "store.db"
-    shutil.copy(store_db, db)
+    shutil.copy(rated_db if fitted.predicts_ratings else store_db, db)
     fitted.save(tmp_path / "model")
     settings = Settings(
         db=f"sqlite:///{db}",

@@ -245,7 +245,7 @@ def test_service_returns_predicted_ratings(tmp_path: Path) -> None:
             new = c.get("/users/stranger/ratings", params={"item": "i1"}).json()
             assert new["known_user"] is False and 1 <= new["items"][0]["rating"] <= 5
             bad = c.get("/users/u3/ratings", params={"item": "i1", "model": "pop"})
-            assert bad.status_code == 400 and "does not predict ratings" in bad.json()["detail"]
+            assert bad.status_code == 409 and "does not predict ratings" in bad.json()["detail"]
             assert c.get("/users/u3/ratings").status_code == 422
     finally:
         srv.stop()

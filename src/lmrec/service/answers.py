@@ -21,7 +21,7 @@ from lmrec.errors import LmrecError
 from lmrec.models.base import History, Query, Ranker, Recommender
 from lmrec.rerank.config import RerankConfig
 from lmrec.service.catalogue import Catalogue
-from lmrec.service.errors import NotFound, Unavailable
+from lmrec.service.errors import Conflict, NotFound, Unavailable
 from lmrec.service.follow import StoreFollower
 from lmrec.service.live import Feed, Slot, record_text
 from lmrec.service.registry import ModelRegistry
@@ -226,8 +226,8 @@ class Answers:
             raise LmrecError("give at least one item (?item=ID, repeated for more)")
         slot = slot_of(self.registry, model)
         m = slot.model
-        if not getattr(m, "predicts_ratings", False):
-            raise LmrecError(
+        if not getattr(m, "predicts_ratings", False):  # the served model's state: 409
+            raise Conflict(
                 f"model {slot.name!r} ({m.name}) ranks items but does not predict ratings; "
                 "serve a rating model (baseline, knnbaseline, biasedmf, svdpp, lmrating)"
             )

@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from lmrec.errors import LmrecError
 from lmrec.experiments.config import ExperimentConfig
+from lmrec.ids import ID_PATTERN
 from lmrec.service.auth import Auth
 from lmrec.service.core import Service
 from lmrec.service.errors import NotFound
@@ -34,7 +35,7 @@ _TYPES = {
     ".css": "text/css",
     ".svg": "image/svg+xml",
 }
-ExpName = Annotated[str, PathParam(min_length=1, max_length=64)]
+ExpName = Annotated[str, PathParam(min_length=1, max_length=64, pattern=ID_PATTERN)]
 
 
 def _json(obj: Any, status: int = 200) -> Response:
