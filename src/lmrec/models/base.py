@@ -801,3 +801,33 @@ class Recommender(ABC):
 
     def _read(self, path: Path) -> None:  # noqa: B027 - optional hook
         """Restore what an overridden `_write` saved beside config.json and state.npz."""
+
+    # -- models made of registered models (blend, ratingblend, twostage) ---------------------
+
+    def _write_components(
+        self, path: Path, names: Sequence[str], models: Sequence[Recommender]
+    ) -> None:
+        """Save each component model under `path/components/<name>`, without its own copy
+        of the history (this model's history serves them all)."""
+        for name, m in zip(names, models, strict=True):
+            kept, m.history = m.history, None
+            try:
+                m.save(path / "components" / name)
+            finally:
+                m.history = kept
+
+    def _read_components(
+        self, path: Path, names: Sequence[str], what: str = "component"
+    ) -> list[Recommender]:
+        """The component models `_write_components` saved, answering from this history."""
+        out = []
+        for name in names:
+            d = path / "components" / name
+            if not (d / "config.json").exists():
+                raise LmrecError(f"{path}: a {self.name} artifact without its {what} {name!r}")
+            m = Recommender.load(d)
+            m.history = self.history
+            if self.history is not None:
+                m.event_weights = self.history.event_weights
+            out.append(m)
+        return out

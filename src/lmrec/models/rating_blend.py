@@ -19,7 +19,6 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from lmrec.data import Dataset
-from lmrec.errors import LmrecError
 from lmrec.models.base import History, Recommender
 from lmrec.models.rating import RatingConfig, RatingModel, Ratings
 
@@ -124,27 +123,9 @@ class RatingBlend(RatingModel):
         self._set_base_state(state)
         self.weights_ = np.asarray(state["weights"], np.float64)
 
-    @staticmethod
-    def _component_dir(path: Path, name: str) -> Path:
-        return path / "components" / name
-
     def _write(self, path: Path) -> None:
         super()._write(path)
-        for name, m in zip(self.config.components, self.models, strict=True):
-            m.history = None  # the blend's own history serves every component
-            try:
-                m.save(self._component_dir(path, name))
-            finally:
-                m.history = self.history
+        self._write_components(path, self.config.components, self.models)
 
     def _read(self, path: Path) -> None:
-        self.models = []
-        for name in self.config.components:
-            d = self._component_dir(path, name)
-            if not (d / "config.json").exists():
-                raise LmrecError(f"{path}: a rating blend artifact without its component {name!r}")
-            m = Recommender.load(d)
-            m.history = self.history
-            if self.history is not None:
-                m.event_weights = self.history.event_weights
-            self.models.append(m)
+        self.models = self._read_components(path, self.config.components)

@@ -651,12 +651,7 @@ class TwoStage(Recommender):
     def _write(self, path: Path) -> None:
         super()._write(path)
         (path / "ranker.txt").write_text(self.booster.model_to_string())
-        for name, m in zip(self.config.retrievers, self.models, strict=True):
-            kept, m.history = m.history, None  # the two-stage model's history serves all
-            try:
-                m.save(path / "components" / name)
-            finally:
-                m.history = kept
+        self._write_components(path, self.config.retrievers, self.models)
 
     def _read(self, path: Path) -> None:
         import lightgbm as lgb
@@ -664,16 +659,7 @@ class TwoStage(Recommender):
         if not (path / "ranker.txt").exists():
             raise LmrecError(f"{path}: a twostage artifact without its ranker.txt")
         self.booster = lgb.Booster(model_str=(path / "ranker.txt").read_text())
-        self.models = []
-        for name in self.config.retrievers:
-            d = path / "components" / name
-            if not (d / "config.json").exists():
-                raise LmrecError(f"{path}: a twostage artifact without its retriever {name!r}")
-            m = Recommender.load(d)
-            m.history = self.history
-            if self.history is not None:
-                m.event_weights = self.history.event_weights
-            self.models.append(m)
+        self.models = self._read_components(path, self.config.retrievers, "retriever")
 
 
 def _personalized(name: str) -> bool:
