@@ -589,6 +589,22 @@ class Recommender(ABC):
         idx, val = top_k(scores, k, history.matrix if exclude_seen else None)
         return idx, val, used
 
+    def _similar_by_vectors(self, item: str, vectors: np.ndarray, n: int) -> Recommendations:
+        """Items whose rows of `vectors` (n_items, d) have the highest cosine with `item`'s
+        (ties by index; the item itself left out): `similar_items` of factor models."""
+        self.check_fitted()
+        assert self.items is not None
+        i = self.items.get(item)
+        if i < 0:
+            raise LmrecError(f"unknown item {item!r}")
+        norms = np.linalg.norm(vectors, axis=1)
+        norms[norms == 0] = 1.0
+        sims = (vectors @ vectors[i]) / (norms * norms[i])
+        sims[i] = -np.inf
+        order = np.lexsort((np.arange(len(sims)), -sims))[:n]
+        order = order[np.isfinite(sims[order])]
+        return Recommendations(self.items.ids_of(order), sims[order].astype(float).tolist())
+
     def similar_items(self, item: str, n: int = 10) -> Recommendations:
         """Items most like `item`: by default, those a one-item history scores highest."""
         self.check_fitted()

@@ -119,21 +119,7 @@ class _MF(Recommender):
 
     def similar_items(self, item: str, n: int = 10) -> Recommendations:
         """Items whose factors have the highest cosine with the item's factors."""
-        from lmrec.errors import LmrecError
-
-        self._check_fitted()
-        assert self.items is not None
-        i = self.items.get(item)
-        if i < 0:
-            raise LmrecError(f"unknown item {item!r}")
-        v = self.item_factors
-        norms = np.linalg.norm(v, axis=1)
-        norms[norms == 0] = 1.0
-        sims = (v @ v[i]) / (norms * norms[i])
-        sims[i] = -np.inf
-        order = np.lexsort((np.arange(len(sims)), -sims))[:n]
-        order = order[np.isfinite(sims[order])]
-        return Recommendations(self.items.ids_of(order), sims[order].astype(float).tolist())
+        return self._similar_by_vectors(item, self.item_factors, n)
 
     def _forget_user_rows(self, idx: np.ndarray) -> None:
         self.user_factors = np.array(self.user_factors, copy=True)

@@ -26,7 +26,6 @@ import scipy.sparse as sp
 from pydantic import Field
 
 from lmrec.data import Dataset
-from lmrec.errors import LmrecError
 from lmrec.models.base import Recommendations
 from lmrec.models.rating import RatingConfig, RatingModel, Ratings
 
@@ -278,18 +277,7 @@ class BiasedMF(RatingModel):
 
     def similar_items(self, item: str, n: int = 10) -> Recommendations:
         """Items whose factors have the highest cosine with the item's factors."""
-        self.check_fitted()
-        assert self.items is not None
-        i = self.items.get(item)
-        if i < 0:
-            raise LmrecError(f"unknown item {item!r}")
-        v = self.item_vec_
-        norms = np.linalg.norm(v, axis=1)
-        norms[norms == 0] = 1.0
-        sims = (v @ v[i]) / (norms * norms[i])
-        sims[i] = -np.inf
-        order = np.lexsort((np.arange(len(sims)), -sims))[:n]
-        return Recommendations(self.items.ids_of(order), sims[order].astype(float).tolist())
+        return self._similar_by_vectors(item, self.item_vec_, n)
 
     def _state(self) -> dict[str, np.ndarray]:
         out = {
