@@ -160,3 +160,16 @@ def test_dp_train_shows_budget_and_users_delete(db: str, tmp_path: Path, capsys)
     assert rep["found"] and rep["store"]["users"] == 1 and rep["models"] == ["dp"]
     assert main(["--db", db, "users", "delete", "943"]) == 1  # the CLI prints the error
     assert "unknown user '943'" in capsys.readouterr().err
+
+
+def test_dpsgd_train_shows_the_accountants_figures(db: str, tmp_path: Path, capsys) -> None:
+    """`lmrec train` of a DP-SGD model prints the budget, the accountant's figures and what
+    the guarantee does not cover."""
+    out = tmp_path / "dpmf"
+    argv = ["--db", db, "train", "--model", "biasedmf", "--out", str(out)]
+    argv += ["--param", "epsilon=8", "--param", "epochs=1", "--param", "embedding_size=8"]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "-DP by the RDP accountant" in text
+    assert "per user: noise multiplier" in text and "sample rate 0.0679, 15 steps" in text
+    assert "not covered: user factors are each user's own (joint DP)" in text

@@ -135,6 +135,14 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"by the RDP accountant; noise sigma {privacy['sigma']:.3f}, sensitivity "
                 f"{privacy['sensitivity']:.3f} ({privacy['mechanism']})"
             )
+            if "steps" in privacy:  # DP-SGD: what the accountant composed
+                print(
+                    f"  per {privacy['unit']}: noise multiplier "
+                    f"{privacy['noise_multiplier']:.3f}, sample rate "
+                    f"{privacy['sample_rate']:.4f}, {privacy['steps']} steps"
+                )
+            if privacy.get("note"):
+                print(f"  not covered: {privacy['note']}")
         for part in ("valid", "test"):
             if part in out:
                 m = out[part]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 __all__ = ["SVDPP", "BiasedMF", "BiasedMFConfig", "LMRating", "LMRatingConfig", "SVDPPConfig"]
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -51,6 +52,20 @@ class BiasedMFConfig(RatingConfig):
     """Seed of initialisation and shuffling."""
     num_threads: int = Field(1, ge=1, exclude=True)
     """Torch threads while training (a runtime setting, not saved)."""
+    epsilon: float | None = Field(None, gt=0)
+    """Differential privacy by DP-SGD (`lmrec.privacy.DPSGD`; biasedmf only; None: none):
+    the item factors and biases are (epsilon, delta)-DP for adding or removing one user with
+    all their ratings. Each step draws each user with chance dp_batch_size / n_users
+    (Poisson sampling); a drawn user's own factor and bias are set by least squares, their
+    gradient of the item parameters is clipped to `max_grad_norm` and Gaussian noise is added
+    (learning rate: learning_rate * dp_batch_size on the noisy mean). User factors are each
+    user's own (joint DP); mu and the rating scale are not private."""
+    delta: float = Field(1e-5, gt=0, lt=1)
+    """The delta of (epsilon, delta)-DP (must be below 1 / the number of users)."""
+    max_grad_norm: float = Field(1.0, gt=0)
+    """With epsilon: the L2 bound of one user's gradient of the item parameters in a step."""
+    dp_batch_size: int = Field(64, ge=1)
+    """With epsilon: users per DP-SGD step (expected; Poisson sampling)."""
 
 
 class SVDPPConfig(BiasedMFConfig):
@@ -204,6 +219,75 @@ def _train(
         torch.set_num_threads(old_threads)
 
 
+def _user_solve(
+    cfg: BiasedMFConfig, q: Any, bi: Any, items: Any, values: Any, mu: float
+) -> tuple[Any, Any]:
+    """(p_u, b_u) minimising one user's squared errors + reg * n |p|^2 + reg_bias * n b^2
+    against fixed item parameters (the user's half of an ALS step)."""
+    import torch
+
+    x = torch.cat([q[items], torch.ones(len(items), 1, dtype=q.dtype)], dim=1)
+    n = float(len(items))
+    k = q.shape[1]
+    diag = torch.full((k + 1,), cfg.reg * n, dtype=q.dtype)
+    diag[k] = cfg.reg_bias * n
+    sol = torch.linalg.solve(x.T @ x + torch.diag(diag), x.T @ (values - mu - bi[items]))
+    return sol[:k], sol[k]
+
+
+def _train_dp(cfg: BiasedMFConfig, r: Ratings, n_users: int, n_items: int, mu: float) -> Any:
+    """DP-SGD of the item side, least squares of the user side (see `BiasedMFConfig.epsilon`);
+    the learned arrays by name, and the DP-SGD run (its budget)."""
+    import torch
+
+    from lmrec.privacy import DPSGD
+
+    assert cfg.epsilon is not None
+    g = torch.Generator().manual_seed(cfg.seed)
+    q = torch.randn(n_items, cfg.embedding_size, generator=g, dtype=torch.float64) * cfg.init_std
+    bi = torch.zeros(n_items, dtype=torch.float64)
+    p = torch.zeros(n_users, cfg.embedding_size, dtype=torch.float64)
+    bu = torch.zeros(n_users, dtype=torch.float64)
+    users = np.unique(r.user)  # the units: users with ratings
+    order = np.argsort(r.user, kind="stable")
+    starts = np.searchsorted(r.user[order], users)
+    ends = np.append(starts[1:], len(order))
+    ri = torch.from_numpy(r.item.astype(np.int64))
+    rv = torch.from_numpy(r.value.astype(np.float64))
+    dp = DPSGD(
+        cfg.epsilon,
+        cfg.delta,
+        cfg.max_grad_norm,
+        len(users),
+        cfg.dp_batch_size,
+        cfg.epochs,
+        cfg.seed,
+        "biasedmf (epsilon)",
+    )
+    lr = cfg.learning_rate * dp.expected_batch
+    while dp.steps < dp.max_steps:
+        gq, gb = torch.zeros_like(q), torch.zeros_like(bi)
+        for k in dp.draw().tolist():
+            idx = torch.from_numpy(order[starts[k] : ends[k]])
+            items, values = ri[idx], rv[idx]
+            pu, b = _user_solve(cfg, q, bi, items, values, mu)
+            p[users[k]], bu[users[k]] = pu, b
+            err = mu + b + bi[items] + q[items] @ pu - values
+            dq = err[:, None] * pu[None, :] + cfg.reg * q[items]
+            db = err + cfg.reg_bias * bi[items]
+            factor = dp.clip_factors(torch.sqrt((dq * dq).sum() + (db * db).sum()))
+            gq.index_add_(0, items, dq * factor)
+            gb.index_add_(0, items, db * factor)
+        q -= lr * dp.noisy_mean(gq)
+        bi -= lr * dp.noisy_mean(gb)
+        dp.step_done()
+    for k, u in enumerate(users.tolist()):  # every user against the final item side
+        idx = torch.from_numpy(order[starts[k] : ends[k]])
+        p[u], bu[u] = _user_solve(cfg, q, bi, ri[idx], rv[idx], mu)
+    out = {"p": p.numpy(), "q": q.numpy(), "bu": bu.numpy(), "bi": bi.numpy()}
+    return out, dp
+
+
 class BiasedMF(RatingModel):
     """r_ui = mu + b_u + b_i + p_u . q_i, by vectorised SGD."""
 
@@ -220,6 +304,10 @@ class BiasedMF(RatingModel):
         return None
 
     def _fit_ratings(self, r: Ratings, dataset: Dataset) -> None:
+        self.privacy_: dict[str, Any] | None = None
+        if self.config.epsilon is not None:
+            self._fit_private(r, dataset)
+            return
         text = self._text(dataset)
         w = _train(self.config, r, self.rated_, self.mu_, text)
         n_u = np.bincount(r.user, minlength=dataset.n_users)
@@ -235,6 +323,21 @@ class BiasedMF(RatingModel):
             self.bi_ = w["bi"] + text @ w["wb"]
         self.y_ = w.get("y")
         self.user_vec_ = w["p"] + self._implicit(self.rated_)
+
+    def _fit_private(self, r: Ratings, dataset: Dataset) -> None:
+        """DP-SGD training (`BiasedMFConfig.epsilon`); biasedmf only."""
+        from lmrec.errors import LmrecError
+
+        if type(self) is not BiasedMF:
+            raise LmrecError(
+                f"{self.name}: epsilon (DP-SGD) is supported by biasedmf only (the implicit "
+                "and text parts would need their own per-user clipping)"
+            )
+        w, dp = _train_dp(self.config, r, dataset.n_users, dataset.n_items, self.mu_)
+        self.bu_, self.bi_, self.item_vec_, self.y_ = w["bu"], w["bi"], w["q"], None
+        self.user_vec_ = w["p"]
+        note = "user factors are each user's own (joint DP); mu and the rating scale are not"
+        self.privacy_ = dp.privacy(note + " private").as_dict()
 
     def _implicit(self, rated: sp.csr_matrix) -> np.ndarray:
         """|N(u)|^-1/2 sum_{j in N(u)} y_j per row of `rated` (0 without y)."""
@@ -289,6 +392,8 @@ class BiasedMF(RatingModel):
         }
         if self.y_ is not None:
             out["y"] = self.y_
+        if getattr(self, "privacy_", None):
+            out["privacy"] = np.asarray(json.dumps(self.privacy_))
         return out
 
     def _set_state(self, state: Mapping[str, np.ndarray]) -> None:
@@ -296,6 +401,7 @@ class BiasedMF(RatingModel):
         self.bu_, self.bi_ = state["bu"], state["bi"]
         self.user_vec_, self.item_vec_ = state["user_vec"], state["item_vec"]
         self.y_ = state.get("y")
+        self.privacy_ = json.loads(str(state["privacy"])) if "privacy" in state else None
 
 
 class SVDPP(BiasedMF):

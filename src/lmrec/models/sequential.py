@@ -37,6 +37,7 @@ __all__ = [
     "XLNetConfig",
 ]
 
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Literal, Self
 
@@ -106,6 +107,17 @@ class SequentialConfig(ModelConfig):
     per epoch: loss, validation NDCG@10, best so far, elapsed and estimated time left)."""
     checkpoint_dir: str | None = Field(None, exclude=True)
     """Write the best network (constructor arguments + weights) here during training."""
+    epsilon: float | None = Field(None, gt=0)
+    """Differential privacy by DP-SGD (`lmrec.privacy.DPSGD`; None: none): the network is
+    (epsilon, delta)-DP for adding or removing one user. Each step draws each user with
+    chance batch_size / n_users (Poisson sampling), clips each user's gradient (all of their
+    windows) to `max_grad_norm` and adds Gaussian noise whose multiplier the RDP accountant
+    sets for `epochs` epochs. Early stopping reads validation data, which the guarantee does
+    not cover unless it is public: set patience=None for a guarantee over everything."""
+    delta: float = Field(1e-5, gt=0, lt=1)
+    """The delta of (epsilon, delta)-DP (must be below 1 / the number of users)."""
+    max_grad_norm: float = Field(1.0, gt=0)
+    """With epsilon: the L2 bound of one user's gradient in a step."""
 
     @model_validator(mode="after")
     def _heads_divide(self) -> Self:
@@ -216,6 +228,17 @@ class _Task:
         self.valid_hist = valid_hist
         self.valid_target = valid_target
         self.device = device
+        #: DP-SGD: the row indices of each user (the unit of privacy); set by the model.
+        self.unit_rows: list[np.ndarray] = []
+
+    def unit_batches(self, units: np.ndarray, epoch: int) -> Iterator[dict[str, Any]]:
+        """One batch per drawn user: all of that user's training rows."""
+        import torch
+
+        rng = np.random.default_rng([self.model.config.seed, epoch, 104729])
+        for u in units.tolist():
+            batch = self.model._train_batch(self.rows[self.unit_rows[u]], rng)
+            yield {k: torch.from_numpy(v).to(self.device) for k, v in batch.items()}
 
     def batches(self, epoch: int, rank: int, world: int) -> Iterator[dict[str, Any]]:
         """Shuffled batches of similar-length rows (less padding): the rows are shuffled, cut
@@ -270,6 +293,8 @@ class _SequenceModel(Recommender):
         self.trained_items: np.ndarray | None = None
         self.train_result: Any = None
         self._valid: Dataset | None = None
+        #: The budget a DP-trained model spent (`lmrec.privacy.Privacy.as_dict`), else None.
+        self.privacy_: dict[str, Any] | None = None
         #: The dropout trained with (the config's, or `auto_dropout` of the training data).
         self.dropout_: float = self.config.dropout if self.config.dropout is not None else 0.2
 
@@ -429,23 +454,31 @@ class _SequenceModel(Recommender):
             valid_hist = [valid_hist[i] for i in keep]
             valid_target = valid_target[keep]
         train_seqs = [s for s in train_seqs if len(s) >= 2]
+        dp = c.epsilon is not None
         if not train_seqs:
             raise LmrecError(
                 f"{self.name}: no training sequence has two or more items "
                 f"({dataset.n_interactions} interactions over {dataset.n_users} users)"
             )
-        self.dropout_ = c.dropout if c.dropout is not None else auto_dropout(train_seqs)
+        auto = 0.2 if dp else auto_dropout(train_seqs)  # DP: nothing read from the data
+        self.dropout_ = c.dropout if c.dropout is not None else auto
         counts = np.bincount(np.concatenate(train_seqs), minlength=dataset.n_items)
+        if dp:  # which items have data (and how much) is not released: all items are trained
+            counts = np.ones(dataset.n_items, np.int64)
         self.trained_items = counts > 0
         text = self._text_vectors(dataset) if self._uses_text() else None
         torch.manual_seed(c.seed)
         net, args = self._build_net(dataset.n_items, text)
         net.set_item_counts(torch.from_numpy(counts))
         width = self._train_window()
+        owner = np.arange(len(train_seqs))
         if c.train_windows == "all":
-            train_seqs = _chunks(train_seqs, width, overlap=self.window_overlap)
+            pieces = [_chunks([s], width, overlap=self.window_overlap) for s in train_seqs]
+            owner = np.repeat(owner, [len(p) for p in pieces])
+            train_seqs = [w for p in pieces for w in p]
         rows = _windows(train_seqs, width)
         task = _Task(self, rows, valid_hist, valid_target, device)
+        private = self._private_training(task, owner)
         trainer = Trainer(
             TrainConfig(
                 epochs=c.epochs,
@@ -460,10 +493,44 @@ class _SequenceModel(Recommender):
             )
         )
         self.train_result = trainer.fit(
-            net, task, init_args={"n_items": dataset.n_items, **args}, label=self.name
+            net,
+            task,
+            init_args={"n_items": dataset.n_items, **args},
+            label=self.name,
+            dp=private,
         )
+        if private is not None:
+            self.privacy_ = private.privacy(self._privacy_note(len(valid_target) > 0)).as_dict()
         self.net = net
         self.net.eval()
+
+    def _private_training(self, task: _Task, owner: np.ndarray) -> Any:
+        """With `epsilon`: the DP-SGD run (users = the owners of the training rows)."""
+        from lmrec.privacy import DPSGD
+
+        c = self.config
+        if c.epsilon is None:
+            return None
+        n_units = int(owner.max()) + 1
+        order = np.argsort(owner, kind="stable")
+        task.unit_rows = np.split(order, np.cumsum(np.bincount(owner, minlength=n_units))[:-1])
+        return DPSGD(
+            c.epsilon,
+            c.delta,
+            c.max_grad_norm,
+            n_units,
+            c.batch_size,
+            c.epochs,
+            c.seed,
+            f"{self.name} (epsilon)",
+        )
+
+    def _privacy_note(self, validated: bool) -> str:
+        parts = ["the popularity fallback and the saved training history are not private"]
+        if validated:
+            src = "the validation part" if self._valid is not None else "held-out last items"
+            parts.insert(0, f"early stopping read {src} (not covered unless public)")
+        return "; ".join(parts)
 
     # -- answering -----------------------------------------------------------------------------
 
@@ -503,7 +570,11 @@ class _SequenceModel(Recommender):
         from lmrec.nn.trainer import state_arrays
 
         assert self.trained_items is not None
+        extra = {}
+        if getattr(self, "privacy_", None):
+            extra["privacy"] = np.asarray(json.dumps(self.privacy_))
         return {
+            **extra,
             "trained_items": self.trained_items,
             "dropout": np.float64(self.dropout_),
             **{f"net.{k}": v for k, v in state_arrays(self.net).items()},
@@ -514,6 +585,8 @@ class _SequenceModel(Recommender):
 
         assert self.items is not None
         self.trained_items = state["trained_items"].astype(bool)
+        if "privacy" in state:
+            self.privacy_ = json.loads(str(state["privacy"]))
         if "dropout" in state:
             self.dropout_ = float(state["dropout"])
         weights = {k[4:]: v for k, v in state.items() if k.startswith("net.")}

@@ -8,11 +8,21 @@ and the validation score. Under `torchrun` every process sees the same global ba
 keeps its share (`rank::world`) of each, so the effective batch size and the result do not
 depend on the number of processes; the validation score is summed over processes, so all of
 them take the same early-stopping decision.
+
+With `dp` (a `lmrec.privacy.DPSGD`), training is DP-SGD with one user as the unit: each step
+draws users by Poisson sampling, the task gives one batch per drawn user (`unit_batches`: all
+of that user's training rows), each user's gradient is clipped to `dp.clip` in L2 norm over
+all trainable parameters, and the optimiser steps on the noisy mean (`DPSGD.noisy_mean`).
+Per-user gradients come from one backward pass per user (the networks select target
+positions with boolean masks, which `torch.func.vmap` cannot batch). Only in one process on
+the CPU or one GPU, without mixed precision; `grad_clip` does not apply (the per-user clip
+does).
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "PrivateTrainTask",
     "TrainConfig",
     "TrainResult",
     "TrainTask",
@@ -124,6 +134,14 @@ class TrainTask(Protocol):
 
     def validate(self, module: nn.Module, rank: int, world: int) -> tuple[float, float]:
         """(sum of the per-user score, number of users) over this process's validation users."""
+        ...
+
+
+class PrivateTrainTask(TrainTask, Protocol):
+    """A task that DP-SGD can train: batches per privacy unit (user)."""
+
+    def unit_batches(self, units: np.ndarray, epoch: int) -> Iterable[Any]:
+        """One batch per unit in `units` (indices into the units the task counts)."""
         ...
 
 
@@ -351,6 +369,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig | None = None, **params: Any):
         self.config = config.model_copy(update=params) if config else TrainConfig(**params)
+        self._dp: Any = None
 
     def fit(
         self,
@@ -359,10 +378,14 @@ class Trainer:
         *,
         init_args: Mapping[str, Any] | None = None,
         label: str | None = None,
+        dp: Any = None,
     ) -> TrainResult:
         """Train `module` in place; on return it holds the weights of the best validation
         score (or of the last epoch when there is nothing to validate on). `label` names the
-        run in progress reports (default: the module's class)."""
+        run in progress reports (default: the module's class). `dp`: a
+        `lmrec.privacy.DPSGD` to train by DP-SGD (the task must be a `PrivateTrainTask`);
+        it counts the noisy steps taken."""
+        self._dp = dp
         c = self.config
         device = resolve_device(c.device)
         old_threads = torch.get_num_threads()
@@ -399,12 +422,15 @@ class Trainer:
         torch.manual_seed(c.seed)
         module.to(device)
         model: nn.Module = module
+        dp = self._dp
+        if dp is not None and world > 1:
+            raise LmrecError("DP-SGD training runs in one process; start it without torchrun")
         if world > 1:
             model = nn.parallel.DistributedDataParallel(
                 module, device_ids=[device.index] if device.type == "cuda" else None
             )
         opt = _adamw(module, c, device)
-        amp = c.amp and device.type == "cuda"
+        amp = c.amp and device.type == "cuda" and dp is None
         amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
         scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
         result = TrainResult()
@@ -416,7 +442,9 @@ class Trainer:
             for epoch in range(1, c.epochs + 1):
                 model.train()
                 total, steps = 0.0, 0
-                for batch in task.batches(epoch, rank, world):
+                if dp is not None:
+                    total, steps = self._dp_epoch(module, opt, task, epoch, dp)
+                for batch in () if dp is not None else task.batches(epoch, rank, world):
                     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
                         loss = model(batch)
                     opt.zero_grad(set_to_none=True)
@@ -481,3 +509,31 @@ class Trainer:
                 save_checkpoint(c.checkpoint_dir, module, init_args, epoch=result.epochs_run)
         module.eval()
         return result
+
+    def _dp_epoch(
+        self, module: nn.Module, opt: torch.optim.Optimizer, task: Any, epoch: int, dp: Any
+    ) -> tuple[float, int]:
+        """One epoch of DP-SGD (`dp.steps_per_epoch` steps): (sum of per-user losses, users
+        seen); see the module docstring."""
+        params = [p for p in module.parameters() if p.requires_grad]
+        total, seen = 0.0, 0
+        for _ in range(dp.steps_per_epoch):
+            if dp.steps >= dp.max_steps:
+                break
+            acc = [torch.zeros_like(p) for p in params]
+            for batch in task.unit_batches(dp.draw(), epoch):
+                loss = module(batch)
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+                sq = sum(float(g.detach().pow(2).sum()) for g in grads if g is not None)
+                factor = float(dp.clip_factors(torch.tensor(math.sqrt(sq))))
+                for a, g in zip(acc, grads, strict=True):
+                    if g is not None:
+                        a.add_(g.detach(), alpha=factor)
+                total += float(loss.detach())
+                seen += 1
+            opt.zero_grad(set_to_none=True)
+            for p, a in zip(params, acc, strict=True):
+                p.grad = dp.noisy_mean(a)
+            opt.step()
+            dp.step_done()
+        return total, seen
