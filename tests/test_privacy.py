@@ -213,3 +213,11 @@ def test_bad_dp_options_are_refused_with_the_reason() -> None:
         check_dp_options(math.inf, 1e-5, 100, "here")
     with pytest.raises(LmrecError, match="at least 2 users"):
         check_dp_options(1.0, 1e-5, 1, "here")
+
+
+def test_dp_with_early_stopping_says_what_is_not_covered() -> None:
+    kw = dict(epochs=2, patience=1, batch_size=24, embedding_size=16, heads=1, layers=1)
+    m = create_model("sasrec", epsilon=4.0, progress=False, num_threads=1, device="cpu", **kw)
+    p = m.fit(_sequences()).privacy_
+    assert p["note"].startswith("early stopping read held-out last items (not covered")
+    assert p["steps"] <= 2 * 5 and p["epsilon"] <= 4.0
