@@ -203,7 +203,9 @@ def test_distilled_student_loads_offline_and_runs_under_onnx(tmp_path, monkeypat
     a = student.encode(SHORT)
     assert a.shape == (len(SHORT), 384) and a.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
-    assert ((a * teacher.encode(SHORT)).sum(axis=1)).mean() == pytest.approx(res.cos_after, abs=0.02)
+    assert ((a * teacher.encode(SHORT)).sum(axis=1)).mean() == pytest.approx(
+        res.cos_after, abs=0.02
+    )
 
     fp, q = load_encoder(f"onnx:{out}"), load_encoder(f"onnx-int8:{out}")
     assert fp.name == res.name + "+onnx" and q.name == res.name + "+onnx-int8"
@@ -235,7 +237,7 @@ def test_fast_encoder_errors(tmp_path, capsys) -> None:
     (head / "lmrec_encoder.json").write_text('{"format": "lmrec.encoder", "kind": "head"}')
     with pytest.raises(LmrecError, match="sentence-transformers versions"):
         load_encoder(f"onnx-int8:{head}")
-    with pytest.raises(LmrecError, match="layers: .*increasing"):
+    with pytest.raises(LmrecError, match=r"layers: .*increasing"):
         DistilConfig.of(layers=(2, 0))
     with pytest.raises(LmrecError, match="epochs"):
         DistilConfig.of(epochs=0)
