@@ -109,8 +109,13 @@ def main() -> None:
         from lmrec.data.split import leave_one_out
         from lmrec.evaluation.runner import leave_one_out_metrics
         from lmrec.models import create_model
+        from lmrec.text.cache import _remember, text_hash
 
         split = leave_one_out(ds)
+        for spec in specs:  # the fit reuses the vectors just timed (the in-process memo)
+            _remember(
+                encs[spec].name, {text_hash(t): v for t, v in zip(texts, vecs[spec], strict=True)}
+            )
         for row in rows:
             for name in [m.strip() for m in args.models.split(",") if m.strip()]:
                 t0 = time.perf_counter()

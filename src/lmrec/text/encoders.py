@@ -898,10 +898,10 @@ def load_encoder(spec: str | None = None, *, device: str = "cpu") -> TextEncoder
     if not path.is_dir():
         where = f"{path} is not a directory" if runtime else "no such encoder or directory"
         raise LmrecError(
-            f"unknown text encoder {spec!r} ({where}): use {', '.join(map(repr, NAMED_ENCODERS))} "
+            f"unknown text encoder {spec!r}: use {', '.join(map(repr, NAMED_ENCODERS))} "
             "(with '-int8', '-onnx' or '-onnx-int8' for the quantised / ONNX Runtime versions), "
             "'use-m3', 'tfidf[:DIM]', 'st:PATH', 'onnx:PATH', 'onnx-int8:PATH' or the directory "
-            "of a sentence-transformers model or of a fine-tuned or distilled encoder"
+            f"of a sentence-transformers model or of a fine-tuned or distilled encoder ({where})"
         )
     version = path / ENCODER_FILE
     # A directory rewritten in place (a new fine-tuning run) is loaded again.
