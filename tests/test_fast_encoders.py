@@ -162,3 +162,93 @@ def test_encoder_specs() -> None:
     model = create_model("lmcontent", encoder="tfidf-words:8").fit(ds)
     assert model.encoder().name == model.config.encoder_version
     assert not model.encoder().cjk
+
+
+# -- ONNX Runtime and the distilled student -------------------------------------------------
+
+needs_ort = pytest.mark.skipif(
+    importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None,
+    reason="optional packages onnxruntime and onnx (extra lmrec[fast]) not installed",
+)
+
+
+@needs_ort
+def test_distilled_student_loads_offline_and_runs_under_onnx(tmp_path, monkeypatch) -> None:
+    """A one-layer student distilled for a few steps on a few texts: its own cache key, unit
+    vectors, the loss falls; ONNX Runtime (fp32 and int8) runs the same student."""
+    import json
+
+    import torch
+
+    from lmrec.text.distil import distil
+
+    torch.set_num_threads(1)
+    monkeypatch.setenv("LMREC_CACHE", str(tmp_path / "cache"))  # the exported graphs go here
+    texts = SHORT + [t.replace("(19", "(20") for t in SHORT]
+    out = tmp_path / "student"
+    # One batch of all 16 texts per epoch: the same batch each step, so the loss must fall.
+    res = distil(None, out, texts=texts, layers=(5,), epochs=4, batch_size=16,
+                 learning_rate=1e-4, warmup=0.0)  # fmt: skip
+    teacher = load_encoder("minilm")
+    assert res.steps == 4 and res.texts == 16 and res.losses[-1] < res.losses[0], res.losses
+    assert res.cos_after > res.cos_before
+    assert res.name.startswith(teacher.name + "+distil-L1@")
+    meta = json.loads((out / "lmrec_encoder.json").read_text())
+    assert meta["layers"] == [5] and meta["steps"] == 4 and meta["config"]["teacher"] == "minilm"
+    cfg = json.loads((out / "model" / "config.json").read_text())
+    assert cfg["num_hidden_layers"] == 1
+    student = load_encoder(str(out))
+    assert load_encoder(f"st:{out}") is student
+    assert student.name == res.name != teacher.name and student.dim == 384
+    a = student.encode(SHORT)
+    assert a.shape == (len(SHORT), 384) and a.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    assert ((a * teacher.encode(SHORT)).sum(axis=1)).mean() == pytest.approx(
+        res.cos_after, abs=0.02
+    )
+
+    fp, q = load_encoder(f"onnx:{out}"), load_encoder(f"onnx-int8:{out}")
+    assert fp.name == res.name + "+onnx" and q.name == res.name + "+onnx-int8"
+    b, c = fp.encode(SHORT), q.encode(SHORT)
+    assert (tmp_path / "cache" / "models" / "onnx").is_dir()
+    np.testing.assert_allclose(b, a, atol=1e-4)  # the same computation in another runtime
+    cos = (a * c).sum(axis=1)
+    assert cos.min() > 0.9 and not np.allclose(a, c, atol=1e-3), cos  # int8: close, not equal
+    np.testing.assert_allclose(np.linalg.norm(c, axis=1), 1.0, atol=1e-5)
+    assert fp.encode([]).shape == (0, 384)
+    # The vector cache keeps them apart.
+    vecs = {e.name: encode_cached(e, SHORT[:2]) for e in (teacher, student, fp, q)}
+    assert len(vecs) == 4
+
+
+def test_fast_encoder_errors(tmp_path, capsys) -> None:
+    from lmrec.text.distil import DistilConfig, distil
+
+    with pytest.raises(LmrecError, match="is not a directory"):
+        load_encoder(f"onnx-int8:{tmp_path / 'nowhere'}")
+    with pytest.raises(LmrecError, match="no such encoder"):
+        load_encoder("minilm-onnx-int4")
+    with pytest.raises(LmrecError, match="CPU only"):
+        load_encoder("minilm-onnx-int8", device="cuda")
+    with pytest.raises(LmrecError, match="not a sentence-transformers model directory"):
+        load_encoder(f"onnx:{tmp_path}")
+    head = tmp_path / "head"
+    head.mkdir()
+    (head / "lmrec_encoder.json").write_text('{"format": "lmrec.encoder", "kind": "head"}')
+    with pytest.raises(LmrecError, match="sentence-transformers versions"):
+        load_encoder(f"onnx-int8:{head}")
+    with pytest.raises(LmrecError, match=r"layers: .*increasing"):
+        DistilConfig.of(layers=(2, 0))
+    with pytest.raises(LmrecError, match="epochs"):
+        DistilConfig.of(epochs=0)
+    with pytest.raises(LmrecError, match="the teacher has 6 layers"):
+        distil(None, tmp_path / "s", texts=SHORT, layers=(0, 6))
+    with pytest.raises(LmrecError, match="need at least 2"):
+        distil(None, tmp_path / "s", texts=["only one", "  "])
+    with pytest.raises(LmrecError, match="must be a sentence-transformers encoder in fp32"):
+        distil(None, tmp_path / "s", texts=SHORT, teacher="minilm-int8")
+    from lmrec.cli import main
+
+    assert main(["--db", f"sqlite:///{tmp_path / 'x.db'}", "distil", "--out",
+                 str(tmp_path / "o"), "--layers", "0,a"]) != 0  # fmt: skip
+    assert "--layers takes a comma list" in capsys.readouterr().err

@@ -1,9 +1,10 @@
-"""`lmrec encode` (fill the store's text-vector cache) and `lmrec finetune` (a new encoder
-version trained on the store's interactions)."""
+"""`lmrec encode` (fill the store's text-vector cache), `lmrec finetune` (a new encoder
+version trained on the store's interactions) and `lmrec distil` (a smaller, faster student of
+the encoder trained on the store's item texts)."""
 
 from __future__ import annotations
 
-__all__ = ["cmd_encode", "cmd_finetune", "register"]
+__all__ = ["cmd_distil", "cmd_encode", "cmd_finetune", "register"]
 
 import argparse
 import json
@@ -127,6 +128,46 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_distil(args: argparse.Namespace) -> int:
+    """Distil a student with fewer layers of the encoder on the store's item texts."""
+    from pathlib import Path
+
+    from lmrec.data import Dataset
+    from lmrec.store import Store
+    from lmrec.text.distil import DistilConfig, distil
+
+    layers = [x.strip() for x in args.layers.split(",") if x.strip()]
+    if not layers or not all(x.isdigit() for x in layers):
+        raise LmrecError(
+            f"--layers takes a comma list of layer indices such as 0,2,4; got {args.layers!r}"
+        )
+    cfg = DistilConfig.of(
+        teacher=args.encoder, layers=tuple(int(x) for x in layers), epochs=args.epochs,
+        steps=args.steps, max_seconds=args.max_seconds, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, item_template=args.item_template, seed=args.seed,
+    )  # fmt: skip
+    extra: list[str] = []
+    if args.texts:
+        path = Path(args.texts)
+        try:
+            extra = [t for t in path.read_text(encoding="utf-8").splitlines() if t.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LmrecError(f"--texts {path}: cannot read it as UTF-8 text ({exc})") from None
+    with Store(args.db) as store:
+        ds = Dataset.from_store(store)
+        if ds.n_items == 0 and not extra:
+            raise LmrecError(f"the store {args.db_shown} holds no items: import data first")
+        res = distil(ds if ds.n_items else None, args.out, texts=extra, config=cfg, store=store,
+                     progress=not args.quiet)  # fmt: skip
+    print(
+        f"student {res.name} written to {res.path} (layers {list(res.layers)}, {res.texts} texts, "
+        f"{res.steps} steps, {res.seconds:.1f} s; cosine with the teacher {res.cos_before:.3f} "
+        f"-> {res.cos_after:.3f})"
+    )
+    print(f"use it with: --param encoder={res.path}  (ONNX Runtime, int8: onnx-int8:{res.path})")
+    return 0
+
+
 def register(
     subparsers: argparse._SubParsersAction,
     commands: dict[str, Callable[[argparse.Namespace], int]],
@@ -141,7 +182,8 @@ def register(
     s.add_argument(
         "--encoder",
         default="minilm",
-        help="minilm (default), mpnet, tfidf[:DIM], st:PATH or DIR",
+        help="minilm (default), minilm-onnx-int8, mpnet, tfidf[:DIM], st:PATH, onnx-int8:PATH "
+        "or DIR",
     )
     s.add_argument("--what", default="items,users", help="comma list of items, users, behaviour")
     s.add_argument("--batch-size", type=int, default=64, help="texts per encoder batch")
@@ -188,3 +230,23 @@ def register(
     )
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     commands["finetune"] = cmd_finetune
+
+    s = subparsers.add_parser(
+        "distil",
+        help="distil a smaller student of the text encoder on the store's item texts",
+        description="The student keeps --layers of the teacher's Transformer layers and learns "
+        "to give each item text the teacher's vector; it is written as an encoder version.",
+    )
+    s.add_argument("--out", required=True, help="directory of the student (an encoder version)")
+    s.add_argument("--encoder", default="minilm", help="teacher encoder spec (default minilm)")
+    s.add_argument("--layers", default="0,2,4", help="teacher layers kept (default 0,2,4)")
+    s.add_argument("--texts", help="UTF-8 file of more training texts, one per line")
+    s.add_argument("--epochs", type=int, default=8)
+    s.add_argument("--steps", type=int, help="cap on gradient steps")
+    s.add_argument("--max-seconds", type=float, help="stop after the step that reaches this time")
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--learning-rate", type=float, default=2e-4)
+    s.add_argument("--item-template", help="str.format template of item text")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    commands["distil"] = cmd_distil

@@ -29,8 +29,9 @@ from lmrec.text.templates import item_texts, user_text, user_texts
 
 class TextConfig(ModelConfig):
     encoder: str = "minilm"
-    """Text encoder spec: 'minilm', 'minilm-int8', 'use-m3', 'tfidf[:DIM]', 'st:PATH' or a
-    fine-tuned encoder directory (see `lmrec.text.encoders`)."""
+    """Text encoder spec: 'minilm', 'minilm-int8', 'minilm-onnx-int8', 'use-m3', 'tfidf[:DIM]',
+    'st:PATH', 'onnx-int8:PATH' or a fine-tuned or distilled encoder directory (see
+    `lmrec.text.encoders`)."""
     item_template: str | None = None
     """str.format template of item text (title, description, categories, attributes)."""
     user_fields: list[str] | None = None
@@ -87,7 +88,7 @@ def _resolve_spec(spec: str) -> str:
     low = spec.strip().lower()
     if low in ("minilm", "default", "all-minilm-l6-v2") or low.split(":")[0] == "tfidf":
         return spec
-    prefix = "st:" if low.startswith("st:") else ""
+    prefix = next((p for p in ("st:", "onnx-int8:", "onnx:") if low.startswith(p)), "")
     path = Path(spec.strip()[len(prefix) :]).expanduser()
     return prefix + str(path.resolve()) if path.is_dir() else spec
 

