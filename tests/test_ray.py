@@ -10,6 +10,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -25,6 +26,9 @@ import pytest
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None
 SRC = str(Path(__file__).resolve().parents[1] / "src")
+#: The token of the test cluster (Ray's token authentication), given to its nodes and drivers
+#: through the environment, so that a token in ~/.ray of another Ray user does not interfere.
+TOKEN = secrets.token_hex(32)
 
 
 def _env() -> dict[str, str]:
@@ -32,6 +36,8 @@ def _env() -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([SRC, *filter(None, [env.get("PYTHONPATH")])])
     env.pop("WORLD_SIZE", None)
     env["RAY_USAGE_STATS_ENABLED"] = "0"
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=TOKEN)
+    env.pop("RAY_AUTH_TOKEN_PATH", None)
     return env
 
 
