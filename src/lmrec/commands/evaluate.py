@@ -210,6 +210,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     }
     if breakdown:
         kw["breakdown"] = breakdown
+    if args.ray is not None:
+        from lmrec.commands.models import ray_config
+
+        if args.sampled is not None:
+            raise LmrecError(
+                "--ray ranks the whole catalogue; --sampled draws its negatives in one "
+                "process (drop one of them)"
+            )
+        kw["ray"] = ray_config(args)
     if args.plots:
         kw["depth"] = 50
     if args.protocol.replace("-", "_") == "cold_items":
@@ -370,5 +379,13 @@ def register(
         "(accuracy and diversity side by side; with --plots, a trade-off plot)",
     )
     add_rerank_options(s, skip=["diversity"])
+    from lmrec.commands.models import add_ray_options
+
+    add_ray_options(
+        s,
+        "rank the users on this Ray cluster ('local': start one on this machine), in chunks of "
+        "--batch-size users over --ray-workers actors that each load the model once; the "
+        "metrics are those of one process",
+    )
     s.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     cmds["evaluate"] = cmd_evaluate

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["add_rerank_options", "parse_params", "register"]
+__all__ = [
+    "add_ray_options",
+    "add_rerank_options",
+    "fit_for_train",
+    "parse_params",
+    "ray_config",
+    "register",
+]
 
 import argparse
 import itertools
@@ -19,6 +26,7 @@ from lmrec.commands.rerank import add_rerank_options, rerank_config
 from lmrec.errors import LmrecError
 
 if TYPE_CHECKING:
+    from lmrec.data import Dataset
     from lmrec.models.base import Ranker, Recommender
 
 
@@ -76,45 +84,134 @@ def _launch_processes(args: argparse.Namespace, model: Any) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def fit_for_train(
+    name: str, params: dict[str, Any], db: str, protocol: str | None
+) -> tuple[Recommender, dict[str, Any]]:
+    """What every process of `lmrec train` runs (one process, each torchrun process of
+    `--procs N`, each Ray Train worker of `--ray`): build the model, read the store's
+    snapshot, fit on it (or on its leave-one-out train split, stopping early on the valid
+    part); returns the model and {"fit_seconds", and what the model chose while fitting}."""
     from lmrec.data import snapshot
-    from lmrec.evaluation import leave_one_out_metrics
+
+    return _fit_snapshot(name, params, snapshot(db), protocol)
+
+
+def _fit_snapshot(
+    name: str, params: dict[str, Any], ds: Dataset, protocol: str | None
+) -> tuple[Recommender, dict[str, Any]]:
+    from lmrec.models import create_model
+
+    model = create_model(name, **params)
+    if protocol == "loo":
+        from lmrec.evaluation.protocols import fit_on
+
+        # Models that stop early (the sequence models) watch the split's validation part.
+        fit_s = fit_on(model, _loo(ds))
+    else:
+        t0 = time.perf_counter()
+        model.fit(ds)
+        fit_s = time.perf_counter() - t0
+    info: dict[str, Any] = {"fit_seconds": round(fit_s, 3)}
+    if chosen := model.chosen():
+        info["chosen"] = chosen
+    privacy = getattr(model, "privacy_", None)  # a DP model's spent budget (lmrec.privacy)
+    if privacy:
+        info["privacy"] = privacy
+    return model, info
+
+
+def ray_config(args: argparse.Namespace) -> Any:
+    """The `lmrec.cluster.RayConfig` of --ray, --ray-workers and --ray-gpu."""
+    from lmrec.cluster import RayConfig
+
+    gpu = {"auto": None, "yes": True, "no": False}[args.ray_gpu]
+    try:
+        return RayConfig(address=args.ray, workers=args.ray_workers, use_gpu=gpu)
+    except ValueError as e:
+        raise LmrecError(f"--ray / --ray-workers: {e}") from None
+
+
+def _train_on_ray(args: argparse.Namespace, model: Any) -> int:
+    """`lmrec train --ray`: the same fitting in Ray Train workers (`lmrec.cluster`); the
+    first worker's saved model is copied to --out, and this process reports as `cmd_train`."""
+    import functools
+
+    from lmrec.cluster import train_on_ray
+    from lmrec.models.base import Recommender
+
+    if not model.trains_in_processes:
+        raise LmrecError(
+            f"--ray: only the sequence models (sasrec, dualsasrec, bert4rec, xlnet) train on "
+            f"Ray; {args.model} trains in one process"
+        )
+    if args.procs > 1:
+        raise LmrecError("give --procs N or --ray ADDRESS, not both (--ray-workers sets N)")
+    config = ray_config(args)
+    # The workers run elsewhere (another directory, another host): a relative SQLite path
+    # is made absolute; a server URL is reached as it is.
+    db = args.db
+    if db.startswith("sqlite:///") and not db.startswith("sqlite:////") and ":memory:" not in db:
+        db = "sqlite:///" + str(Path(db[len("sqlite:///") :]).resolve())
+    fit = functools.partial(fit_for_train, args.model, parse_params(args.param), db, args.protocol)
+    info = train_on_ray(fit, args.out, config)
+    where = f"Ray {config.address}, {config.workers} workers"
+    return _report(args, Recommender.load(args.out), info, where=where)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
     from lmrec.models import create_model
 
     model = create_model(args.model, **parse_params(args.param))
     if args.procs < 1:
         raise LmrecError(f"--procs must be at least 1, got {args.procs}")
+    if args.ray is not None:
+        return _train_on_ray(args, model)
     if args.procs > 1 and "LOCAL_RANK" not in os.environ:
         return _launch_processes(args, model)
     distributed = "LOCAL_RANK" in os.environ  # a process of a torchrun launch
+    from lmrec.data import snapshot
+
+    ds = snapshot(args.db)
+    model, info = _fit_snapshot(args.model, parse_params(args.param), ds, args.protocol)
     if distributed:
         from lmrec.nn import is_main_process
-    ds = snapshot(args.db)
+
+        if not is_main_process():
+            return 0  # under torchrun the first process saves and reports
+    model.save(args.out)
+    return _report(args, model, info, ds)
+
+
+def _report(
+    args: argparse.Namespace,
+    model: Any,
+    info: dict[str, Any],
+    ds: Dataset | None = None,
+    where: str | None = None,
+) -> int:
+    """Print what `lmrec train` did: the fit, the saved model, and with --protocol loo the
+    model's valid and test NDCG@10 / Recall@10 on the split of the store's snapshot `ds`
+    (read here when not given)."""
+    from lmrec.data import snapshot
+    from lmrec.evaluation import leave_one_out_metrics
+
+    ds = ds if ds is not None else snapshot(args.db)
     split = _loo(ds) if args.protocol == "loo" else None
     data = split.train if split is not None else ds
-    if split is not None:
-        from lmrec.evaluation.protocols import fit_on
-
-        # Models that stop early (the sequence models) watch the split's validation part.
-        fit_s = fit_on(model, split)
-    else:
-        t0 = time.perf_counter()
-        model.fit(data)
-        fit_s = time.perf_counter() - t0
-    if distributed and not is_main_process():
-        return 0  # under torchrun the first process saves and reports
-    model.save(args.out)
+    fit_s = info["fit_seconds"]
     out: dict[str, Any] = {
         "model": args.model,
         "params": model.config.model_dump(mode="json"),
-        "fit_seconds": round(fit_s, 3),
+        "fit_seconds": fit_s,
         "trained_on": "loo train split" if args.protocol == "loo" else "store snapshot",
         "interactions": data.n_interactions,
         "out": str(args.out),
     }
-    if chosen := model.chosen():
+    if where:
+        out["trained_in"] = where
+    chosen, privacy = info.get("chosen"), info.get("privacy")
+    if chosen:
         out["chosen"] = chosen
-    privacy = getattr(model, "privacy_", None)  # a DP model's spent budget (lmrec.privacy)
     if privacy:
         out["privacy"] = privacy
     if split is not None:
@@ -122,31 +219,31 @@ def cmd_train(args: argparse.Namespace) -> int:
         out["test"] = leave_one_out_metrics(model, split, "test")
     if args.json:
         print(json.dumps(out, indent=2))
-    else:
+        return 0
+    print(
+        f"trained {args.model} on {out['interactions']} interactions ({out['trained_on']}) "
+        f"in {fit_s:.2f} s{f' ({where})' if where else ''}; saved to {args.out}"
+    )
+    if chosen:
+        print(f"  chosen while fitting: {json.dumps(chosen)}")
+    if privacy:
         print(
-            f"trained {args.model} on {out['interactions']} interactions ({out['trained_on']}) "
-            f"in {fit_s:.2f} s; saved to {args.out}"
+            f"  differential privacy: ({privacy['epsilon']:.3f}, {privacy['delta']:g})-DP "
+            f"by the RDP accountant; noise sigma {privacy['sigma']:.3f}, sensitivity "
+            f"{privacy['sensitivity']:.3f} ({privacy['mechanism']})"
         )
-        if chosen:
-            print(f"  chosen while fitting: {json.dumps(chosen)}")
-        if privacy:
+        if "steps" in privacy:  # DP-SGD: what the accountant composed
             print(
-                f"  differential privacy: ({privacy['epsilon']:.3f}, {privacy['delta']:g})-DP "
-                f"by the RDP accountant; noise sigma {privacy['sigma']:.3f}, sensitivity "
-                f"{privacy['sensitivity']:.3f} ({privacy['mechanism']})"
+                f"  per {privacy['unit']}: noise multiplier "
+                f"{privacy['noise_multiplier']:.3f}, sample rate "
+                f"{privacy['sample_rate']:.4f}, {privacy['steps']} steps"
             )
-            if "steps" in privacy:  # DP-SGD: what the accountant composed
-                print(
-                    f"  per {privacy['unit']}: noise multiplier "
-                    f"{privacy['noise_multiplier']:.3f}, sample rate "
-                    f"{privacy['sample_rate']:.4f}, {privacy['steps']} steps"
-                )
-            if privacy.get("note"):
-                print(f"  not covered: {privacy['note']}")
-        for part in ("valid", "test"):
-            if part in out:
-                m = out[part]
-                print(f"  {part:5s} NDCG@10 {m['ndcg@10']:.4f}  Recall@10 {m['recall@10']:.4f}")
+        if privacy.get("note"):
+            print(f"  not covered: {privacy['note']}")
+    for part in ("valid", "test"):
+        if part in out:
+            m = out[part]
+            print(f"  {part:5s} NDCG@10 {m['ndcg@10']:.4f}  Recall@10 {m['recall@10']:.4f}")
     return 0
 
 
@@ -318,6 +415,18 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_ray_options(s: argparse.ArgumentParser, what: str) -> None:
+    """--ray ADDRESS|local, --ray-workers N and --ray-gpu (`lmrec.cluster.RayConfig`)."""
+    s.add_argument("--ray", metavar="ADDRESS|local", help=what + " (pip install 'lmrec[ray]')")
+    s.add_argument("--ray-workers", type=int, default=2, help="Ray workers (default 2)")
+    s.add_argument(
+        "--ray-gpu",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="one GPU per Ray worker (auto: when the cluster has enough GPUs)",
+    )
+
+
 def register(
     sub: argparse._SubParsersAction, cmds: dict[str, Callable[[argparse.Namespace], int]]
 ) -> None:
@@ -340,6 +449,11 @@ def register(
         default=1,
         help="sequence models: train in this many processes (DDP under torchrun, one CPU "
         "thread each; on 2 cores 1.1x faster than 2 threads, benchmarks/sequential.md)",
+    )
+    add_ray_options(
+        s,
+        "sequence models: train with Ray Train (TorchTrainer, DDP) on this Ray "
+        "cluster ('local': start one on this machine)",
     )
     s.add_argument("--json", action="store_true", help="print JSON")
     cmds["train"] = cmd_train

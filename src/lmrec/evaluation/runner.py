@@ -17,6 +17,7 @@ __all__ = [
     "EvalResult",
     "Metric",
     "Ranking",
+    "UserRanker",
     "evaluate",
     "item_category_matrix",
     "leave_one_out_metrics",
@@ -38,6 +39,7 @@ from lmrec.errors import LmrecError
 from lmrec.evaluation import metrics as M
 
 if TYPE_CHECKING:
+    from lmrec.cluster import RayConfig
     from lmrec.evaluation.breakdown import Breakdown
     from lmrec.models.base import Ranker
 
@@ -515,6 +517,112 @@ def _rank_full(
     return full, M.auc(ranks, n_u), used
 
 
+class UserRanker:
+    """The ranking step of `evaluate` for any subset of the evaluated users, built once per
+    process (the Ray workers of `lmrec.cluster` each build one, and rank their chunks of
+    users with it). `users` are every user with targets in split.<on>; `rank` gives the
+    top lists of some of them, batch by batch, exactly as one pass over all of them does
+    (the same batches give the same lists); `ranking` puts all the lists together."""
+
+    def __init__(
+        self,
+        model: Ranker,
+        split: Any,
+        on: Literal["valid", "test"] = "test",
+        candidates: str | np.ndarray | None = None,
+        *,
+        sampled: int | None = None,
+        sampler: Literal["uniform", "popularity"] = "uniform",
+        seed: int = 0,
+        auc: bool = False,
+    ):
+        #: The arguments, for building the same ranker elsewhere (a Ray worker).
+        self.options: dict[str, Any] = {
+            "on": on,
+            "candidates": candidates,
+            "sampled": sampled,
+            "sampler": sampler,
+            "seed": seed,
+            "auc": auc,
+        }
+        self.model = model
+        target = split.test if on == "test" else split.valid
+        self.hist = hist = split.train_valid() if on == "test" else split.train
+        n_items = hist.n_items
+        if target.n_interactions == 0:
+            raise LmrecError(f"split {getattr(split, 'name', '')!r} has no {on} interactions")
+        rel_all = sp.csr_matrix(
+            (np.ones(target.n_interactions, np.float32), (target.user, target.item)),
+            shape=(target.n_users, n_items),
+        )
+        rel_all.data[:] = 1.0
+        self.rel_all = rel_all
+        self.users = np.flatnonzero(np.diff(rel_all.indptr) > 0)
+        cand, _ = _candidate_mask(candidates, split.train, n_items)
+        self.cand = cand
+        self.pop = hist.item_counts().astype(np.float64)
+        self.b = _Batch(
+            hist_m=hist.matrix(),
+            al=_Aligner(model, hist),
+            cand=cand,
+            n_cand=int(cand.sum()) if cand is not None else n_items,
+            eligible=cand if cand is not None else np.ones(n_items, bool),
+            weights=self.pop if sampler == "popularity" else np.ones(n_items),
+            rng=np.random.default_rng(seed),
+            sampled=sampled,
+            auc=auc,
+        )
+
+    def rank(
+        self,
+        users: np.ndarray,
+        depth: int,
+        batch_size: int,
+        step: Callable[[int], None] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """(len(users), depth) top lists (-1 pads), per-user AUC (NaN unless asked) and the
+        number of users answered by the model's fallback; `step(n)` after each batch."""
+        model, b = self.model, self.b
+        lists = np.full((len(users), depth), -1, np.int64)
+        auc_vals = np.full(len(users), np.nan)
+        fallback = 0
+        for s in range(0, len(users), batch_size):
+            bu = users[s : s + batch_size]
+            h = _history(model, self.hist, bu, b.al)
+            if b.sampled is None and not b.auc:
+                idx, _, used = model.rank(h, depth, exclude_seen=True, candidates=b.al.mask(b.cand))
+                top = b.al.lists(np.asarray(idx))
+            else:
+                full, auc_b, used = _rank_full(model, h, bu, self.rel_all[bu], b)
+                top = full[:, :depth]
+                if auc_b is not None:
+                    auc_vals[s : s + len(bu)] = auc_b
+            if top.shape[1] < depth:
+                top = np.pad(top, ((0, 0), (0, depth - top.shape[1])), constant_values=-1)
+            lists[s : s + len(bu)] = top
+            fallback += sum(1 for x in used if x)
+            if step is not None:
+                step(len(bu))
+        return lists, auc_vals, fallback
+
+    def ranking(self, lists: np.ndarray, auc_vals: np.ndarray, fallback: int) -> Ranking:
+        """The Ranking of all `users` from their lists (in the order of `users`)."""
+        rel_users = self.rel_all[self.users]
+        return Ranking(
+            users=self.users,
+            lists=lists,
+            relevant=rel_users,
+            hits=M.hits_matrix(lists, rel_users),
+            n_rel=np.diff(rel_users.indptr),
+            popularity=self.pop,
+            n_hist_users=int((np.diff(self.hist.user_ptr) > 0).sum()),
+            n_items=self.hist.n_items,
+            n_candidates=self.b.n_cand,
+            auc=auc_vals if self.b.auc else None,
+            fallback_users=fallback,
+        )
+
+
 def rank_targets(
     model: Ranker,
     split: Any,
@@ -529,74 +637,43 @@ def rank_targets(
     auc: bool = False,
     progress: bool | Callable[[int, int], None] = False,
     label: str = "",
+    ray: RayConfig | None = None,
 ) -> Ranking:
     """The ranking step of `evaluate`: the top-`depth` lists of every user with targets in
     split.<on> (history: train for "valid", train + valid for "test"; history items
     excluded), with what the metrics read. Arguments as for `evaluate`; auc: also measure the
     per-user AUC over the whole ranking."""
-    target = split.test if on == "test" else split.valid
-    hist = split.train_valid() if on == "test" else split.train
-    n_items = hist.n_items
-    if target.n_interactions == 0:
-        raise LmrecError(f"split {getattr(split, 'name', '')!r} has no {on} interactions")
-    rel_all = sp.csr_matrix(
-        (np.ones(target.n_interactions, np.float32), (target.user, target.item)),
-        shape=(target.n_users, n_items),
+    if ray is not None and sampled is not None:
+        raise LmrecError(
+            "evaluation on Ray ranks the whole catalogue: sampled negatives are drawn from one "
+            "random stream in user order, so --sampled runs in one process (drop --ray)"
+        )
+    r = UserRanker(
+        model, split, on, candidates, sampled=sampled, sampler=sampler, seed=seed, auc=auc
     )
-    rel_all.data[:] = 1.0
-    users = np.flatnonzero(np.diff(rel_all.indptr) > 0)
-    cand, _ = _candidate_mask(candidates, split.train, n_items)
-    pop = hist.item_counts().astype(np.float64)
-    b = _Batch(
-        hist_m=hist.matrix(),
-        al=_Aligner(model, hist),
-        cand=cand,
-        n_cand=int(cand.sum()) if cand is not None else n_items,
-        eligible=cand if cand is not None else np.ones(n_items, bool),
-        weights=pop if sampler == "popularity" else np.ones(n_items),
-        rng=np.random.default_rng(seed),
-        sampled=sampled,
-        auc=auc,
-    )
-    bar = _progress_bar(progress, len(users), label or _name(model))
-    lists = np.full((len(users), depth), -1, np.int64)
-    auc_vals = np.full(len(users), np.nan)
-    fallback = 0
-    for s in range(0, len(users), batch_size):
-        bu = users[s : s + batch_size]
-        h = _history(model, hist, bu, b.al)
-        if sampled is None and not auc:
-            idx, _, used = model.rank(h, depth, exclude_seen=True, candidates=b.al.mask(cand))
-            top = b.al.lists(np.asarray(idx))
-        else:
-            full, auc_b, used = _rank_full(model, h, bu, rel_all[bu], b)
-            top = full[:, :depth]
-            if auc_b is not None:
-                auc_vals[s : s + len(bu)] = auc_b
-        if top.shape[1] < depth:
-            top = np.pad(top, ((0, 0), (0, depth - top.shape[1])), constant_values=-1)
-        lists[s : s + len(bu)] = top
-        fallback += sum(1 for x in used if x)
+    total = len(r.users)
+    bar = _progress_bar(progress, total, label or _name(model))
+    done = 0
+
+    def step(n: int) -> None:
+        nonlocal done
+        done += n
         if bar is not None:
-            bar.update(len(bu))
+            bar.update(n)
         elif callable(progress):
-            progress(s + len(bu), len(users))
-    if bar is not None:
-        bar.close()
-    rel_users = rel_all[users]
-    return Ranking(
-        users=users,
-        lists=lists,
-        relevant=rel_users,
-        hits=M.hits_matrix(lists, rel_users),
-        n_rel=np.diff(rel_users.indptr),
-        popularity=pop,
-        n_hist_users=int((np.diff(hist.user_ptr) > 0).sum()),
-        n_items=n_items,
-        n_candidates=b.n_cand,
-        auc=auc_vals if auc else None,
-        fallback_users=fallback,
-    )
+            progress(done, total)
+
+    try:
+        if ray is None:
+            lists, auc_vals, fallback = r.rank(r.users, depth, batch_size, step)
+        else:
+            from lmrec.cluster import rank_on_ray
+
+            lists, auc_vals, fallback = rank_on_ray(r, split, depth, batch_size, ray, step)
+    finally:
+        if bar is not None:
+            bar.close()
+    return r.ranking(lists, auc_vals, fallback)
 
 
 def evaluate(
@@ -618,6 +695,7 @@ def evaluate(
     keep_lists: bool = True,
     depth: int | None = None,
     breakdown: Sequence[str] = (),
+    ray: RayConfig | None = None,
 ) -> EvalResult:
     """Rank, measure and keep per-user values of a fitted model on a split part.
 
@@ -634,6 +712,8 @@ def evaluate(
     depth: rank this many items (default max k) and keep them for `EvalResult.curve`.
     breakdown: any of "popularity", "history": the accuracy metrics also by item popularity
     bucket and by history length (`lmrec.evaluation.breakdown`), in `EvalResult.breakdown`.
+    ray: rank the users on a Ray cluster (`lmrec.cluster`), in chunks of `batch_size` users
+    (the batches of one process, so the same lists and metrics); not with `sampled`.
     """
     t0 = time.perf_counter()
     _check_call(model, split, on, batch_size, sampled, sampler)
@@ -657,6 +737,7 @@ def evaluate(
         auc=any(METRICS[m].kind == "ranking" for m in names),
         progress=progress,
         label=name or _name(model),
+        ray=ray,
     )
     ranking.categories, ranking.item_vectors = cats, vectors
     per_user, overall = measure(ranking, ks, names)

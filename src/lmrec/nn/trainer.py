@@ -419,6 +419,10 @@ class Trainer:
         label: str,
     ) -> TrainResult:
         c = self.config
+        if device.type == "cuda" and device.index is None:
+            # The process's current GPU (Ray Train sets it per worker), so that DDP is
+            # given a device index.
+            device = torch.device("cuda", torch.cuda.current_device())
         torch.manual_seed(c.seed)
         module.to(device)
         model: nn.Module = module
