@@ -67,6 +67,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no-text": {"features": ["retrievers", "recent", "item", "user", "category", "context"]},
     "no-retrievers": {"features": ["item", "user", "text", "category", "context"]},
     "sasrec": {"retrievers": ["ease", "itemknn", "sasrec", "popularity"]},
+    "targets10": {"targets": 10},
+    "dcn": {"ranker": "dcn"},
+    "dcn-targets5": {"ranker": "dcn", "targets": 5},
+    "dcn-targets10": {"ranker": "dcn", "targets": 10},
+    "dcn-parallel": {"ranker": "dcn", "dcn": {"structure": "parallel"}},
+    "dcn-pairwise": {"ranker": "dcn", "dcn": {"loss": "pairwise"}},
 }
 
 
