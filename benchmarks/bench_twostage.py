@@ -17,7 +17,9 @@ event) and with the request time of the test event in the query (`Query.time`, a
 service request carries it). Its retrievers (as fitted inside it, on the same data) are
 measured alongside, and the candidate recall (test item among the C candidates). Per-user
 NDCG@10 goes to `artifacts/twostage/DATA/LABEL.npy`, a row of numbers to `LABEL.json`.
-`report` prints the tables with a paired Wilcoxon test against the best retriever.
+`report` prints the tables with a paired Wilcoxon test against the best retriever. `choose`
+picks among variants by valid NDCG@10 only (every setting of the model is chosen so: the
+defaults, and the ranker, come from `choose`, never from test numbers).
 `latency` fits the default model on all the data (once, saved as `DATA-serve`) and times
 single-user answers (200 candidates, request time and event in the query), one request at a
 time, in process; the service under 50 concurrent clients is `bench_service.py --models
@@ -67,6 +69,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no-text": {"features": ["retrievers", "recent", "item", "user", "category", "context"]},
     "no-retrievers": {"features": ["item", "user", "text", "category", "context"]},
     "sasrec": {"retrievers": ["ease", "itemknn", "sasrec", "popularity"]},
+    "targets10": {"targets": 10},
+    "dcn": {"ranker": "dcn"},
+    "dcn-targets5": {"ranker": "dcn", "targets": 5},
+    "dcn-targets10": {"ranker": "dcn", "targets": 10},
+    "dcn-parallel": {"ranker": "dcn", "dcn": {"structure": "parallel"}},
+    "dcn-pairwise": {"ranker": "dcn", "dcn": {"loss": "pairwise"}},
+    "dcn-slow": {"ranker": "dcn", "dcn": {"learning_rate": 3e-4, "dropout": 0.3}},
 }
 
 
@@ -208,6 +217,23 @@ def report(args: argparse.Namespace) -> None:
                   f"{'' if cr is None else f'{cr:.3f}'} | {row.get('fit_s', '')} |")  # fmt: skip
 
 
+def choose(args: argparse.Namespace) -> None:
+    """Pick one of several measured variants by valid NDCG@10 alone (their test numbers are
+    printed beside, for the record, and play no part in the choice)."""
+    d = OUT / args.data
+    rows = {k: json.loads((d / f"{k}.json").read_text()) for k in args.variants}
+    missing = [k for k, r in rows.items() if r.get("valid_ndcg") is None]
+    if missing:
+        raise SystemExit(f"no valid NDCG@10 for {missing}: run them without --no-valid")
+    best = max(rows, key=lambda k: rows[k]["valid_ndcg"])
+    print("| variant | params | valid NDCG@10 | test NDCG@10 |\n|---|---|---|---|")
+    for k, r in rows.items():
+        mark = " (chosen)" if k == best else ""
+        print(f"| {k}{mark} | {json.dumps(r['params'])} | {r['valid_ndcg']:.4f} | "
+              f"{r['test_ndcg']:.4f} |")  # fmt: skip
+    print(f"chosen on valid: {best}")
+
+
 def latency(args: argparse.Namespace) -> None:
     from lmrec.models import create_model
     from lmrec.models.base import Query, Recommender
@@ -260,11 +286,14 @@ def main() -> None:
     )
     rep = sub.add_parser("report")
     rep.add_argument("data_sets", nargs="+")
+    ch = sub.add_parser("choose", help="pick one of several variants by valid NDCG@10")
+    ch.add_argument("data")
+    ch.add_argument("variants", type=lambda s: s.split(","))
     lat = sub.add_parser("latency")
     lat.add_argument("data")
     lat.add_argument("--requests", type=int, default=2000)
     args = p.parse_args()
-    {"run": run, "report": report, "latency": latency}[args.cmd](args)
+    {"run": run, "report": report, "choose": choose, "latency": latency}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """The two-stage model: candidate merging, context from the query, the ranker's feature
-contributions, configuration errors. Small synthetic data, no text encoder (the contract test
+contributions, configuration errors, the DCN-v2 ranker (learning, saving, explanations). Small synthetic data, no text encoder (the contract test
 in test_model_contract.py covers the text features)."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from lmrec.data import Dataset
 from lmrec.errors import LmrecError
 from lmrec.models import create_model
 from lmrec.models.base import History, Query
+from lmrec.models.rankers import RANKERS, DCNRanker, RankRows
 from lmrec.models.twostage import FEATURE_GROUPS, TwoStage
 
 NO_TEXT = [g for g in FEATURE_GROUPS if g != "text"]
@@ -129,3 +130,108 @@ def test_service_query_carries_time_and_flat_context() -> None:
     assert body.time == 1.7e9 and body.context == {"event": "cart", "device": "mobile"}
     with pytest.raises(ValidationError, match="context"):
         QueryBody(context={"event": {"nested": 1}})
+
+
+# -- the DCN-v2 ranker ---------------------------------------------------------------------------
+
+
+def _signal_rows(n_groups: int, seed: int) -> tuple[RankRows, np.ndarray, list[np.ndarray]]:
+    """20 candidates per query; the 2 relevant ones have feature 0 raised by 4 (features 1-2
+    are noise) and their item's text vector equal to the query's user vector (the others are
+    random unit vectors)."""
+    rng = np.random.default_rng(seed)
+    n_items, dim, per = 400, 8, 20
+    item_text = rng.normal(size=(n_items, dim)).astype(np.float32)
+    item_text /= np.linalg.norm(item_text, axis=1, keepdims=True)
+    xs, ys, items, groups, users = [], [], [], [], []
+    for g in range(n_groups):
+        cand = rng.choice(n_items, per, replace=False)
+        y = np.zeros(per, np.float32)
+        y[:2] = 1.0
+        x = rng.normal(size=(per, 3)).astype(np.float32)
+        x[:2, 0] += 4.0
+        users.append(item_text[cand[:2]].mean(axis=0))
+        xs.append(x), ys.append(y), items.append(cand)
+        groups.append(np.arange(g * per, (g + 1) * per))
+    rows = RankRows(
+        np.concatenate(xs),
+        np.concatenate(items),
+        np.repeat(np.arange(n_groups), per),
+        item_text,
+        np.stack(users),
+    )
+    return rows, np.concatenate(ys), groups
+
+
+def test_dcn_ranker_learns_a_feature_and_a_text_signal() -> None:
+    names = ["f0", "f1", "f2"]
+    config = TwoStage(ranker="dcn", dcn={"epochs": 12, "patience": 12}, seed=1).config
+    train, y, groups = _signal_rows(80, seed=0)
+    test, _, test_groups = _signal_rows(40, seed=1)
+    is_valid = np.arange(len(groups)) % 5 == 0
+    dims = train.item_text.shape[1]
+    for with_text in (False, True):
+        ranker = DCNRanker(config, names, dims if with_text else 0)
+        fitted = ranker.fit(train, y, groups, is_valid)
+        assert 1 <= fitted.best_iteration <= 12 and 0 < fitted.valid_ndcg <= 1
+        rows = test if with_text else RankRows(test.x, test.item, test.query)
+        pred = ranker.predict(rows)
+        tops = [set(np.argsort(-pred[g])[:2].tolist()) for g in test_groups]
+        first = np.mean([len(t & {0, 1}) / 2 for t in tops])
+        # Feature 0 alone puts most relevant pairs on top; text adds an exact match.
+        assert first > (0.9 if with_text else 0.7), (with_text, first)
+
+
+@pytest.fixture(scope="module")
+def day_night_dcn() -> tuple[Dataset, TwoStage]:
+    ds = _day_night()
+    model = create_model(
+        "twostage",
+        features=NO_TEXT,
+        candidates=15,
+        targets=3,
+        ranker="dcn",
+        dcn={"epochs": 8, "patience": 8, "deep_layers": [32]},
+    )
+    assert isinstance(model, TwoStage)
+    return ds, model.fit(ds)
+
+
+def test_dcn_saved_as_arrays_round_trips(day_night_dcn, tmp_path) -> None:
+    ds, model = day_night_dcn
+    model.save(tmp_path / "m")
+    assert not (tmp_path / "m" / "ranker.txt").exists()
+    with np.load(tmp_path / "m" / "state.npz", allow_pickle=False) as z:
+        assert any(k.startswith("state__ranker.cross.0.") for k in z.files)
+    loaded = TwoStage.load(tmp_path / "m")
+    assert loaded.config.ranker == "dcn" and loaded.best_iteration_ == model.best_iteration_
+    q = [Query(user=u, time=2e7, context={"event": "view"}) for u in ds.users.ids[:5]]
+    np.testing.assert_array_equal(
+        loaded.score(loaded.history_of(q)), model.score(model.history_of(q))
+    )
+
+
+def test_dcn_explanations_have_lightgbms_shape_and_add_up(day_night_dcn) -> None:
+    ds, model = day_night_dcn
+    hist = model.history_of([Query(user=ds.users.ids[3], time=1e7)])
+    scores = model.score(hist)[0]
+    cands = model.candidates_of(hist)[0]
+    fc = model.feature_contributions(hist, cands[cands >= 0])
+    assert set(fc) == {"item", "bias", *model.feature_names}  # no text: LightGBM's keys
+    assert all(fc[n].shape == fc["item"].shape for n in fc)
+    total = sum(fc[n] for n in [*model.feature_names, "bias"])
+    spread = np.ptp(scores[fc["item"]])
+    np.testing.assert_allclose(total, scores[fc["item"]], atol=0.02 * spread + 1e-4)
+    assert model.contributions(hist, fc["item"]).method.startswith("twostage: DCN-v2")
+
+
+def test_ranker_choice_and_old_lightgbm_parameters() -> None:
+    with pytest.raises(LmrecError, match="unknown ranker 'xgb'; available: dcn, lightgbm"):
+        create_model("twostage", ranker="xgb")
+    with pytest.raises(LmrecError, match=r"dcn\.structure"):
+        create_model("twostage", ranker="dcn", dcn={"structure": "diagonal"})
+    old = create_model("twostage", ranker={"feature_fraction": 0.8})  # before the DCN ranker
+    assert old.config.ranker == "lightgbm" and old.config.lightgbm == {"feature_fraction": 0.8}
+    with pytest.raises(LmrecError, match="given twice"):
+        create_model("twostage", ranker={"feature_fraction": 0.8}, lightgbm={})
+    assert set(RANKERS) == {"lightgbm", "dcn"}

@@ -1,9 +1,11 @@
-"""Two-stage ranking: several retrievers propose candidates, a LambdaRank ranker orders them.
+"""Two-stage ranking: several retrievers propose candidates, a learned ranker orders them.
 
 Stage one merges the top `candidates` items of each retriever (any registered models, fitted
 on the same data), rank by rank and de-duplicated, into one candidate list of at most
-`candidates` items per user. Stage two scores each (user, candidate, context) with a
-LightGBM LambdaRank model h(u, v, c) over a feature table built without leakage:
+`candidates` items per user. Stage two scores each (user, candidate, context) with a ranker
+h(u, v, c) (`lmrec.models.rankers`, config `ranker`: LightGBM LambdaRank, or DCN-v2 in
+PyTorch that also reads the item's and the user's text vectors) over a feature table built
+without leakage:
 
 - retrievers: each retriever's standardised and raw score and its rank (`candidates` if it
   did not propose the item);
@@ -23,15 +25,17 @@ LightGBM LambdaRank model h(u, v, c) over a feature table built without leakage:
 
 Training (`fit`): each user's last `targets` items (at most half of the user's history) are
 held out of the data; the retrievers fit on the rest and propose candidates for every user,
-the held-out items are the relevant ones, and the request time of a user's group is the time of its first held-out item. The
-ranker early-stops on NDCG@10 of a seeded `ranker_valid` share of the users. The retrievers
+the held-out items are the relevant ones (the other candidates the negatives), and the request
+time of a user's group is the time of its first held-out item. The ranker early-stops on
+NDCG@10 of a seeded `ranker_valid` share of the users. The retrievers
 are then refitted on all the data to serve (`refit`).
 
 At answer time the request time is the query's `time` (and its `context["event"]` the
 requested event type); without one, the time of the history's last event. Items outside
 the candidate list score below every candidate (ordered by the first retriever), so a full
 ranking still lists the whole catalogue. The artifact keeps each retriever under
-`components/<name>` and the ranker as LightGBM's text model format (`ranker.txt`).
+`components/<name>`; the LightGBM ranker as LightGBM's text model format (`ranker.txt`), the
+DCN ranker as its state dict (arrays `ranker.*` in state.npz).
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ from lmrec.models.base import (
     top_k,
 )
 from lmrec.models.blend import standardise
+from lmrec.models.rankers import RANKERS, CandidateRanker, DCNConfig, RankRows
 
 FeatureGroup = Literal["retrievers", "recent", "item", "user", "text", "category", "context"]
 FEATURE_GROUPS: tuple[str, ...] = (
@@ -84,8 +89,9 @@ class TwoStageConfig(ModelConfig):
     """Size of the merged candidate list per user (and of each retriever's top list)."""
     features: list[FeatureGroup] = Field(default_factory=lambda: list(FEATURE_GROUPS))
     """Feature groups the ranker sees (ablations leave some out)."""
-    targets: int = Field(10, ge=1)
-    """Held-out most recent items per user that the ranker learns to put first."""
+    targets: int = Field(5, ge=1)
+    """Held-out most recent items per user that the ranker learns to put first (5: chosen
+    among 1, 5, 10, 15 by valid NDCG@10 on ML-100K, `benchmarks/twostage.md`)."""
     train_users: int = Field(50_000, ge=1)
     """Train the ranker on at most this many users (a seeded sample)."""
     ranker_valid: float = Field(0.2, ge=0, lt=1)
@@ -101,8 +107,13 @@ class TwoStageConfig(ModelConfig):
     """LightGBM leaves per tree."""
     min_data_in_leaf: int = Field(20, ge=1)
     """LightGBM minimum rows per leaf."""
-    ranker: dict[str, Any] = Field(default_factory=dict)
-    """Further LightGBM parameters (e.g. {"feature_fraction": 0.8})."""
+    ranker: str = "lightgbm"
+    """The second stage: a name in `lmrec.models.rankers.RANKERS` ("lightgbm": LambdaRank
+    with the fields above; "dcn": DCN-v2 in PyTorch with the `dcn` fields)."""
+    lightgbm: dict[str, Any] = Field(default_factory=dict)
+    """Further LightGBM parameters (e.g. {"feature_fraction": 0.8}); once called `ranker`."""
+    dcn: DCNConfig = Field(default_factory=DCNConfig)
+    """Hyperparameters of the DCN-v2 ranker."""
     encoder: str = "minilm"
     """Text encoder spec (see `lmrec.text.load_encoder`) of the text features."""
     template: str | None = None
@@ -118,9 +129,30 @@ class TwoStageConfig(ModelConfig):
     threads: int = Field(2, ge=1, exclude=True)
     """LightGBM threads."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _old_ranker_parameters(cls, data: Any) -> Any:
+        """Artifacts and `--param`s of before the DCN ranker: `ranker` held LightGBM's further
+        parameters (a dict)."""
+        if isinstance(data, Mapping) and isinstance(data.get("ranker"), Mapping):
+            data = dict(data)
+            if "lightgbm" in data:
+                raise ValueError(
+                    "LightGBM parameters given twice: as 'lightgbm' and as a dict 'ranker' "
+                    "(their old name); give them once, as 'lightgbm'"
+                )
+            data["lightgbm"] = data.pop("ranker")
+            data["ranker"] = "lightgbm"
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> TwoStageConfig:
         from lmrec.models import REGISTRY
+
+        if self.ranker not in RANKERS:
+            raise ValueError(
+                f"unknown ranker {self.ranker!r}; available: {', '.join(sorted(RANKERS))}"
+            )
 
         if len(set(self.retrievers)) != len(self.retrievers):
             raise ValueError(f"retrievers must differ, got {self.retrievers}")
@@ -289,7 +321,7 @@ def feature_names(config: TwoStageConfig) -> list[str]:
 
 
 class TwoStage(Recommender):
-    """Candidates from several retrievers, ordered by a LightGBM LambdaRank ranker."""
+    """Candidates from several retrievers, ordered by a learned ranker (LightGBM or DCN-v2)."""
 
     name = "twostage"
     config_class = TwoStageConfig
@@ -299,7 +331,8 @@ class TwoStage(Recommender):
         super().__init__(config, **params)
         self.models: list[Recommender] = []
         self.table: ItemTable | None = None
-        self.booster: Any = None
+        #: The second stage (`lmrec.models.rankers`), made when fitted or loaded.
+        self.ranker: CandidateRanker | None = None
         #: Early-stopping record: best iteration and its validation NDCG@10.
         self.best_iteration_: int = 0
         self.valid_ndcg_: float = float("nan")
@@ -341,8 +374,10 @@ class TwoStage(Recommender):
             )
         self.models = [self._retriever(n).fit(rest, valid=valid) for n in self.config.retrievers]
         self.table = ItemTable.of(rest, text)
-        x, y, groups = self._training_rows(rest, held)
-        self._train_ranker(x, y, groups)
+        self.ranker = self._new_ranker()
+        rows, y, groups = self._training_rows(rest, held)
+        fitted = self.ranker.fit(rows, y, groups, self._valid_groups(len(groups)))
+        self.best_iteration_, self.valid_ndcg_ = fitted.best_iteration, fitted.valid_ndcg
         if self.config.refit:
             self.models = [
                 self._retriever(n).fit(dataset, valid=valid) for n in self.config.retrievers
@@ -358,15 +393,17 @@ class TwoStage(Recommender):
 
     def _training_rows(
         self, rest: Dataset, held: Dataset
-    ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-        """Features (N, F), labels (N,) and the row indices of each user group, for the
-        users with a held-out item among their candidates."""
+    ) -> tuple[RankRows, np.ndarray, list[np.ndarray]]:
+        """Rows (the candidates of each training user, their features and, for rankers that
+        read text, the text vectors), labels (N,) and the row indices of each user group (group
+        g is query g), for the users with a held-out item among their candidates."""
+        assert self.table is not None and self.ranker is not None
         users = np.unique(held.user).astype(np.int64)
         if len(users) > self.config.train_users:
             rng = np.random.default_rng(self.config.seed)
             users = np.sort(rng.choice(users, self.config.train_users, replace=False))
         hptr = held.user_ptr
-        xs, ys, groups, n_rows, found = [], [], [], 0, 0
+        xs, ys, items, texts, groups, n_rows = [], [], [], [], [], 0
         for s in range(0, len(users), 512):
             batch = users[s : s + 512]
             hist = History.from_dataset(rest, batch)
@@ -376,73 +413,64 @@ class TwoStage(Recommender):
             )
             scores, tops, cands = self._stage_one(hist)
             x = self._features(hist, scores, tops, cands, ctx)
+            user_text = self._user_text(hist) if self.ranker.uses_text else None
             for r, u in enumerate(batch):
                 ok = cands[r] >= 0
                 rel = np.isin(cands[r][ok], held.item[hptr[u] : hptr[u + 1]])
                 if not rel.any():
                     continue
-                found += 1
                 xs.append(x[r][ok])
                 ys.append(rel.astype(np.float32))
+                items.append(cands[r][ok])
+                if user_text is not None:
+                    texts.append(user_text[r])
                 groups.append(np.arange(n_rows, n_rows + int(ok.sum())))
                 n_rows += int(ok.sum())
-        self.train_recall_ = found / max(len(users), 1)
+        self.train_recall_ = len(groups) / max(len(users), 1)
         if not groups:
             raise LmrecError(
                 f"model {self.name!r}: no held-out item is among the retrievers' "
                 f"{self.config.candidates} candidates; nothing to train the ranker on"
             )
-        return np.concatenate(xs), np.concatenate(ys), groups
+        query = np.repeat(np.arange(len(groups)), [len(g) for g in groups])
+        rows = RankRows(
+            np.concatenate(xs),
+            np.concatenate(items),
+            query,
+            self.table.text if texts else None,
+            np.stack(texts) if texts else None,
+        )
+        return rows, np.concatenate(ys), groups
 
-    def _train_ranker(self, x: np.ndarray, y: np.ndarray, groups: list[np.ndarray]) -> None:
-        import lightgbm as lgb
-
+    def _valid_groups(self, n: int) -> np.ndarray:
+        """Which of n training groups the ranker early-stops on (a seeded `ranker_valid`
+        share; at least one and not all, where there are two groups)."""
         c = self.config
         rng = np.random.default_rng(c.seed)
-        is_valid = rng.random(len(groups)) < c.ranker_valid
+        is_valid = rng.random(n) < c.ranker_valid
         if c.ranker_valid > 0 and (is_valid.all() or not is_valid.any()):
             is_valid[:] = False
-            is_valid[: max(1, len(groups) // 5)] = len(groups) > 1
-        params = {
-            "objective": "lambdarank",
-            "metric": "ndcg",
-            "eval_at": [10],
-            "learning_rate": c.learning_rate,
-            "num_leaves": c.num_leaves,
-            "min_data_in_leaf": c.min_data_in_leaf,
-            "num_threads": c.threads,
-            "seed": c.seed,
-            "deterministic": True,
-            "force_row_wise": True,
-            "verbosity": -1,
-            **c.ranker,
-        }
+            is_valid[: max(1, n // 5)] = n > 1
+        return is_valid
 
-        def part(mask: np.ndarray) -> lgb.Dataset:
-            gs = [g for g, m in zip(groups, mask, strict=True) if m]
-            rows = np.concatenate(gs)
-            return lgb.Dataset(
-                x[rows], y[rows], group=[len(g) for g in gs], feature_name=self.feature_names
-            )
+    def _new_ranker(self) -> CandidateRanker:
+        """The configured second stage, for this model's feature table."""
+        text = self.table.text if self.table is not None else None
+        dim = 0 if text is None else int(text.shape[1])
+        return RANKERS[self.config.ranker](self.config, self.feature_names, dim)
 
-        train = part(~is_valid)
-        sets, names = [train], ["train"]
-        callbacks = []
-        if is_valid.any():
-            sets, names = [part(is_valid)], ["valid"]
-            callbacks = [lgb.early_stopping(max(10, c.epochs // 10), verbose=False)]
-        record: dict[str, Any] = {}
-        callbacks.append(lgb.record_evaluation(record))
-        booster = lgb.train(
-            params, train, c.epochs, valid_sets=sets, valid_names=names, callbacks=callbacks
+    def _rows(self, history: History, x: np.ndarray, cands: np.ndarray) -> RankRows:
+        """RankRows of the valid (non-pad) candidates of each history row."""
+        ok = cands >= 0
+        r_idx = np.nonzero(ok)[0]
+        uses_text = self.ranker is not None and self.ranker.uses_text
+        return RankRows(
+            x[ok],
+            cands[ok],
+            r_idx,
+            self.table.text if uses_text and self.table is not None else None,
+            self._user_text(history) if uses_text else None,
         )
-        best = booster.best_iteration or booster.current_iteration()
-        self.best_iteration_ = int(best)
-        curve = record.get(names[0], {}).get("ndcg@10", [])
-        self.valid_ndcg_ = float(curve[best - 1]) if len(curve) >= best else float("nan")
-        if c.ranker_refit and is_valid.any():
-            booster = lgb.train(params, part(np.ones(len(groups), bool)), best)
-        self.booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
 
     # -- stage one ---------------------------------------------------------------------------
 
@@ -565,7 +593,9 @@ class TwoStage(Recommender):
         d = np.where(ok, day, 0).astype(np.int64)
         return np.where(ok[:, None], self.table.weekdays[item, d[:, None]], np.nan)
 
-    def _text_cosine(self, history: History, item: np.ndarray) -> np.ndarray:
+    def _user_text(self, history: History) -> np.ndarray:
+        """(B, D) unit mean text vector of each row's `text_history` most recent items (zero
+        without history)."""
         assert self.table is not None and self.table.text is not None
         v = self.table.text
         user = np.zeros((len(history), v.shape[1]), np.float32)
@@ -574,7 +604,11 @@ class TwoStage(Recommender):
             if len(recent):
                 user[r] = v[recent].mean(axis=0)
         user /= np.maximum(np.linalg.norm(user, axis=1, keepdims=True), 1e-12)
-        return np.einsum("bcd,bd->bc", v[item], user)
+        return user
+
+    def _text_cosine(self, history: History, item: np.ndarray) -> np.ndarray:
+        assert self.table is not None and self.table.text is not None
+        return np.einsum("bcd,bd->bc", self.table.text[item], self._user_text(history))
 
     def score(self, history: History) -> np.ndarray:
         """Ranker scores of each row's candidates; every other item scores below them, in the
@@ -583,13 +617,11 @@ class TwoStage(Recommender):
         assert self.items is not None
         scores, tops, cands = self._stage_one(history)
         x = self._features(history, scores, tops, cands, self._context(history))
+        assert self.ranker is not None
         ok = cands >= 0
         pred = np.zeros(cands.shape, np.float64)
         if ok.any():
-            # One thread for a few requests' candidates: OpenMP's start-up and barriers
-            # cost more than 200 rows of trees (and much more on a busy machine).
-            threads = 1 if ok.sum() < 20_000 else self.config.threads
-            pred[ok] = self.booster.predict(x[ok], num_threads=threads)
+            pred[ok] = self.ranker.predict(self._rows(history, x, cands))
         base = standardise(scores[0]).astype(np.float64)
         span = base.max(axis=1, keepdims=True) - base.min(axis=1, keepdims=True)
         low = np.where(ok, pred, np.inf).min(axis=1, keepdims=True)
@@ -600,16 +632,20 @@ class TwoStage(Recommender):
         return out.astype(np.float32)
 
     def feature_contributions(self, history: History, items: np.ndarray) -> dict[str, np.ndarray]:
-        """For a one-row history, each feature's contribution (LightGBM `pred_contrib`) to the
-        ranker score of `items` (indices; items outside the candidates are left out), plus
-        "bias"; keys in `feature_names` order."""
+        """For a one-row history, each ranker input's contribution to the ranker score of
+        `items` (indices; items outside the candidates are left out), plus "bias"; they add up
+        to the score. Keys: "item", then the ranker's `input_names` (`feature_names`, and for
+        the DCN ranker with text "text.item_vector" and "text.user_vector"), then "bias".
+        LightGBM: its `pred_contrib` (TreeSHAP); DCN: integrated gradients x input."""
         self.check_fitted()
+        assert self.ranker is not None
         scores, tops, cands = self._stage_one(history)
         items = np.asarray(items, np.int64)
         items = items[np.isin(items, cands[0])]
-        x = self._features(history, scores, tops, items[None, :], self._context(history))[0]
-        contrib = self.booster.predict(x, pred_contrib=True) if len(items) else np.zeros((0, 1))
-        names = [*self.feature_names, "bias"]
+        x = self._features(history, scores, tops, items[None, :], self._context(history))
+        rows = self._rows(history, x, items[None, :])
+        contrib = self.ranker.contributions(rows) if len(items) else np.zeros((0, 1))
+        names = [*self.ranker.input_names, "bias"]
         return {"item": items, **{n: contrib[:, j] for j, n in enumerate(names) if len(items)}}
 
     def contributions(self, history: History, items: np.ndarray) -> Contributions | None:
@@ -627,7 +663,7 @@ class TwoStage(Recommender):
             np.zeros((len(items), 0)),
             total - pop,
             True,
-            "twostage: LightGBM pred_contrib",
+            type(self.ranker).method,
             {"popular": pop} if "item" in self.config.features else {},
         )
 
@@ -635,8 +671,10 @@ class TwoStage(Recommender):
 
     def _state(self) -> dict[str, np.ndarray]:
         assert self.table is not None
+        assert self.ranker is not None
         return {
             **self.table.state(),
+            **{f"ranker.{k}": v for k, v in self.ranker.state().items()},
             "best_iteration": np.asarray(self.best_iteration_),
             "valid_ndcg": np.asarray(self.valid_ndcg_),
             "train_recall": np.asarray(self.train_recall_),
@@ -647,18 +685,18 @@ class TwoStage(Recommender):
         self.best_iteration_ = int(state["best_iteration"])
         self.valid_ndcg_ = float(state["valid_ndcg"])
         self.train_recall_ = float(state["train_recall"])
+        self.ranker = self._new_ranker()
+        self.ranker.set_state({k[7:]: v for k, v in state.items() if k.startswith("ranker.")})
 
     def _write(self, path: Path) -> None:
+        assert self.ranker is not None
         super()._write(path)
-        (path / "ranker.txt").write_text(self.booster.model_to_string())
+        self.ranker.write(path)
         self._write_components(path, self.config.retrievers, self.models)
 
     def _read(self, path: Path) -> None:
-        import lightgbm as lgb
-
-        if not (path / "ranker.txt").exists():
-            raise LmrecError(f"{path}: a twostage artifact without its ranker.txt")
-        self.booster = lgb.Booster(model_str=(path / "ranker.txt").read_text())
+        assert self.ranker is not None
+        self.ranker.read(path)
         self.models = self._read_components(path, self.config.retrievers, "retriever")
 
 
