@@ -74,6 +74,15 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "dualsasrec-pub": ("dualsasrec", PUBLISHED),
     # Early stopping's patience (10 by default): Beauty's curves plateau for 10+ epochs.
     "dualsasrec-p20": ("dualsasrec", {"patience": 20}),
+    # The published setting trained to convergence (patience 20), and with lmrec's
+    # popularity-sampled negatives in place of uniform ones.
+    "sasrec-pub-p20": ("sasrec", {**PUBLISHED, "patience": 20}),
+    "sasrec-pub-pop": ("sasrec", {**PUBLISHED, "patience": 20, "sampler": "popularity"}),
+    # Fresh negatives for every target, as RecTools draws them, and the full softmax.
+    "sasrec-pub-tok": ("sasrec", {**PUBLISHED, "patience": 20, "negatives_per": "token"}),
+    "sasrec-pub-ce": ("sasrec", {**PUBLISHED, "patience": 20, "loss": "ce"}),
+    # The defaults trained longer (the published runs had patience 50 over 200 epochs).
+    "sasrec-p50": ("sasrec", {"patience": 50}),
 }
 NEURAL = ("sasrec", "dualsasrec", "bert4rec", "xlnet")
 BLENDS = ("blend", "hybrid")

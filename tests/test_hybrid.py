@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from lmrec.data.split import cold_start_items, leave_one_out
+from lmrec.errors import LmrecError
 from lmrec.evaluation import evaluate
 from lmrec.models import create_model
 from lmrec.models.base import Query
-from lmrec.models.sequential import auto_dropout
+from lmrec.models.sequential import PATIENCE_SPARSE, auto_dropout, auto_patience
 from lmrec.nn import NETWORKS
 from lmrec.nn.layers import Dropout, DualViewEmbedding, text_reduction
 from test_sequential import FAST, _cycles, _themed
@@ -126,6 +127,33 @@ def test_auto_dropout_scales_with_history_length() -> None:
     assert m.dropout_ == 0.5
     m = create_model("sasrec", **fast, epochs=2, dropout=0.1).fit(_cycles(length=6))
     assert m.dropout_ == 0.1
+
+
+def test_auto_patience_scales_with_history_length_and_users() -> None:
+    assert auto_patience([np.arange(7)] * 5000) == PATIENCE_SPARSE  # Beauty-like
+    assert auto_patience([np.arange(104)] * 5000) == 10  # MovieLens-like
+    assert 10 < auto_patience([np.arange(35)] * 5000) < PATIENCE_SPARSE
+    assert auto_patience([np.arange(7)] * 100) == 10  # small data: short epochs
+    m = create_model("sasrec", **FAST, epochs=2).fit(_cycles(length=6))
+    assert m.patience_ == 10 and m.chosen()["patience"] == 10
+    assert create_model("sasrec", **FAST, epochs=2, patience=3).fit(_cycles()).patience_ == 3
+    with pytest.raises(LmrecError, match="patience must be at least 1"):
+        create_model("sasrec", patience=0)
+
+
+def test_sampled_negatives_per_target_learn_order() -> None:
+    m = create_model(
+        "sasrec", **FAST, loss="sampled", negatives=8, negatives_per="token", epochs=40,
+        patience=None,
+    ).fit(_cycles())  # fmt: skip
+    assert m.net.negatives_per == "token"
+    hits = 0
+    for a in range(0, 30, 3):  # the next item of a cycle walk i(a), i(a+1), i(a+2)
+        seq = [f"i{(a + t) % 30}" for t in range(3)]
+        hits += m.recommend(Query(items=seq), n=1).items[0] == f"i{(a + 3) % 30}"
+    assert hits >= 8, hits
+    with pytest.raises(ValueError, match="negatives_per"):
+        NETWORKS["SASRecNet"](5, negatives_per="user")
 
 
 def test_hybrid_learns_order_and_saves(tmp_path) -> None:

@@ -74,9 +74,11 @@ class SequentialConfig(ModelConfig):
     """Sequences per gradient step (split over processes under torchrun)."""
     epochs: int = Field(200, ge=1)
     """Most passes over the sequences; early stopping usually ends training sooner."""
-    patience: int | None = Field(10, ge=1)
+    patience: int | Literal["auto"] | None = "auto"
     """Stop after this many epochs without a better validation NDCG@10 (None: train all
-    `epochs` on every item, with no validation)."""
+    `epochs` on every item, with no validation; "auto": scaled to the data by
+    `auto_patience`, long for short sparse histories whose validation curves plateau for
+    tens of epochs before rising again)."""
     train_windows: Literal["last", "all"] = "all"
     """Train on each sequence's last `max_len` items only, or on all of it, cut from the end
     into consecutive windows of `max_len` items."""
@@ -120,6 +122,12 @@ class SequentialConfig(ModelConfig):
     """With epsilon: the L2 bound of one user's gradient in a step."""
 
     @model_validator(mode="after")
+    def _patience_positive(self) -> Self:
+        if isinstance(self.patience, int) and self.patience < 1:
+            raise ValueError(f"patience must be at least 1, 'auto' or None, got {self.patience}")
+        return self
+
+    @model_validator(mode="after")
     def _heads_divide(self) -> Self:
         if self.embedding_size % self.heads:
             raise ValueError(
@@ -141,6 +149,10 @@ class SASRecConfig(SequentialConfig):
     on 2 CPU cores, `benchmarks/text_aware.md`)."""
     negatives: int = Field(1024, ge=1)
     """Negatives per batch with the sampled softmax."""
+    negatives_per: Literal["batch", "token"] = "batch"
+    """With the sampled softmax: one set of `negatives` shared by every target of a batch
+    (cheap: one (targets x negatives) product), or a fresh set for every target, as RecTools
+    and the published SASRec-SS setting draw them (far more items pushed down per step)."""
     sampler: Literal["uniform", "popularity"] = "popularity"
     """How the sampled softmax draws its negatives: in proportion to training popularity
     (the items a full softmax pushes down hardest) or uniformly; either way the logits are
@@ -177,6 +189,27 @@ def auto_dropout(seqs: Sequence[np.ndarray]) -> float:
     lengths = [len(s) for s in seqs]
     mean = float(np.mean(lengths)) if lengths else 0.0
     return float(np.clip(0.5 - 0.3 * (mean - 20.0) / 30.0, 0.2, 0.5))
+
+
+def auto_patience(seqs: Sequence[np.ndarray]) -> int:
+    """Early-stopping patience for training sequences of this length: PATIENCE_SPARSE epochs
+    when the mean training sequence has at most 20 items, 10 from 50 items on, linear in
+    between. On Amazon Beauty (mean 7 items) the validation NDCG@10 of the sequence models
+    plateaus for 10-30 epochs and then rises again (dualsasrec: best 0.0445 at epoch 29 with
+    patience 10, 0.0562 at epoch 132 with patience 20; the published SASRec-SS setting
+    trains 200 epochs with patience 50); on MovieLens (mean 104) patience 10 loses nothing
+    (`benchmarks/text_aware.md`). Under 1,000 training sequences it is 10: an epoch is a
+    few dozen steps there, and the long plateaus were seen on tens of thousands of users."""
+    lengths = [len(s) for s in seqs]
+    if len(lengths) < 1000:
+        return 10
+    mean = float(np.mean(lengths))
+    frac = float(np.clip((mean - 20.0) / 30.0, 0.0, 1.0))
+    return round(PATIENCE_SPARSE - (PATIENCE_SPARSE - 10) * frac)
+
+
+#: `auto_patience` of short sparse histories.
+PATIENCE_SPARSE = 50
 
 
 def _chunks(seqs: Sequence[np.ndarray], width: int, overlap: int) -> list[np.ndarray]:
@@ -297,6 +330,8 @@ class _SequenceModel(Recommender):
         self.privacy_: dict[str, Any] | None = None
         #: The dropout trained with (the config's, or `auto_dropout` of the training data).
         self.dropout_: float = self.config.dropout if self.config.dropout is not None else 0.2
+        #: The early-stopping patience trained with (the config's, or `auto_patience`).
+        self.patience_: int | None = None
 
     def fit(self, dataset: Dataset, valid: Dataset | None = None) -> Self:
         """Learn from `dataset`; stop early on NDCG@10 of `valid` (each user's first item
@@ -357,6 +392,8 @@ class _SequenceModel(Recommender):
         out: dict[str, Any] = {}
         if self.config.dropout is None:
             out["dropout"] = self.dropout_
+        if self.config.patience == "auto" and self.patience_ is not None:
+            out["patience"] = self.patience_
         tr = self.train_result
         if tr is not None:
             out["best_epoch"], out["epochs_run"] = tr.best_epoch, tr.epochs_run
@@ -441,7 +478,7 @@ class _SequenceModel(Recommender):
             valid_hist = [seqs[u] for u in users]
             valid_target = np.array([vseq[u][0] for u in users], np.int64)
             train_seqs = list(seqs)
-        elif c.patience is not None:
+        elif c.patience is not None:  # "auto" or a number
             users = np.flatnonzero([len(s) >= 2 for s in seqs])
             valid_hist = [seqs[u][:-1] for u in users]
             valid_target = np.array([seqs[u][-1] for u in users], np.int64)
@@ -462,6 +499,8 @@ class _SequenceModel(Recommender):
             )
         auto = 0.2 if dp else auto_dropout(train_seqs)  # DP: nothing read from the data
         self.dropout_ = c.dropout if c.dropout is not None else auto
+        auto_p = 10 if dp else auto_patience(train_seqs)
+        self.patience_ = auto_p if c.patience == "auto" else c.patience
         counts = np.bincount(np.concatenate(train_seqs), minlength=dataset.n_items)
         if dp:  # which items have data (and how much) is not released: all items are trained
             counts = np.ones(dataset.n_items, np.int64)
@@ -482,7 +521,7 @@ class _SequenceModel(Recommender):
         trainer = Trainer(
             TrainConfig(
                 epochs=c.epochs,
-                patience=c.patience if len(valid_target) else None,
+                patience=self.patience_ if len(valid_target) else None,
                 learning_rate=c.learning_rate,
                 weight_decay=c.weight_decay,
                 seed=c.seed,
@@ -613,7 +652,12 @@ class SASRec(_SequenceModel):
 
     def _extra_net_args(self) -> dict[str, Any]:
         c = self.config
-        return {"loss": self.loss_, "negatives": c.negatives, "sampler": c.sampler}
+        return {
+            "loss": self.loss_,
+            "negatives": c.negatives,
+            "sampler": c.sampler,
+            "negatives_per": c.negatives_per,
+        }
 
     def chosen(self) -> dict[str, Any]:
         out = super().chosen()

@@ -62,6 +62,7 @@ class SequenceNet(nn.Module):
         loss: str = "ce",
         negatives: int = 256,
         sampler: str = "uniform",
+        negatives_per: str = "batch",
         views: str = "both",
         adapter_dropout: float = 0.0,
         text_width: int = 128,
@@ -81,6 +82,7 @@ class SequenceNet(nn.Module):
             "loss": loss,
             "negatives": negatives,
             "sampler": sampler,
+            "negatives_per": negatives_per,
             "views": views,
             "adapter_dropout": adapter_dropout,
             "text_width": text_width,
@@ -89,12 +91,15 @@ class SequenceNet(nn.Module):
             text = torch.zeros(n_items, text_dim)  # filled by load_state_dict
         if sampler not in ("uniform", "popularity"):
             raise ValueError(f"sampler must be uniform or popularity, not {sampler!r}")
+        if negatives_per not in ("batch", "token"):
+            raise ValueError(f"negatives_per must be batch or token, not {negatives_per!r}")
         self.n_items = n_items
         self.max_len = max_len
         self.mask_token = n_items + 1
         self.loss_kind = loss
         self.negatives = negatives
         self.sampler = sampler
+        self.negatives_per = negatives_per
         self.item_emb: ItemEmbedding | DualViewEmbedding
         if text_mode == "dual":
             assert text is not None
@@ -179,6 +184,8 @@ class SequenceNet(nn.Module):
         few thousand of them, not the catalogue."""
         if self.loss_kind != "sampled":
             return self.item_weight(), None
+        if self.negatives_per == "token":  # drawn per target in prediction_loss
+            return self.item_weight(), None
         neg = torch.multinomial(self.log_q.exp(), self.negatives, replacement=True)  # (K,)
         special = torch.tensor([PAD, self.mask_token], device=neg.device)
         ids = torch.cat([t.reshape(-1) for t in tokens] + [neg + 1, special])
@@ -196,12 +203,23 @@ class SequenceNet(nn.Module):
         neg: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Cross-entropy of the target items (N,) given hidden (N, C): over all trainable
-        items ('ce'), or over the target and `negatives` trainable items shared by the batch
-        ('sampled'; sampled softmax, Jean et al., ACL 2015), drawn uniformly or by popularity,
-        with every logit corrected by the log of its chance to be drawn (logQ correction, Yi
-        et al., RecSys 2019), so the sampled loss estimates the full softmax's. `weight` and
-        `neg` come from `step_weight`."""
+        items ('ce'), or over the target and `negatives` trainable items ('sampled'; sampled
+        softmax, Jean et al., ACL 2015), shared by the batch or drawn afresh for every target
+        (`negatives_per`), uniformly or by popularity, with every logit corrected by the log
+        of its chance to be drawn (logQ correction, Yi et al., RecSys 2019), so the sampled
+        loss estimates the full softmax's. `weight` and `neg` come from `step_weight`."""
         items = self.item_emb.items(weight)  # (n, C)
+        if self.loss_kind == "sampled" and self.negatives_per == "token":
+            n, k = len(targets), self.negatives
+            neg = torch.multinomial(self.log_q.exp(), n * k, replacement=True).view(n, k)
+            pos_logit = (hidden * items[targets]).sum(-1, keepdim=True)
+            pos_logit = pos_logit - self.log_q[targets][:, None]
+            neg_logit = torch.bmm(items[neg], hidden.unsqueeze(-1)).squeeze(-1)  # (N, K)
+            neg_logit = (neg_logit - self.log_q[neg]).masked_fill(
+                neg == targets[:, None], float("-inf")
+            )
+            logits = torch.cat([pos_logit, neg_logit], dim=1).float()
+            return F.cross_entropy(logits, torch.zeros_like(targets))
         if self.loss_kind == "sampled":
             assert neg is not None, "sampled loss: take weight and negatives from step_weight"
             pos_logit = (hidden * items[targets]).sum(-1, keepdim=True)  # (N, 1)
