@@ -199,18 +199,28 @@ class Store:
     # -- schema ------------------------------------------------------------------------------
 
     @contextmanager
-    def _schema_lock(self, conn: Connection) -> Iterator[None]:
-        """Serialise schema creation and migration between processes opening one store."""
+    def _schema_transaction(self) -> Iterator[Connection]:
+        """The transaction that creates or migrates the schema, serialised between processes
+        opening one store. MySQL's named lock is held on a connection of its own until after
+        the commit (GET_LOCK belongs to a session; released before the commit, it let a second
+        process read no version row yet and insert its own: "Duplicate entry
+        'schema_version'"); PostgreSQL's advisory lock is released at commit; SQLite's BEGIN
+        IMMEDIATE of the first write already serialises."""
         if self.dialect == "mysql":
-            with mysql.schema_lock(conn):
-                yield
+            with (
+                self.engine.connect() as lock_conn,
+                mysql.schema_lock(lock_conn),
+                self.engine.begin() as conn,  # commits before the lock is released
+            ):
+                yield conn
             return
-        if self.dialect == "postgresql":  # released at commit
-            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7120190019)")
-        yield  # SQLite: BEGIN IMMEDIATE of the first write already serialises
+        with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7120190019)")
+            yield conn
 
     def _init_schema(self, create: bool) -> None:
-        with self.engine.begin() as conn, self._schema_lock(conn):
+        with self._schema_transaction() as conn:
             names = set(inspect(conn).get_table_names())
             if "lmrec_meta" not in names:
                 if names & {"users", "items", "interactions"}:
