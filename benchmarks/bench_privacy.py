@@ -28,17 +28,27 @@ CLIPS = (16, 32, 64)
 REGS = tuple(float(r) for r in os.environ.get("LMREC_DP_REGS", "8,32,128").split(","))
 
 
-def main() -> None:
+def ml100k_split():
+    """ML-100K imported into a throwaway store, split leave-one-out by time."""
     with tempfile.TemporaryDirectory() as tmp, Store(f"sqlite:///{Path(tmp) / 'ml.db'}") as s:
         import_sample(s)
         ds = Dataset.from_store(s, name="ml-100k")
-    split = leave_one_out(ds)
+    return leave_one_out(ds)
+
+
+def epsilons(args: list[str]) -> list[float | None]:
+    """Command-line epsilons ("inf": no DP), or EPSILONS."""
+    return [float(e) if e != "inf" else None for e in args] or list(EPSILONS)
+
+
+def main() -> None:
+    split = ml100k_split()
     print(
         "| epsilon | clip c | reg | valid NDCG@10 | test NDCG@10 | test Recall@10 | sigma | "
         "sensitivity | epsilon spent | fit s |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for eps in [float(e) if e != "inf" else None for e in sys.argv[1:]] or EPSILONS:
+    for eps in epsilons(sys.argv[1:]):
         grid = (
             [({}, "default")]
             if eps is None

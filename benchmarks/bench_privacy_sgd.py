@@ -10,18 +10,13 @@ Run: PYTHONPATH=src nice -n 19 .venv/bin/python benchmarks/bench_privacy_sgd.py 
 from __future__ import annotations
 
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-from lmrec.data import Dataset
-from lmrec.data.split import leave_one_out
+from bench_privacy import epsilons, ml100k_split
+
 from lmrec.evaluation import leave_one_out_metrics
-from lmrec.io.sample import import_sample
 from lmrec.models import create_model
-from lmrec.store import Store
 
-EPSILONS = (1.0, 4.0, 8.0, None)
 #: Fixed settings per model (train + valid is fitted; no early stopping).
 SETTINGS = {
     "sasrec": {
@@ -38,11 +33,8 @@ SETTINGS = {
 
 def main() -> None:
     name = sys.argv[1]
-    eps_list = [float(e) if e != "inf" else None for e in sys.argv[2:]] or EPSILONS
-    with tempfile.TemporaryDirectory() as tmp, Store(f"sqlite:///{Path(tmp) / 'ml.db'}") as s:
-        import_sample(s)
-        ds = Dataset.from_store(s, name="ml-100k")
-    split = leave_one_out(ds)
+    eps_list = epsilons(sys.argv[2:])
+    split = ml100k_split()
     print(
         "| model | epsilon | test NDCG@10 | test Recall@10 | noise multiplier | sample rate | "
         "steps | epsilon spent (RDP) | fit s |"

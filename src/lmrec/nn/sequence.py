@@ -182,9 +182,7 @@ class SequenceNet(nn.Module):
         negatives, padding and the mask token are computed (the rest of the table is left
         zero, unread): a text-derived item vector costs an adapter pass, and a step needs a
         few thousand of them, not the catalogue."""
-        if self.loss_kind != "sampled":
-            return self.item_weight(), None
-        if self.negatives_per == "token":  # drawn per target in prediction_loss
+        if self.loss_kind != "sampled" or self.negatives_per == "token":  # token: drawn later
             return self.item_weight(), None
         neg = torch.multinomial(self.log_q.exp(), self.negatives, replacement=True)  # (K,)
         special = torch.tensor([PAD, self.mask_token], device=neg.device)
@@ -209,23 +207,19 @@ class SequenceNet(nn.Module):
         of its chance to be drawn (logQ correction, Yi et al., RecSys 2019), so the sampled
         loss estimates the full softmax's. `weight` and `neg` come from `step_weight`."""
         items = self.item_emb.items(weight)  # (n, C)
-        if self.loss_kind == "sampled" and self.negatives_per == "token":
-            n, k = len(targets), self.negatives
-            neg = torch.multinomial(self.log_q.exp(), n * k, replacement=True).view(n, k)
-            pos_logit = (hidden * items[targets]).sum(-1, keepdim=True)
-            pos_logit = pos_logit - self.log_q[targets][:, None]
-            neg_logit = torch.bmm(items[neg], hidden.unsqueeze(-1)).squeeze(-1)  # (N, K)
-            neg_logit = (neg_logit - self.log_q[neg]).masked_fill(
-                neg == targets[:, None], float("-inf")
-            )
-            logits = torch.cat([pos_logit, neg_logit], dim=1).float()
-            return F.cross_entropy(logits, torch.zeros_like(targets))
         if self.loss_kind == "sampled":
-            assert neg is not None, "sampled loss: take weight and negatives from step_weight"
+            if self.negatives_per == "token":  # (N, K): fresh negatives for every target
+                n, k = len(targets), self.negatives
+                neg = torch.multinomial(self.log_q.exp(), n * k, replacement=True).view(n, k)
+                neg_logit = torch.bmm(items[neg], hidden.unsqueeze(-1)).squeeze(-1)
+                neg_logit, same = neg_logit - self.log_q[neg], neg == targets[:, None]
+            else:  # (K,) shared by the batch
+                assert neg is not None, "sampled loss: take weight and negatives from step_weight"
+                neg_logit = hidden @ items[neg].T - self.log_q[neg][None, :]  # (N, K)
+                same = neg[None, :] == targets[:, None]
             pos_logit = (hidden * items[targets]).sum(-1, keepdim=True)  # (N, 1)
             pos_logit = pos_logit - self.log_q[targets][:, None]
-            neg_logit = hidden @ items[neg].T - self.log_q[neg][None, :]  # (N, K)
-            neg_logit = neg_logit.masked_fill(neg[None, :] == targets[:, None], float("-inf"))
+            neg_logit = neg_logit.masked_fill(same, float("-inf"))
             logits = torch.cat([pos_logit, neg_logit], dim=1).float()
             return F.cross_entropy(logits, torch.zeros_like(targets))
         if bool(self.trainable.all()):
