@@ -21,7 +21,8 @@ from lmrec.models.base import Query
 from lmrec.models.rating import pearson_baseline, ratings_of
 
 SGD = {"epochs": 60, "batch_size": 64}  # SGD models on ~2,400 ratings
-FAST = {"biasedmf": SGD, "svdpp": SGD}
+BAYES = {"sweeps": 60, "burn_in": 20}
+FAST = {"biasedmf": SGD, "svdpp": SGD, "bayesmf": BAYES}
 
 
 def _frame(n_users: int = 80, n_items: int = 60, per_user: int = 30, seed: int = 0) -> pd.DataFrame:
@@ -52,10 +53,10 @@ def test_models_beat_the_global_mean_and_factors_beat_biases(split) -> None:
     mean = float(np.sqrt(np.mean((split.test.value - split.train.value.mean()) ** 2)))
     got = {
         name: _rmse(create_model(name, **FAST.get(name, {})).fit(split.train), split)
-        for name in ("baseline", "knnbaseline", "biasedmf", "svdpp")
+        for name in ("baseline", "knnbaseline", "biasedmf", "svdpp", "bayesmf")
     }
     assert got["baseline"] < mean - 0.05, (got, mean)
-    for name in ("knnbaseline", "biasedmf", "svdpp"):
+    for name in ("knnbaseline", "biasedmf", "svdpp", "bayesmf"):
         assert got[name] < got["baseline"] - 0.05, got
 
 
@@ -76,6 +77,35 @@ def test_predictions_are_clipped_and_unknown_users_get_the_baseline(split) -> No
     assert hi.mean() > lo.mean() + 0.2
     with pytest.raises(LmrecError, match="does not predict ratings"):
         create_model("popularity").fit(split.train).predict_ratings(np.zeros(1), np.zeros(1))
+
+
+def test_bayesmf_is_seeded_keeps_its_rank_and_rates_the_unrated_by_the_prior(split) -> None:
+    a = create_model("bayesmf", **BAYES, rank=8).fit(split.train)
+    b = create_model("bayesmf", **BAYES, rank=8).fit(split.train)
+    c = create_model("bayesmf", **BAYES, rank=8, seed=1).fit(split.train)
+    users = np.arange(len(a.users))
+    items = users % len(a.items)
+    np.testing.assert_array_equal(a.predict_ratings(users, items), b.predict_ratings(users, items))
+    assert not np.allclose(a.predict_ratings(users, items), c.predict_ratings(users, items))
+    assert a.user_vec_.shape[1] == a.item_vec_.shape[1] == 8
+    # The posterior is sharper than the noise: the sampled noise precision is near 1 / 0.3^2
+    # of the generating model, well above the prior's mean (1).
+    assert a.noise_precision_ > 2.0
+    with pytest.raises(LmrecError, match=r"burn_in \(10\) must be below sweeps \(10\)"):
+        create_model("bayesmf", sweeps=10, burn_in=10)
+
+
+def test_low_rank_average_is_the_best_approximation_of_the_sum() -> None:
+    from lmrec.models.rating_bayes import _truncate
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(30, 12)), rng.normal(size=(20, 12))
+    full = a @ b.T
+    ta, tb = _truncate(a, b, 12)  # rank 12 keeps the product exactly
+    np.testing.assert_allclose(ta @ tb.T, full, atol=1e-9)
+    ta, tb = _truncate(a, b, 3)
+    u, s, vt = np.linalg.svd(full)
+    np.testing.assert_allclose(ta @ tb.T, (u[:, :3] * s[:3]) @ vt[:3], atol=1e-9)
 
 
 def test_other_events_are_ignored_and_no_ratings_is_a_data_error() -> None:

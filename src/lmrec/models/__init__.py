@@ -41,6 +41,7 @@ REGISTRY: dict[str, str] = {
     "biasedmf": "lmrec.models.rating_mf:BiasedMF",
     "svdpp": "lmrec.models.rating_mf:SVDPP",
     "lmrating": "lmrec.models.rating_mf:LMRating",
+    "bayesmf": "lmrec.models.rating_bayes:BayesMF",
     "ratingblend": "lmrec.models.rating_blend:RatingBlend",
 }
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 __all__ = [
     "Baseline",
     "BaselineConfig",
+    "FactorRatingConfig",
+    "FactorRatingModel",
     "KNNBaseline",
     "KNNBaselineConfig",
     "RatingModel",
@@ -211,6 +213,81 @@ class RatingModel(Recommender):
         lo, hi = (float(x) for x in state["scale"])
         self.scale_ = (lo, hi)
         self.rated_ = sparse_from_state(state, "rated")
+
+
+class FactorRatingConfig(RatingConfig):
+    """Fields shared by the latent-factor rating models."""
+
+    embedding_size: int = Field(100, ge=1)
+    """Number of latent factors."""
+    fold_in_reg: float = Field(1.0, ge=0)
+    """Ridge weight (times the number of ratings) of a new user's folded-in factors."""
+    seed: int = 0
+    """Seed of initialisation and sampling."""
+
+
+class FactorRatingModel(RatingModel):
+    """r_ui = mu + b_u + b_i + p_u . q_i over learned arrays `bu_`, `bi_`, `user_vec_` (P) and
+    `item_vec_` (Q): prediction, ranking, fold-in of new users, similar items and the saved
+    state shared by the factor models (how P and Q are learned is each model's own)."""
+
+    config: FactorRatingConfig
+    bu_: np.ndarray
+    bi_: np.ndarray
+    user_vec_: np.ndarray
+    item_vec_: np.ndarray
+
+    def _implicit(self, rated: sp.csr_matrix) -> np.ndarray:
+        """The implicit-feedback part of the user factor for each row of `rated` (users'
+        rated items); none here (SVD++ adds one)."""
+        return np.zeros((rated.shape[0], self.item_vec_.shape[1]))
+
+    def _predict_pairs(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        dot = np.einsum("nk,nk->n", self.user_vec_[users], self.item_vec_[items])
+        return self.mu_ + self.bu_[users] + self.bi_[items] + dot
+
+    def _predict_rows(self, users: np.ndarray) -> np.ndarray:
+        return (
+            self.mu_
+            + self.bu_[users, None]
+            + self.bi_[None, :]
+            + self.user_vec_[users] @ self.item_vec_.T
+        )
+
+    def _fold_in(self, items: np.ndarray, ratings: np.ndarray) -> np.ndarray:
+        base = self.mu_ + self.bi_
+        if len(items) == 0:
+            return base
+        resid = ratings - base[items]
+        bu = resid.sum() / (len(items) + 15.0)
+        q = self.item_vec_[items]
+        row = sp.csr_matrix(
+            (np.ones(len(items)), (np.zeros(len(items), np.int64), items)), shape=(1, len(base))
+        )
+        implicit = self._implicit(row)[0]
+        target = resid - bu - q @ implicit
+        k = q.shape[1]
+        a = q.T @ q + self.config.fold_in_reg * len(items) * np.eye(k)
+        p = np.linalg.solve(a, q.T @ target)
+        return base + bu + self.item_vec_ @ (p + implicit)
+
+    def similar_items(self, item: str, n: int = 10) -> Recommendations:
+        """Items whose factors have the highest cosine with the item's factors."""
+        return self._similar_by_vectors(item, self.item_vec_, n)
+
+    def _state(self) -> dict[str, np.ndarray]:
+        return {
+            **self._base_state(),
+            "bu": self.bu_,
+            "bi": self.bi_,
+            "user_vec": self.user_vec_,
+            "item_vec": self.item_vec_,
+        }
+
+    def _set_state(self, state: Mapping[str, np.ndarray]) -> None:
+        self._set_base_state(state)
+        self.bu_, self.bi_ = state["bu"], state["bi"]
+        self.user_vec_, self.item_vec_ = state["user_vec"], state["item_vec"]
 
 
 class BaselineConfig(RatingConfig):

@@ -27,13 +27,10 @@ import scipy.sparse as sp
 from pydantic import Field
 
 from lmrec.data import Dataset
-from lmrec.models.base import Recommendations
-from lmrec.models.rating import RatingConfig, RatingModel, Ratings
+from lmrec.models.rating import FactorRatingConfig, FactorRatingModel, Ratings
 
 
-class BiasedMFConfig(RatingConfig):
-    embedding_size: int = Field(100, ge=1)
-    """Number of latent factors."""
+class BiasedMFConfig(FactorRatingConfig):
     epochs: int = Field(40, ge=1)
     """Passes over the training ratings."""
     learning_rate: float = Field(0.007, gt=0)
@@ -46,10 +43,6 @@ class BiasedMFConfig(RatingConfig):
     """Standard deviation of the initial factors."""
     batch_size: int = Field(512, ge=1)
     """Ratings per vectorised SGD step."""
-    fold_in_reg: float = Field(1.0, ge=0)
-    """Ridge weight (times the number of ratings) of a new user's folded-in factors."""
-    seed: int = 0
-    """Seed of initialisation and shuffling."""
     num_threads: int = Field(1, ge=1, exclude=True)
     """Torch threads while training (a runtime setting, not saved)."""
     epsilon: float | None = Field(None, gt=0)
@@ -288,16 +281,12 @@ def _train_dp(cfg: BiasedMFConfig, r: Ratings, n_users: int, n_items: int, mu: f
     return out, dp
 
 
-class BiasedMF(RatingModel):
+class BiasedMF(FactorRatingModel):
     """r_ui = mu + b_u + b_i + p_u . q_i, by vectorised SGD."""
 
     name = "biasedmf"
     config_class: type[BiasedMFConfig] = BiasedMFConfig
     config: BiasedMFConfig
-    bu_: np.ndarray
-    bi_: np.ndarray
-    user_vec_: np.ndarray
-    item_vec_: np.ndarray
     y_: np.ndarray | None = None
 
     def _text(self, dataset: Dataset) -> np.ndarray | None:
@@ -349,47 +338,8 @@ class BiasedMF(RatingModel):
         scale = np.where(n > 0, 1.0 / np.sqrt(np.maximum(n, 1)), 0.0)
         return sp.diags(scale) @ (ind @ self.y_)
 
-    def _predict_pairs(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        dot = np.einsum("nk,nk->n", self.user_vec_[users], self.item_vec_[items])
-        return self.mu_ + self.bu_[users] + self.bi_[items] + dot
-
-    def _predict_rows(self, users: np.ndarray) -> np.ndarray:
-        return (
-            self.mu_
-            + self.bu_[users, None]
-            + self.bi_[None, :]
-            + self.user_vec_[users] @ self.item_vec_.T
-        )
-
-    def _fold_in(self, items: np.ndarray, ratings: np.ndarray) -> np.ndarray:
-        base = self.mu_ + self.bi_
-        if len(items) == 0:
-            return base
-        resid = ratings - base[items]
-        bu = resid.sum() / (len(items) + 15.0)
-        q = self.item_vec_[items]
-        row = sp.csr_matrix(
-            (np.ones(len(items)), (np.zeros(len(items), np.int64), items)), shape=(1, len(base))
-        )
-        implicit = self._implicit(row)[0]
-        target = resid - bu - q @ implicit
-        k = q.shape[1]
-        a = q.T @ q + self.config.fold_in_reg * len(items) * np.eye(k)
-        p = np.linalg.solve(a, q.T @ target)
-        return base + bu + self.item_vec_ @ (p + implicit)
-
-    def similar_items(self, item: str, n: int = 10) -> Recommendations:
-        """Items whose factors have the highest cosine with the item's factors."""
-        return self._similar_by_vectors(item, self.item_vec_, n)
-
     def _state(self) -> dict[str, np.ndarray]:
-        out = {
-            **self._base_state(),
-            "bu": self.bu_,
-            "bi": self.bi_,
-            "user_vec": self.user_vec_,
-            "item_vec": self.item_vec_,
-        }
+        out = super()._state()
         if self.y_ is not None:
             out["y"] = self.y_
         if getattr(self, "privacy_", None):
@@ -397,9 +347,7 @@ class BiasedMF(RatingModel):
         return out
 
     def _set_state(self, state: Mapping[str, np.ndarray]) -> None:
-        self._set_base_state(state)
-        self.bu_, self.bi_ = state["bu"], state["bi"]
-        self.user_vec_, self.item_vec_ = state["user_vec"], state["item_vec"]
+        super()._set_state(state)
         self.y_ = state.get("y")
         self.privacy_ = json.loads(str(state["privacy"])) if "privacy" in state else None
 
