@@ -1,16 +1,15 @@
 """Latent-factor rating models: `biasedmf` (r = mu + b_u + b_i + p_u.q_i, Koren, Bell &
 Volinsky 2009), `svdpp` (SVD++: the user factor plus |N(u)|^-1/2 sum of y_j over the items the
-user rated, Koren, KDD 2008) and `lmrating`, the LM-enhanced R = U.V^T + biases whose item
-factor and item bias include a learned projection of the item's text vector (MiniLM by
-default): q_i = v_i + W x_i, b_i = c_i + w.x_i. An item without ratings (a cold item, v_i = 0,
-c_i = 0) gets its rating from its text alone; during training the free parts v_i, c_i of a
-random `text_dropout` share of the examples are dropped so that W learns to stand on its own
-(DropoutNet, Volkovs et al., NeurIPS 2017). After training, `lmrating` re-estimates the
-text -> item-parameter map in closed form (`text_map`): a weighted ridge regression from the
-text vectors of the items with ratings to their learned (b_i, q_i), its two penalties chosen by
-K-fold cross-validation over those items on the rating error of the held-out items (the
+user rated, Koren, KDD 2008) and `lmrating`, the LM-enhanced R = U.V^T + biases whose items
+without ratings (cold items) are rated from their text vector (MiniLM by default) through a
+text -> item-parameter map (`text_map`): a weighted ridge regression from the text vectors of
+the items with ratings to their learned (b_i, q_i), its two penalties chosen by K-fold
+cross-validation over those items on the rating error of the held-out items (the
 regression-based latent factor model, Agarwal & Chen, KDD 2009; the attribute-to-feature
-mapping of Gantner et al., ICDM 2010); items without ratings take b_i, q_i from that map.
+mapping of Gantner et al., ICDM 2010). By default the factors are trained without text (as
+biasedmf); `text_training=True` instead trains a projection jointly, q_i = v_i + W x_i,
+b_i = c_i + w.x_i, dropping the free parts v_i, c_i of a random `text_dropout` share of the
+examples so that W learns to stand on its own (DropoutNet, Volkovs et al., NeurIPS 2017).
 
 Training is Surprise's stochastic gradient descent (per-example squared error plus
 reg * squared norms of the parameters it touches, learning rate per example) vectorised over
@@ -566,8 +565,9 @@ class SVDPP(BiasedMF):
 
 
 class LMRating(BiasedMF):
-    """R = U.V^T + biases with item factors v_i + W x_i and item biases c_i + w.x_i from the
-    item text vectors x_i: an item without ratings is rated from its text."""
+    """R = U.V^T + biases; an item without ratings gets its bias and factor from its text
+    vector x_i through the cross-validated ridge map (`text_map`), or through a jointly
+    trained projection (v_i + W x_i, c_i + w.x_i) with `text_training`."""
 
     name = "lmrating"
     config_class = LMRatingConfig
