@@ -86,6 +86,8 @@ def cold_items(ds, models: list[str]) -> dict:
             "mae": float(np.mean(np.abs(e))),
             "fit_seconds": secs,
         }
+        if getattr(m, "text_map_", None):  # lmrating's cross-validated text map
+            out[name]["text_map"] = m.text_map_
         print("cold", name, out[name], flush=True)
     base = models[0]
     u, inv = np.unique(users, return_inverse=True)

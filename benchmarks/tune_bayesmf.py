@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_ratings import load  # noqa: E402
+from bench_ratings import load
 
-from lmrec.models import create_model  # noqa: E402
+from lmrec.models import create_model
 
 
 def main() -> None:

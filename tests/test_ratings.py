@@ -194,6 +194,97 @@ def test_lmrating_rates_cold_items_from_their_text() -> None:
     assert np.ptp(base) < 1e-9  # without text every cold item gets the same rating
 
 
+def _described_items(informative: bool) -> tuple[Dataset, Dataset, np.ndarray]:
+    """60 items with biases b_i, 12 of them cold (no training ratings); item text says how
+    good an item is (informative) or is random words. (train, cold test ratings, cold items)"""
+    rng = np.random.default_rng(5)
+    n_items, cold = 60, np.arange(48, 60)
+    bi = rng.normal(0, 0.8, n_items)
+    bu = rng.normal(0, 0.4, 60)
+    rows, test = [], []
+    for u in range(60):
+        for i in rng.choice(n_items, 25, replace=False):
+            r = float(np.clip(np.rint(3.4 + bu[u] + bi[i] + rng.normal(0, 0.5)), 1, 5))
+            (test if i in cold else rows).append((f"u{u}", f"i{i}", "rating", r, 0.0))
+    cols = ["user", "item", "event", "value", "ts"]
+    frames = [pd.DataFrame(x, columns=cols) for x in (rows, test)]
+    from lmrec.data import Vocabulary
+
+    items = Vocabulary([f"i{i}" for i in range(n_items)])
+    users = Vocabulary([f"u{u}" for u in range(60)])
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
+    nonsense = ["".join(rng.choice(letters, 7)) for _ in range(3 * n_items)]
+    if informative:
+        words = [
+            "a superb, moving masterpiece"
+            if b > 0.4
+            else "a dreadful, boring mess"
+            if b < -0.4
+            else "an ordinary film"
+            for b in bi
+        ]
+    else:
+        words = [" ".join(nonsense[3 * i : 3 * i + 3]) for i in range(n_items)]
+    feats = ItemFeatures(
+        title=[f"Film {i}" for i in range(n_items)],
+        description=words,
+        categories=[[] for _ in range(n_items)],
+        attributes=[{} for _ in range(n_items)],
+        created_at=np.zeros(n_items),
+    )
+    out = []
+    for f in frames:
+        ds = Dataset.from_frame(f)
+        out.append(
+            Dataset(
+                users,
+                items,
+                users.indices(ds.users.ids_of(ds.user)),
+                items.indices(ds.items.ids_of(ds.item)),
+                event=ds.event,
+                value=ds.value,
+                ts=ds.ts,
+                event_names=ds.event_names,
+                item_features=feats,
+            )
+        )
+    return out[0], out[1], cold
+
+
+@pytest.mark.parametrize("informative", [False, True])
+def test_lmrating_text_map_uses_text_only_when_it_predicts(informative: bool, tmp_path) -> None:
+    from lmrec.models.base import Recommender
+
+    train, test, cold = _described_items(informative)
+    m = create_model("lmrating", epochs=40, batch_size=64).fit(train)
+    users = np.zeros(len(cold), np.int64)
+    pred = m.predict_ratings(users, cold)
+    info = m.text_map_
+    assert info is not None and info["cold_items"] == len(cold) and info["rated_items"] == 48
+    base = create_model("baseline").fit(train)
+
+    def rmse(model) -> float:
+        p = model.predict_ratings(test.user.astype(np.int64), test.item.astype(np.int64))
+        return float(np.sqrt(np.mean((p - test.value) ** 2)))
+
+    if informative:
+        assert info["alpha_bias"] is not None, info
+        assert min(info["cv_rmse_bias"]) < info["cv_rmse_bias"][-1] - 0.1, info
+        assert np.ptp(pred) > 0.5, pred
+        assert rmse(m) < rmse(base) - 0.1, (rmse(m), rmse(base))
+    else:  # random words: the map keeps the intercept alone, every cold item rated alike
+        assert info["alpha_bias"] is None and info["alpha_factors"] is None, info
+        assert np.ptp(pred) < 1e-9, pred
+        # the jointly trained text projection without the map rates them apart
+        params = {"epochs": 40, "batch_size": 64, "text_training": True, "text_map": False}
+        raw = create_model("lmrating", **params).fit(train)
+        assert raw.text_map_ is None and np.ptp(raw.predict_ratings(users, cold)) > 1e-3
+    m.save(tmp_path / "m")
+    loaded = Recommender.load(tmp_path / "m")
+    assert loaded.text_map_ == info
+    np.testing.assert_allclose(loaded.predict_ratings(users, cold), pred)
+
+
 def test_evaluate_rating_task_cli(tmp_path: Path, capsys) -> None:
     frame = _frame(n_users=50, n_items=30, per_user=15)
     csv = tmp_path / "r.csv"

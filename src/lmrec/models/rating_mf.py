@@ -1,11 +1,15 @@
 """Latent-factor rating models: `biasedmf` (r = mu + b_u + b_i + p_u.q_i, Koren, Bell &
 Volinsky 2009), `svdpp` (SVD++: the user factor plus |N(u)|^-1/2 sum of y_j over the items the
-user rated, Koren, KDD 2008) and `lmrating`, the LM-enhanced R = U.V^T + biases whose item
-factor and item bias include a learned projection of the item's text vector (MiniLM by
-default): q_i = v_i + W x_i, b_i = c_i + w.x_i. An item without ratings (a cold item, v_i = 0,
-c_i = 0) gets its rating from its text alone; during training the free parts v_i, c_i of a
-random `text_dropout` share of the examples are dropped so that W learns to stand on its own
-(DropoutNet, Volkovs et al., NeurIPS 2017).
+user rated, Koren, KDD 2008) and `lmrating`, the LM-enhanced R = U.V^T + biases whose items
+without ratings (cold items) are rated from their text vector (MiniLM by default) through a
+text -> item-parameter map (`text_map`): a weighted ridge regression from the text vectors of
+the items with ratings to their learned (b_i, q_i), its two penalties chosen by K-fold
+cross-validation over those items on the rating error of the held-out items (the
+regression-based latent factor model, Agarwal & Chen, KDD 2009; the attribute-to-feature
+mapping of Gantner et al., ICDM 2010). By default the factors are trained without text (as
+biasedmf); `text_training=True` instead trains a projection jointly, q_i = v_i + W x_i,
+b_i = c_i + w.x_i, dropping the free parts v_i, c_i of a random `text_dropout` share of the
+examples so that W learns to stand on its own (DropoutNet, Volkovs et al., NeurIPS 2017).
 
 Training is Surprise's stochastic gradient descent (per-example squared error plus
 reg * squared norms of the parameters it touches, learning rate per example) vectorised over
@@ -24,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from lmrec.data import Dataset
 from lmrec.models.rating import FactorRatingConfig, FactorRatingModel, Ratings
@@ -85,8 +89,39 @@ class LMRatingConfig(SVDPPConfig):
     """str.format template of item text (title, description, categories, attributes)."""
     text_learning_rate: float = Field(1e-3, gt=0)
     """Adam learning rate of the text projection W, w."""
+    text_training: bool = False
+    """Train the text projection W, w jointly with the factors by SGD/Adam (q_i = v_i + W x_i,
+    b_i = c_i + w.x_i, with `text_dropout`). False (the default): train the factors and biases
+    without text, as biasedmf, and rate cold items through `text_map` alone. A jointly trained
+    W can fit the ratings of every training item through its text vector, so a map fitted to
+    the joint parameters cannot be cross-validated over those items."""
     text_dropout: float = Field(0.3, ge=0, lt=1)
-    """Share of training examples whose free item parts (v_i, c_i) are dropped."""
+    """With text_training: share of training examples whose free item parts (v_i, c_i) are
+    dropped."""
+    text_map: bool = True
+    """After training, give the items without ratings (cold items) the item bias and factor
+    of a ridge regression from the text vectors of the items with ratings to their learned
+    b_i, q_i (weighted by their numbers of ratings, an unpenalised intercept), instead of the
+    jointly trained w.x_i, W x_i. The penalties of the bias and of the factor part are chosen
+    separately, by `text_map_folds`-fold cross-validation over the rated items, on the squared
+    error of the held-out items' ratings predicted from the map (users' b_u, p_u fixed); an
+    infinite penalty (the intercept alone: no text) is always a candidate, so the map ignores
+    text that does not help. Items with ratings keep their learned parameters."""
+    text_map_alphas: list[float] = Field(
+        default_factory=lambda: [1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0], min_length=1
+    )
+    """Ridge penalties tried by the text map, relative to the mean eigenvalue of the weighted
+    text Gram matrix (scale free); infinity (no text) is always tried too."""
+    text_map_folds: int = Field(5, ge=2)
+    """Folds over the rated items of the text map's cross-validation."""
+
+    @field_validator("text_map_alphas")
+    @classmethod
+    def _positive_alphas(cls, v: list[float]) -> list[float]:
+        bad = [a for a in v if not a > 0]
+        if bad:
+            raise ValueError(f"text_map_alphas must all be > 0 (got {bad})")
+        return v
 
 
 def _net(cfg: BiasedMFConfig, n_users: int, n_items: int, text: np.ndarray | None) -> Any:
@@ -281,6 +316,116 @@ def _train_dp(cfg: BiasedMFConfig, r: Ratings, n_users: int, n_items: int, mu: f
     return out, dp
 
 
+def _ridge_paths(
+    x: np.ndarray, y: np.ndarray, weight: np.ndarray, alphas: list[float]
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Weighted ridge regressions of y (n, m) on x (n, d) with an unpenalised intercept, one
+    per penalty alpha (relative to the mean eigenvalue of the weighted centred Gram matrix;
+    inf: the intercept alone). Returns (x mean, y mean, coefficients (d, m) per alpha)."""
+    s = weight / weight.sum()
+    xm, ym = s @ x, s @ y
+    root = np.sqrt(weight)[:, None]
+    u, sv, vt = np.linalg.svd(root * (x - xm), full_matrices=False)
+    proj = u.T @ (root * (y - ym))
+    scale = max(float((sv * sv).sum()) / x.shape[1], 1e-12)
+    coefs = [
+        np.zeros((x.shape[1], y.shape[1]))
+        if not np.isfinite(a)
+        else vt.T @ ((sv / (sv * sv + a * scale))[:, None] * proj)
+        for a in alphas
+    ]
+    return xm, ym, coefs
+
+
+def _one_se_choice(item_sse: np.ndarray) -> int:
+    """Index of the most penalised candidate (rows in increasing penalty) whose summed error
+    exceeds the least one's by at most one standard error of the paired per-item excess (the
+    one-standard-error rule of cross-validation, Hastie, Tibshirani & Friedman 2009, 7.10)."""
+    best = int(np.argmin(item_sse.sum(1)))
+    n = item_sse.shape[1]
+    for a in range(item_sse.shape[0] - 1, best, -1):
+        excess = item_sse[a] - item_sse[best]
+        if excess.sum() <= np.sqrt(n * excess.var(ddof=1)):
+            return a
+    return best
+
+
+def text_map_cv(
+    text: np.ndarray,
+    r: Ratings,
+    mu: float,
+    bu: np.ndarray,
+    user_vec: np.ndarray,
+    bi: np.ndarray,
+    item_vec: np.ndarray,
+    alphas: list[float],
+    folds: int,
+    scale: tuple[float, float],
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]] | None:
+    """The text -> (item bias, item factor) map of `LMRatingConfig.text_map`.
+
+    Regresses the learned b_i and q_i of the items with ratings on their text vectors
+    (weighted ridge, weights = numbers of ratings), one penalty for the bias and one for the
+    factors, chosen by `folds`-fold cross-validation over the rated items: the ratings of each
+    held-out fold's items are predicted as mu + b_u + b^_i + p_u . q^_i from the map fitted on
+    the other folds (clipped to `scale`). The bias penalty is chosen first (factor part without
+    text), then the factor penalty; each time the most penalised candidate within one standard
+    error of the least squared error (infinity, the intercept without text, is always a
+    candidate). Returns the mapped (b^, q^) of every item from the map refitted on all rated
+    items and a summary of the choice, or None when fewer than two items have ratings."""
+    n_items = text.shape[0]
+    counts = np.bincount(r.item, minlength=n_items).astype(np.float64)
+    rated = np.flatnonzero(counts > 0)
+    if len(rated) < 2:
+        return None
+    grid = [*sorted(float(a) for a in alphas), float("inf")]
+    k = min(folds, len(rated))
+    fold_of = np.empty(n_items, np.int64)
+    fold_of[rated] = np.random.default_rng(seed).permutation(len(rated)) % k
+    target = np.column_stack([bi, item_vec])
+    bias = np.zeros((len(grid), len(r)))  # held-out predictions per penalty, per rating
+    dot = np.zeros((len(grid), len(r)))
+    for f in range(k):
+        fit = rated[fold_of[rated] != f]
+        rows = np.flatnonzero(fold_of[r.item] == f)
+        xm, ym, coefs = _ridge_paths(text[fit], target[fit], counts[fit], grid)
+        xi = text[r.item[rows]] - xm
+        pu = user_vec[r.user[rows]]
+        for a, c in enumerate(coefs):
+            bias[a, rows] = ym[0] + xi @ c[:, 0]
+            dot[a, rows] = np.einsum("nk,nk->n", pu, ym[1:] + xi @ c[:, 1:])
+    base = mu + bu[r.user]
+
+    def item_sse(b: np.ndarray, d: np.ndarray) -> np.ndarray:
+        e = np.clip(base + b + d, *scale) - r.value
+        return np.bincount(r.item, e * e, minlength=n_items)[rated]
+
+    sse_b = np.stack([item_sse(bias[a], dot[-1]) for a in range(len(grid))])
+    a = _one_se_choice(sse_b)
+    sse_q = np.stack([item_sse(bias[a], dot[c]) for c in range(len(grid))])
+    c = _one_se_choice(sse_q)
+    xm, ym, coefs = _ridge_paths(text[rated], target[rated], counts[rated], [grid[a], grid[c]])
+    xc = text - xm
+    mapped_b = ym[0] + xc @ coefs[0][:, 0]
+    mapped_q = ym[1:] + xc @ coefs[1][:, 1:]
+
+    def rmse(x: np.ndarray) -> list[float]:
+        return [float(np.sqrt(v / len(r))) for v in x.sum(1)]
+
+    info = {
+        # None: the intercept alone (the map ignores the text)
+        "alpha_bias": grid[a] if np.isfinite(grid[a]) else None,
+        "alpha_factors": grid[c] if np.isfinite(grid[c]) else None,
+        "alphas": grid[:-1],
+        "cv_rmse_bias": rmse(sse_b),
+        "cv_rmse_factors": rmse(sse_q),
+        "folds": k,
+        "rated_items": len(rated),
+    }
+    return mapped_b, mapped_q, info
+
+
 class BiasedMF(FactorRatingModel):
     """r_ui = mu + b_u + b_i + p_u . q_i, by vectorised SGD."""
 
@@ -298,7 +443,8 @@ class BiasedMF(FactorRatingModel):
             self._fit_private(r, dataset)
             return
         text = self._text(dataset)
-        w = _train(self.config, r, self.rated_, self.mu_, text)
+        joint = text is not None and getattr(self.config, "text_training", True)
+        w = _train(self.config, r, self.rated_, self.mu_, text if joint else None)
         n_u = np.bincount(r.user, minlength=dataset.n_users)
         n_i = np.bincount(r.item, minlength=dataset.n_items)
         # Users and items without ratings keep no trace of their random initialisation.
@@ -307,11 +453,17 @@ class BiasedMF(FactorRatingModel):
         w["bi"][n_i == 0] = 0.0
         self.bu_, self.bi_ = w["bu"], w["bi"]
         self.item_vec_ = w["q"]
-        if text is not None:
+        if joint:
+            assert text is not None
             self.item_vec_ = w["q"] + text @ w["w"]
             self.bi_ = w["bi"] + text @ w["wb"]
         self.y_ = w.get("y")
         self.user_vec_ = w["p"] + self._implicit(self.rated_)
+        if text is not None:
+            self._after_text_fit(r, text, n_i)
+
+    def _after_text_fit(self, r: Ratings, text: np.ndarray, counts: np.ndarray) -> None:
+        """Called after training with item text (`lmrating`'s text map); nothing here."""
 
     def _fit_private(self, r: Ratings, dataset: Dataset) -> None:
         """DP-SGD training (`BiasedMFConfig.epsilon`); biasedmf only."""
@@ -361,8 +513,9 @@ class SVDPP(BiasedMF):
 
 
 class LMRating(BiasedMF):
-    """R = U.V^T + biases with item factors v_i + W x_i and item biases c_i + w.x_i from the
-    item text vectors x_i: an item without ratings is rated from its text."""
+    """R = U.V^T + biases; an item without ratings gets its bias and factor from its text
+    vector x_i through the cross-validated ridge map (`text_map`), or through a jointly
+    trained projection (v_i + W x_i, c_i + w.x_i) with `text_training`."""
 
     name = "lmrating"
     config_class = LMRatingConfig
@@ -374,3 +527,43 @@ class LMRating(BiasedMF):
         return np.asarray(
             item_vectors(dataset, self.config.encoder, self.config.item_template), np.float64
         )
+
+    text_map_: dict[str, Any] | None = None
+
+    def _after_text_fit(self, r: Ratings, text: np.ndarray, counts: np.ndarray) -> None:
+        """Cold items' b_i, q_i from the cross-validated text map (`LMRatingConfig.text_map`);
+        its choice in `text_map_` (None when off or with fewer than two rated items)."""
+        self.text_map_ = None
+        c = self.config
+        if not c.text_map:
+            return
+        got = text_map_cv(
+            text,
+            r,
+            self.mu_,
+            self.bu_,
+            self.user_vec_,
+            self.bi_,
+            self.item_vec_,
+            c.text_map_alphas,
+            c.text_map_folds,
+            self.scale_,
+            c.seed,
+        )
+        if got is None:
+            return
+        mapped_b, mapped_q, self.text_map_ = got
+        cold = counts == 0
+        self.text_map_["cold_items"] = int(cold.sum())
+        self.bi_ = np.where(cold, mapped_b, self.bi_)
+        self.item_vec_ = np.where(cold[:, None], mapped_q, self.item_vec_)
+
+    def _state(self) -> dict[str, np.ndarray]:
+        out = super()._state()
+        if self.text_map_ is not None:
+            out["text_map"] = np.asarray(json.dumps(self.text_map_))
+        return out
+
+    def _set_state(self, state: Mapping[str, np.ndarray]) -> None:
+        super()._set_state(state)
+        self.text_map_ = json.loads(str(state["text_map"])) if "text_map" in state else None
