@@ -15,6 +15,7 @@ from lmrec.cli import main
 from lmrec.errors import LmrecError, StoreError
 from lmrec.experiments import ExperimentConfig, assign, msprt, srm_check, wilson
 from lmrec.service import Settings
+from lmrec.service.errors import NotFound
 from lmrec.store import Store
 from test_service import ADMIN, READ, WRITE, Server, fill_store, train
 
@@ -223,6 +224,29 @@ def test_experiment_routes_answers_logs_exposures_and_reports(ab_server: Server)
         assert "experiment" not in c.get("/users/u1/recommendations").json()
         assert c.get("/experiments/nope").status_code == 404
     assert f"lmrec_exposures_written_total {122}" in _metrics(ab_server)
+
+
+def test_batch_of_two_models_answers_each_request_as_alone(ab_server: Server) -> None:
+    """`recommend_users` with requests for two versions (an A/B experiment's two model calls)
+    runs the groups side by side; each answer equals `recommend` for that request alone,
+    whatever the group threads, and a bad request fails alone."""
+    svc = ab_server.service
+    answers = svc.answers
+    reqs = [(f"u{u}", 5, ("knn", "pop")[u % 2], True, None) for u in range(20)]
+    reqs.append(("u3", 10_000, "knn", True, None))  # n above max_n: its own error only
+    reqs.append(("u4", 5, "nope", True, None))  # unknown version: 404 for this row
+    alone = [answers.recommend(u, n, model=m) for u, n, m, _, _ in reqs[:20]]
+    for threads in (1, 2):
+        answers.settings = answers.settings.model_copy(update={"group_threads": threads})
+        got = answers.recommend_users(reqs)
+        assert got[:20] == alone, threads
+        assert {a["model"] for a in got[:20]} == {"knn", "pop"}
+        assert isinstance(got[20], LmrecError) and "at most" in str(got[20])
+        assert isinstance(got[21], NotFound)
+    assert answers._executor is not None  # the two groups went to the pool
+    answers.close()
+    assert answers._executor is None and answers.recommend_users(reqs[:2])[0] == alone[0]
+    answers.settings = svc.settings
 
 
 def _metrics(srv: Server) -> str:

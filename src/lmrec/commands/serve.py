@@ -59,6 +59,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             index=args.index,
             search_encoder=args.search_encoder,
             threads=args.threads,
+            group_threads=args.group_threads,
             follow_store=args.follow_store or args.workers > 1,
         )
     except ValidationError as exc:
@@ -130,6 +131,12 @@ def register(
     )
     s.add_argument("--search-encoder", help="text encoder of /search (default: the model's)")
     s.add_argument("--threads", type=int, default=0, help="cap on BLAS/FAISS threads")
+    s.add_argument(
+        "--group-threads",
+        type=int,
+        default=2,
+        help="model calls of one batch run side by side (an A/B experiment's arms; default 2)",
+    )
     s.add_argument(
         "--workers",
         type=int,

@@ -11,8 +11,10 @@ from __future__ import annotations
 __all__ = ["NO_CONSENT", "Answers", "UserRequest", "ranked", "slot_of"]
 
 import math
+import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -83,6 +85,8 @@ class Answers:
         self.settings, self.registry, self.feed = settings, registry, feed
         self.catalogue, self.search = catalogue, search
         self.follower: StoreFollower | None = None  # set by the service (follow_store)
+        self._executor: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     def _check_n(self, n: int) -> None:
         if n > self.settings.max_n:
@@ -147,8 +151,10 @@ class Answers:
 
     def recommend_users(self, requests: Sequence[UserRequest]) -> list[dict[str, Any] | Exception]:
         """Many (user, n, model, exclude_seen, category) requests in as few model calls as
-        possible: one `rank` per (version, exclude_seen, category) group. Each answer is what
-        `recommend` gives for that request alone (or the exception it raises)."""
+        possible: one `rank` per (version, exclude_seen, category) group, the groups side by
+        side on up to `Settings.group_threads` threads (the two arms of an A/B experiment
+        are two groups). Each answer is what `recommend` gives for that request alone (or
+        the exception it raises)."""
         out: list[dict[str, Any] | Exception | None] = [None] * len(requests)
         groups: dict[tuple, list[int]] = {}
         for r, (_, n, model, ex, cat) in enumerate(requests):
@@ -158,25 +164,54 @@ class Answers:
                 out[r] = exc
                 continue
             groups.setdefault((model, ex, cat), []).append(r)
-        for (model, ex, cat), rows in groups.items():
-            try:
-                slot = slot_of(self.registry, model)
-                m = slot.model
-                qs = [self.query(slot, requests[r][0]) for r in rows]
-                hist = m.history_of(qs)
-                mask = slot.candidates(cat, self.catalogue.categories)
-                k = max(requests[r][1] for r in rows)
-                idx, val, used = self._rank(slot, m, hist, k, ex, mask, None)
-            except Exception as exc:
-                for r in rows:
-                    out[r] = exc
-                continue
-            for j, r in enumerate(rows):
-                user, n = requests[r][0], requests[r][1]
-                out[r] = ranked(
-                    user, slot.name, m, idx[j][:n], val[j][:n], self._fallback(user, used[j])
-                )
+        work = list(groups.items())
+        if len(work) > 1 and self.settings.group_threads > 1:
+            done = self._pool().map(lambda g: self._group(requests, *g), work)
+        else:
+            done = (self._group(requests, *g) for g in work)
+        for (_, rows), answers in zip(work, done, strict=True):
+            for r, a in zip(rows, answers, strict=True):
+                out[r] = a
         return out  # type: ignore[return-value]
+
+    def _pool(self) -> ThreadPoolExecutor:
+        """The threads of `recommend_users`' groups, started on first use."""
+        with self._pool_lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(
+                    self.settings.group_threads, thread_name_prefix="lmrec-groups"
+                )
+            return self._executor
+
+    def close(self) -> None:
+        """Stop the group threads (a later batch starts them again)."""
+        with self._pool_lock:
+            if self._executor is not None:
+                self._executor.shutdown(wait=False)
+                self._executor = None
+
+    def _group(
+        self, requests: Sequence[UserRequest], key: tuple, rows: list[int]
+    ) -> list[dict[str, Any] | Exception]:
+        """The answers of one group's requests (`rows` of `requests`) from one model call."""
+        model, ex, cat = key
+        try:
+            slot = slot_of(self.registry, model)
+            m = slot.model
+            qs = [self.query(slot, requests[r][0]) for r in rows]
+            hist = m.history_of(qs)
+            mask = slot.candidates(cat, self.catalogue.categories)
+            k = max(requests[r][1] for r in rows)
+            idx, val, used = self._rank(slot, m, hist, k, ex, mask, None)
+        except Exception as exc:
+            return [exc] * len(rows)
+        answers: list[dict[str, Any] | Exception] = []
+        for j, r in enumerate(rows):
+            user, n = requests[r][0], requests[r][1]
+            answers.append(
+                ranked(user, slot.name, m, idx[j][:n], val[j][:n], self._fallback(user, used[j]))
+            )
+        return answers
 
     def _rank(
         self,

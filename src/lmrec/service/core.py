@@ -99,6 +99,7 @@ class Service:
         """Stop the writer (after its last commit), the loaders and the store."""
         self.writer.stop()
         self.experiments.stop()
+        self.answers.close()
         self.registry.close()
         self.store.close()
 
