@@ -104,6 +104,9 @@ def main() -> None:
     p.add_argument("--block", type=int, default=2500, help="requests per block")
     p.add_argument("--warmup", type=int, default=500)
     p.add_argument("--json", help="write the results here")
+    p.add_argument(
+        "--group-threads", type=int, default=2, help="the server's --group-threads (1: serial)"
+    )
     args = p.parse_args()
 
     import httpx
@@ -132,7 +135,7 @@ def main() -> None:
     base = f"http://127.0.0.1:{port}"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "lmrec.cli", "--db", url, "serve", "--no-auth"]
-    cmd += ["--port", str(port), "--threads", "1"]
+    cmd += ["--port", str(port), "--threads", "1", "--group-threads", str(args.group_threads)]
     cmd += ["--model", f"ease={tmp / 'ease'}", "--model", f"ease-b={tmp / 'ease-b'}"]
     server = subprocess.Popen(cmd, env=env)
     try:
@@ -192,6 +195,7 @@ def main() -> None:
         after = store.counts()["interactions"]
     out = {
         "clients": args.clients,
+        "group_threads": args.group_threads,
         "block": args.block,
         "without_experiment": pct(np.concatenate(lat["off"])),
         "with_experiment_same_version": pct(np.concatenate(lat["aa"])),

@@ -70,6 +70,9 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     # all-mpnet-base-v2 (`encoder=mpnet`: its five PyPI parts installed).
     "dualsasrec-mpnet": ("dualsasrec", {"encoder": "mpnet"}),
+    # Text-aware EASE over all-mpnet-base-v2's vectors: the encoder table's downstream row
+    # that fits in one core-hour (a dualsasrec run is about an hour more).
+    "ease-text-mpnet": ("ease", {"text_weight": None, "encoder": "mpnet"}),
     "sasrec-pub": ("sasrec", PUBLISHED),
     "dualsasrec-pub": ("dualsasrec", PUBLISHED),
     # Early stopping's patience (10 by default): Beauty's curves plateau for 10+ epochs.

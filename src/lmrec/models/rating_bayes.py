@@ -92,7 +92,6 @@ class _Side:
         rated = self.rated
         lo = 0
         while lo < len(rated):  # blocks of rows with at most `block` ratings (memory)
-            hi = lo + 1
             first = self.starts[rated[lo]]
             hi = int(np.searchsorted(self.starts[rated + 1], first + block, side="right"))
             hi = max(hi, lo + 1)
