@@ -124,6 +124,12 @@ def main() -> None:
     report: dict = {"dataset": repr(ds), "folds": args.folds}
     proc, tmp = None, Path(tempfile.mkdtemp())
     if args.surprise and not args.skip_folds:
+        # Fail now, not after the lmrec side, when the Surprise environment lacks a package.
+        check = [args.surprise, "-c", "import numpy, pandas, surprise"]
+        got = subprocess.run(check, capture_output=True, text=True)
+        if got.returncode != 0:
+            raise SystemExit(f"{args.surprise} cannot import surprise_runner's packages:\n"
+                             f"{got.stderr.strip()}")  # fmt: skip
         # Surprise runs at the same time as lmrec, on the same folds (same machine load).
         csv = tmp / "folds.csv"
         with csv.open("w") as fh:
