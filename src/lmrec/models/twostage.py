@@ -80,9 +80,12 @@ _DAY = 86400.0
 
 class TwoStageConfig(ModelConfig):
     retrievers: list[str] = Field(
-        default_factory=lambda: ["ease", "itemknn", "popularity"], min_length=1
+        default_factory=lambda: ["ease", "itemknn", "sasrec", "popularity"], min_length=1
     )
-    """Registered model names that propose candidates, each used once."""
+    """Registered model names that propose candidates, each used once. The sequence model
+    (sasrec) is among the defaults because validation chose it on ML-100K (valid NDCG@10
+    0.1287 against 0.1275 without it, `benchmarks/twostage.md`); it is also most of the fit
+    time (630 s against 13 s there): leave it out for a fast pipeline."""
     params: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Parameters of each retriever, by its name (e.g. {"ease": {"reg": 300}})."""
     candidates: int = Field(200, ge=1)
