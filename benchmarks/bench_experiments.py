@@ -105,7 +105,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=500)
     p.add_argument("--json", help="write the results here")
     p.add_argument(
-        "--group-threads", type=int, default=2, help="the server's --group-threads (1: serial)"
+        "--group-threads", type=int, default=1, help="the server's --group-threads (1: serial)"
     )
     args = p.parse_args()
 

@@ -134,8 +134,9 @@ def register(
     s.add_argument(
         "--group-threads",
         type=int,
-        default=2,
-        help="model calls of one batch run side by side (an A/B experiment's arms; default 2)",
+        default=1,
+        help="model calls of one batch that run side by side (an A/B experiment's arms; "
+        "default 1: one after the other)",
     )
     s.add_argument(
         "--workers",

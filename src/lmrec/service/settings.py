@@ -57,10 +57,11 @@ class Settings(BaseModel):
     """How long a SQLite write waits for a lock another process holds (then: 503)."""
     threads: int = Field(0, ge=0)
     """Cap on BLAS/FAISS threads (0: leave as is)."""
-    group_threads: int = Field(2, ge=1)
+    group_threads: int = Field(1, ge=1)
     """Model calls of one batch of user requests that run side by side, each on its own
-    thread (the arms of an A/B experiment, different categories or models); 1: one after
-    the other."""
+    thread (the arms of an A/B experiment, different categories or models); 1 (the
+    default): one after the other. With EASE on ML-100K, 2 did not lower the latency of an
+    A/B experiment (`benchmarks/experiments.md`): try it for slow models."""
     follow_store: bool = False
     """Before each answer, read the feedback other processes wrote to the store (several
     workers or hosts on one store; `lmrec serve --workers N` turns it on)."""
