@@ -236,17 +236,20 @@ def test_batch_of_two_models_answers_each_request_as_alone(ab_server: Server) ->
     reqs.append(("u3", 10_000, "knn", True, None))  # n above max_n: its own error only
     reqs.append(("u4", 5, "nope", True, None))  # unknown version: 404 for this row
     alone = [answers.recommend(u, n, model=m) for u, n, m, _, _ in reqs[:20]]
-    for threads in (1, 2):
-        answers.settings = answers.settings.model_copy(update={"group_threads": threads})
-        got = answers.recommend_users(reqs)
-        assert got[:20] == alone, threads
-        assert {a["model"] for a in got[:20]} == {"knn", "pop"}
-        assert isinstance(got[20], LmrecError) and "at most" in str(got[20])
-        assert isinstance(got[21], NotFound)
-    assert answers._executor is not None  # the two groups went to the pool
-    answers.close()
-    assert answers._executor is None and answers.recommend_users(reqs[:2])[0] == alone[0]
-    answers.settings = svc.settings
+    try:
+        for threads in (1, 2):
+            answers.settings = svc.settings.model_copy(update={"group_threads": threads})
+            got = answers.recommend_users(reqs)
+            assert got[:20] == alone, threads
+            assert {a["model"] for a in got[:20]} == {"knn", "pop"}
+            assert isinstance(got[20], LmrecError) and "at most" in str(got[20])
+            assert isinstance(got[21], NotFound)
+        assert answers._executor is not None  # the two groups went to the pool
+        answers.close()
+        assert answers._executor is None and answers.recommend_users(reqs[:2])[0] == alone[0]
+    finally:  # the module's server goes on with its own settings
+        answers.settings = svc.settings
+        answers.close()
 
 
 def _metrics(srv: Server) -> str:

@@ -262,9 +262,11 @@ class Answers:
         slot = slot_of(self.registry, model)
         m = slot.model
         if not getattr(m, "predicts_ratings", False):  # the served model's state: 409
+            from lmrec.evaluation.rating import rating_model_names
+
             raise Conflict(
                 f"model {slot.name!r} ({m.name}) ranks items but does not predict ratings; "
-                "serve a rating model (baseline, knnbaseline, biasedmf, svdpp, lmrating)"
+                f"serve a rating model ({', '.join(rating_model_names())})"
             )
         assert m.users is not None
         rated = m.rate(user, list(items))
