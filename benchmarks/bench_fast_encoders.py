@@ -11,8 +11,10 @@ the store `--db`). Each encoder is loaded and warmed up on 64 texts outside the 
 `--reps` rounds encode all texts once per encoder, the encoders interleaved inside a round
 so that they share the machine's load; the ratio to the first encoder is taken per round.
 ONNX encoders run with ONNX Runtime's intra-op threads = the machine's cores. Agreement: cosine of each text's vector with the first encoder's vector of it. Downstream
-(ML-100K only, `--downstream`): `lmcontent` with `encoder=SPEC`, everything else default,
-fitted on the leave-one-out training part, test NDCG@10 / Recall@10 over the full catalogue.
+(`--downstream`, every item's text): each of `--models` with `encoder=SPEC`, everything
+else default, fitted on the leave-one-out training part (settings such as ease-text's text
+weight chosen on the valid part), test NDCG@10 / Recall@10 over the full catalogue, its
+ratio to the first encoder's and a paired Wilcoxon test on per-user NDCG@10.
 """
 
 from __future__ import annotations
@@ -30,16 +32,25 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+#: Downstream labels that are not registry names: (model, parameters).
+DOWNSTREAM = {"ease-text": ("ease", {"text_weight": None})}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--encoders", default="minilm,minilm-int8")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, help="default: each encoder's own")
     ap.add_argument("--db", help="a store to take item texts from (default: ML-100K)")
     ap.add_argument("--limit", type=int, help="only the first N texts")
-    ap.add_argument("--downstream", action="store_true", help="--models' NDCG@10 on ML-100K")
-    ap.add_argument("--models", default="lmcontent", help="text models for --downstream")
+    ap.add_argument("--downstream", action="store_true", help="--models' test NDCG@10 (LOO)")
+    ap.add_argument(
+        "--models",
+        default="lmcontent",
+        help="text models for --downstream: registered names, or ease-text (EASE with the "
+        "text vectors as side information, the text weight chosen on valid)",
+    )
     ap.add_argument("--json", help="write the results here too")
     args = ap.parse_args()
 
@@ -106,25 +117,45 @@ def main() -> None:
             }
         )
     if args.downstream:
+        from scipy.stats import wilcoxon
+
         from lmrec.data.split import leave_one_out
-        from lmrec.evaluation.runner import leave_one_out_metrics
+        from lmrec.evaluation import evaluate
         from lmrec.models import create_model
         from lmrec.text.cache import _remember, text_hash
 
+        if args.limit:
+            raise SystemExit("--downstream needs every item's vector: drop --limit")
         split = leave_one_out(ds)
         for spec in specs:  # the fit reuses the vectors just timed (the in-process memo)
             _remember(
                 encs[spec].name, {text_hash(t): v for t, v in zip(texts, vecs[spec], strict=True)}
             )
+        per_user: dict[tuple[str, str], np.ndarray] = {}
         for row in rows:
-            for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+            for label in [m.strip() for m in args.models.split(",") if m.strip()]:
+                name, params = DOWNSTREAM.get(label, (label, {}))
                 t0 = time.perf_counter()
-                model = create_model(name, encoder=row["spec"])
-                model.fit(split.train)
-                m = leave_one_out_metrics(model, split, on="test", k=10)
-                row[name] = {k: round(float(v), 4) for k, v in m.items()}
-                row[name]["seconds"] = round(time.perf_counter() - t0, 1)
-                print(row["spec"], name, row[name], flush=True)
+                model = create_model(name, **params, encoder=row["spec"])
+                model.fit(split.train, valid=split.valid)  # models that do not tune ignore it
+                res_t = evaluate(model, split, on="test", k=10, metrics=["ndcg", "recall"])
+                nd = np.asarray(res_t.per_user["ndcg@10"], np.float64)
+                per_user[(row["spec"], label)] = nd
+                out = {
+                    "ndcg@10": round(float(np.nanmean(nd)), 4),
+                    "recall@10": round(float(np.nanmean(res_t.per_user["recall@10"])), 4),
+                    "seconds": round(time.perf_counter() - t0, 1),
+                    "chosen": model.chosen(),
+                }
+                base = per_user.get((ref, label))
+                if base is not None and row["spec"] != ref:
+                    out["ratio_to_ref"] = round(float(np.nanmean(nd) / np.nanmean(base)), 4)
+                    diff = nd - base
+                    out["wilcoxon_p"] = (
+                        float(wilcoxon(nd, base).pvalue) if np.any(diff != 0) else 1.0
+                    )
+                row[label] = out
+                print(row["spec"], label, out, flush=True)
     res = {
         "texts": len(texts),
         "mean_chars": round(float(np.mean([len(t) for t in texts])), 1),

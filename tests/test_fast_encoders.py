@@ -212,6 +212,16 @@ def test_distilled_student_loads_offline_and_runs_under_onnx(tmp_path, monkeypat
     b, c = fp.encode(SHORT), q.encode(SHORT)
     assert (tmp_path / "cache" / "models" / "onnx").is_dir()
     np.testing.assert_allclose(b, a, atol=1e-4)  # the same computation in another runtime
+    # Batches side by side on two threads give exactly the vectors of one thread.
+    threads = fp.threads
+    try:
+        fp.threads = 2
+        two = fp.encode(SHORT, batch_size=3)
+        fp.threads = 1
+        np.testing.assert_array_equal(fp.encode(SHORT, batch_size=3), two)
+    finally:
+        fp.threads = threads
+    np.testing.assert_allclose(two, a, atol=1e-4)
     cos = (a * c).sum(axis=1)
     assert cos.min() > 0.9 and not np.allclose(a, c, atol=1e-3), cos  # int8: close, not equal
     np.testing.assert_allclose(np.linalg.norm(c, axis=1), 1.0, atol=1e-5)

@@ -54,6 +54,22 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_synth(args: argparse.Namespace) -> int:
+    from lmrec.io.synthetic import synthetic_files
+
+    t0 = time.perf_counter()
+    files = synthetic_files(
+        args.out, users=args.users, items=args.items, interactions=args.interactions,
+        categories=args.categories, alpha=args.alpha, fmt=args.format, seed=args.seed,
+    )  # fmt: skip
+    print(
+        f"wrote {files.n_users} users, {files.n_items} items, {files.n_interactions} "
+        f"interactions under {args.out} ({time.perf_counter() - t0:.1f} s); import them with:\n"
+        f"  lmrec import {' '.join(files.import_args())}"
+    )
+    return 0
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -156,6 +172,22 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Nam
     s = sub.add_parser("sample", help="fetch a sample dataset and import it into the store")
     s.add_argument("name", choices=["ml-100k"], help="which sample")
     cmds["sample"] = cmd_sample
+
+    s = sub.add_parser(
+        "synth",
+        help="write a synthetic shop of any size (power-law popularity, sessions, item text)",
+        description="Writes interactions, items and users files that `lmrec import` reads "
+        "(lmrec.io.synthetic); the same arguments and seed give the same files.",
+    )
+    s.add_argument("--out", required=True, help="folder for the three files")
+    s.add_argument("--users", type=int, default=10_000)
+    s.add_argument("--items", type=int, default=5_000)
+    s.add_argument("--interactions", type=int, default=100_000)
+    s.add_argument("--categories", type=int, help="default: about sqrt(items) / 2")
+    s.add_argument("--alpha", type=float, default=1.0, help="Zipf exponent of popularity")
+    s.add_argument("--format", choices=["csv", "parquet"], default="csv")
+    s.add_argument("--seed", type=int, default=0)
+    cmds["synth"] = cmd_synth
 
     s = sub.add_parser(
         "import",

@@ -341,6 +341,12 @@ class _Aligner:
         out[ok] = mask[self.to_ds[ok]]
         return out
 
+    def to_model_items(self, idx: np.ndarray) -> np.ndarray:
+        """Split item indices (-1 pads) as the model's (-1 where the model lacks the item)."""
+        if self.same_items:
+            return idx
+        return np.where(idx >= 0, self.to_model[np.maximum(idx, 0)], -1)
+
     def lists(self, idx: np.ndarray) -> np.ndarray:
         if self.same_items:
             return idx
@@ -414,6 +420,93 @@ def _sample_negatives(
     ok = np.isfinite(keys[rows, top.ravel()])
     out[rows[ok], top.ravel()[ok]] = True
     return out
+
+
+#: Above this many items, sampled evaluation draws each user's negatives as index lists
+#: (`_sample_negative_lists`) instead of a (users x items) array of keys.
+SPARSE_SAMPLER_ITEMS = 50_000
+
+
+def _sample_negative_lists(
+    n: int,
+    seen: sp.csr_matrix,
+    eligible: np.ndarray,
+    weights: np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """(B, n) item indices (-1 pads): per row, n items drawn one after another without
+    replacement from the eligible items not in the row of `seen`, with probability
+    proportional to `weights` (the distribution of `_sample_negatives`; another random
+    stream). Memory and time grow with B x n, not with the catalogue: all rows draw at once
+    with replacement, repeats and seen items are dropped, and the few rows left short
+    finish one by one."""
+    seen = sp.csr_matrix(seen)
+    b, n_items = seen.shape
+    w = np.where(eligible, np.maximum(weights, 0.0), 0.0)
+    cdf = np.cumsum(w)
+    total = float(cdf[-1]) if len(cdf) else 0.0
+    out = np.full((b, n), -1, np.int64)
+    if b == 0 or n <= 0 or total <= 0:
+        return out
+    m = 2 * n + 16
+    draw = np.minimum(np.searchsorted(cdf, rng.random((b, m)) * total, side="right"), n_items - 1)
+    rows = np.repeat(np.arange(b), m)
+    ok = np.asarray(seen[rows, draw.ravel()]).reshape(b, m) == 0
+    order = np.argsort(draw, axis=1, kind="stable")  # repeats after their first draw
+    s = np.take_along_axis(draw, order, axis=1)
+    rep = np.zeros_like(ok)
+    rep[:, 1:] = s[:, 1:] == s[:, :-1]
+    first = np.ones_like(ok)
+    np.put_along_axis(first, order, ~rep, axis=1)
+    ok &= first
+    take = ok & (np.cumsum(ok, axis=1) <= n)
+    count = take.sum(axis=1)
+    r_idx, c_idx = np.nonzero(take)
+    out[r_idx, np.cumsum(take, axis=1)[r_idx, c_idx] - 1] = draw[r_idx, c_idx]
+    n_eligible = int((w > 0).sum())
+    for r in np.flatnonzero(count < n):  # short rows: finish over the items still available
+        own = seen.indices[seen.indptr[r] : seen.indptr[r + 1]]
+        got = out[r, : count[r]]
+        rest = np.setdiff1d(np.flatnonzero(w > 0), np.concatenate([own, got]))
+        want = min(n, count[r] + len(rest)) - count[r]
+        if want > 0 and n_eligible:
+            keys = np.log(w[rest]) + rng.gumbel(size=len(rest))
+            out[r, count[r] : count[r] + want] = rest[np.argsort(-keys)[:want]]
+    return out
+
+
+def _rank_sampled(
+    model: Any, h: Any, bu: np.ndarray, rel: sp.csr_matrix, b: _Batch
+) -> tuple[np.ndarray, Any]:
+    """Sampled ranking from the candidates alone: each user's targets and sampled negatives,
+    ranked by `model.rank_among` (the same order as ranking every item and keeping the
+    candidates, without scoring the whole catalogue)."""
+    seen = b.hist_m[bu]
+    n_items = seen.shape[1]
+    if n_items > SPARSE_SAMPLER_ITEMS:
+        neg = _sample_negative_lists(int(b.sampled), seen, b.eligible, b.weights, b.rng)
+    else:  # the dense sampler: the same negatives as every earlier sampled evaluation
+        mask = _sample_negatives(int(b.sampled), seen + rel, b.eligible, b.weights, b.rng)
+        width = max(int(mask.sum(axis=1).max(initial=0)), 1)
+        neg = np.full((len(bu), width), -1, np.int64)
+        rows, cols = np.nonzero(mask)
+        first = np.searchsorted(rows, np.arange(len(bu)))
+        neg[rows, np.arange(len(rows)) - first[rows]] = cols
+    rel = sp.csr_matrix(rel)
+    n_rel = np.diff(rel.indptr)
+    tgt = np.full((len(bu), max(int(n_rel.max(initial=0)), 1)), -1, np.int64)
+    rr = np.repeat(np.arange(len(bu)), n_rel)
+    tgt[rr, np.arange(len(rr)) - rel.indptr[rr]] = rel.indices
+    tgt[(tgt >= 0) & ~b.eligible[np.maximum(tgt, 0)]] = -1  # targets outside the candidates
+    items = np.concatenate([tgt, neg], axis=1)
+    # a target drawn as a negative too (the list sampler does not see the targets) counts once
+    dup = np.zeros_like(items, bool)
+    for j in range(tgt.shape[1]):
+        dup[:, tgt.shape[1] :] |= (neg == tgt[:, j : j + 1]) & (tgt[:, j : j + 1] >= 0)
+    items[dup] = -1
+    model_items = b.al.to_model_items(items)
+    idx, _, used = model.rank_among(h, model_items, exclude_seen=True)
+    return b.al.lists(np.asarray(idx)), used
 
 
 def _check_call(
@@ -592,6 +685,9 @@ class UserRanker:
             if b.sampled is None and not b.auc:
                 idx, _, used = model.rank(h, depth, exclude_seen=True, candidates=b.al.mask(b.cand))
                 top = b.al.lists(np.asarray(idx))
+            elif not b.auc and callable(getattr(model, "rank_among", None)):
+                full, used = _rank_sampled(model, h, bu, self.rel_all[bu], b)
+                top = full[:, :depth]
             else:
                 full, auc_b, used = _rank_full(model, h, bu, self.rel_all[bu], b)
                 top = full[:, :depth]

@@ -18,7 +18,7 @@ import numpy as np
 
 from lmrec.data import Dataset
 from lmrec.data.dataset import ItemFeatures
-from lmrec.errors import DataError
+from lmrec.errors import DataError, Problem
 
 #: The product list, in the repository's examples/ folder.
 ZH_PRODUCTS = Path(__file__).resolve().parents[3] / "examples" / "zh_products.csv"
@@ -31,10 +31,14 @@ def read_zh_products(path: str | Path = ZH_PRODUCTS) -> list[dict[str, str]]:
         with path.open(encoding="utf-8", newline="") as fh:
             rows = list(csv.DictReader(fh))
     except OSError as exc:
-        raise DataError(f"{path}: cannot read the Chinese sample products: {exc}") from None
+        raise DataError(
+            Problem(str(path), None, None, None, f"cannot read the Chinese sample products: {exc}")
+        ) from None
     need = {"item_id", "category", "title", "description"}
     if not rows or not need <= set(rows[0]):
-        raise DataError(f"{path}: needs the columns {', '.join(sorted(need))}")
+        raise DataError(
+            Problem(str(path), 1, None, None, f"needs the columns {', '.join(sorted(need))}")
+        )
     return rows
 
 

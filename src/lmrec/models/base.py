@@ -506,6 +506,12 @@ class Recommender(ABC):
 
     def _fallback_scores(self, history: History, scores: np.ndarray) -> list[str | None]:
         """Rows with neither a known user nor any history get popularity scores."""
+        return self._fallback_columns(history, scores, None)
+
+    def _fallback_columns(
+        self, history: History, scores: np.ndarray, items: np.ndarray | None
+    ) -> list[str | None]:
+        """`_fallback_scores` for scores of the item columns `items` only (None: all)."""
         assert self.popularity is not None
         used: list[str | None] = [None] * len(history)
         empty = (history.users < 0) & (np.diff(history.matrix.indptr) == 0)
@@ -513,7 +519,7 @@ class Recommender(ABC):
             q = history.queries[r] if history.queries else None
             if q is not None and (q.attributes or q.tags or q.text) and self.uses_side_information:
                 continue
-            scores[r] = self.popularity
+            scores[r] = self.popularity if items is None else self.popularity[items]
             used[r] = "popularity"
         return used
 
@@ -587,6 +593,39 @@ class Recommender(ABC):
         if candidates is not None:
             scores[:, ~candidates] = -np.inf
         idx, val = top_k(scores, k, history.matrix if exclude_seen else None)
+        return idx, val, used
+
+    def score_columns(self, history: History, items: np.ndarray) -> np.ndarray:
+        """Scores (B, len(items)) of the item columns `items` (sorted, distinct indices): the
+        columns of `score`. Models whose scores come from item rows or vectors override it
+        with a path whose cost grows with len(items), not with the catalogue."""
+        return np.asarray(self.score(history), np.float32)[:, items]
+
+    def rank_among(
+        self, history: History, items: np.ndarray, *, exclude_seen: bool = True
+    ) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+        """Rank each row's own candidates: `items` (B, C) item indices (-1 pads), best first,
+        with their scores (-1 / -inf where excluded: pads, seen items when `exclude_seen`).
+        The order is that of `rank` over the whole catalogue restricted to the candidates
+        (ties by item index), from `score_columns` of the candidates only: sampled
+        evaluation on catalogues too large to score whole."""
+        items = np.asarray(items, np.int64)
+        cols = np.unique(items[items >= 0])
+        s = np.array(self.score_columns(history, cols), dtype=np.float32)
+        used = self._fallback_columns(history, s, cols)
+        pos = np.searchsorted(cols, np.maximum(items, 0))
+        val = np.take_along_axis(s, np.minimum(pos, max(len(cols) - 1, 0)), axis=1)
+        val = np.where(items >= 0, val, -np.inf).astype(np.float32)
+        if exclude_seen and history.matrix.nnz:
+            rows = np.repeat(np.arange(len(items)), items.shape[1])
+            seen = np.asarray(history.matrix[rows, np.maximum(items, 0).ravel()]).reshape(
+                items.shape
+            )
+            val[(seen != 0) & (items >= 0)] = -np.inf
+        order = np.lexsort((items, -val), axis=1)
+        idx = np.take_along_axis(items, order, axis=1)
+        val = np.take_along_axis(val, order, axis=1)
+        idx[~np.isfinite(val)] = -1
         return idx, val, used
 
     def _similar_by_vectors(self, item: str, vectors: np.ndarray, n: int) -> Recommendations:

@@ -284,6 +284,9 @@ class EASE(Recommender):
     def score(self, history: History) -> np.ndarray:
         return np.asarray(self._history_matrix(history) @ self.weights, np.float32)
 
+    def score_columns(self, history: History, items: np.ndarray) -> np.ndarray:
+        return np.asarray(self._history_matrix(history) @ self.weights[:, items], np.float32)
+
     def contributions(self, history: History, items: np.ndarray) -> Contributions:
         """h_j B[j, i]: the weighted history item times its EASE weight for the item."""
         return linear_contributions(

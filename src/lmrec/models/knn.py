@@ -10,9 +10,18 @@ extended history folds in without retraining. Similarities: cosine, asymmetric c
 
 from __future__ import annotations
 
-__all__ = ["ItemKNN", "ItemKNNConfig", "Similarity", "UserKNN", "UserKNNConfig", "similarity"]
+__all__ = [
+    "ItemKNN",
+    "ItemKNNConfig",
+    "Similarity",
+    "UserKNN",
+    "UserKNNConfig",
+    "pair_similarity",
+    "similarity",
+]
 
-from collections.abc import Mapping
+import itertools
+from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -35,6 +44,10 @@ Similarity = Literal["cosine", "asymmetric", "jaccard", "pearson"]
 
 #: Dense working blocks hold at most this many similarity cells (float32, about 128 MB).
 BLOCK_CELLS = 32_000_000
+#: Sparse working blocks hold at most about this many co-occurrence cells.
+SPARSE_CELLS = 20_000_000
+#: Above this many items, `sparse=None` fits item kNN on sparse co-occurrence blocks.
+SPARSE_ABOVE = 50_000
 
 
 def _stats(m: sp.csr_matrix | sp.csc_matrix, axis: int) -> tuple[np.ndarray, ...]:
@@ -61,8 +74,30 @@ def similarity(
     coordinates: (D co - s_a s_b) / (sqrt(D q_a - s_a^2) sqrt(D q_b - s_b^2) + D shrink).
     Pairs without overlap (co == 0) get 0.
     """
-    qa, sa, na = (x[:, None] for x in a)
-    qb, sb, nb = (x[None, :] for x in b)
+    return pair_similarity(
+        co,
+        tuple(x[:, None] for x in a),
+        tuple(x[None, :] for x in b),
+        dims,
+        method,
+        shrink,
+        alpha,
+    )
+
+
+def pair_similarity(
+    co: np.ndarray,
+    a: tuple[np.ndarray, ...],
+    b: tuple[np.ndarray, ...],
+    dims: int,
+    method: Similarity,
+    shrink: float = 0.0,
+    alpha: float = 0.5,
+) -> np.ndarray:
+    """`similarity` of dot products `co` and stats `a`, `b` that broadcast against `co`
+    (e.g. one value per stored cell of a sparse product: the sparse fit uses this)."""
+    qa, sa, na = a
+    qb, sb, nb = b
     with np.errstate(divide="ignore", invalid="ignore"):
         if method == "cosine":
             den = np.sqrt(qa) * np.sqrt(qb) + shrink
@@ -82,6 +117,20 @@ def similarity(
             raise ValueError(f"unknown similarity {method!r}")
     out = np.where((co > 0) & np.isfinite(out), out, 0.0)
     return out.astype(np.float32)
+
+
+def _top_k_sparse(co: sp.csc_matrix, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The k largest positive cells of each column of a sparse matrix: (row, col, value)."""
+    co.sum_duplicates()
+    cols = np.repeat(np.arange(co.shape[1]), np.diff(co.indptr))
+    keep = co.data > 0
+    rows, cols, vals = co.indices[keep], cols[keep], co.data[keep]
+    order = np.lexsort((rows, -vals, cols))  # by column, best first, ties by row
+    rows, cols, vals = rows[order], cols[order], vals[order]
+    first = np.searchsorted(cols, np.arange(co.shape[1]))
+    rank = np.arange(len(cols)) - first[cols]
+    top = rank < k
+    return rows[top].astype(np.int64), cols[top].astype(np.int64), vals[top]
 
 
 def _top_k_columns(dense: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -128,6 +177,10 @@ class ItemKNNConfig(_KNNConfig):
     """Exponent of the asymmetric cosine on the history item's norm (0.5 is the cosine)."""
     shrink: float = Field(10.0, ge=0)
     """Added to the similarity's denominator: pulls similarities on little overlap to 0."""
+    sparse: bool | None = None
+    """Compute similarities from sparse co-occurrence blocks (time and memory grow with the
+    pairs of items that share a user, not with items^2; the same neighbours as dense);
+    None: sparse above 50,000 items."""
 
 
 class ItemKNN(Recommender):
@@ -142,9 +195,24 @@ class ItemKNN(Recommender):
         x = _prepare(dataset.matrix(), cfg.binary or cfg.similarity == "jaccard")
         n = x.shape[1]
         stats = _stats(x, axis=0)
+        sparse = cfg.sparse if cfg.sparse is not None else n > SPARSE_ABOVE
+        blocks = self._sparse_blocks(x, stats) if sparse else self._dense_blocks(x, stats)
+        rows, cols, vals = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0)]
+        for r, c, v in blocks:
+            rows.append(r)
+            cols.append(c)
+            vals.append(v)
+        self.sim = sp.csr_matrix(
+            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+            shape=(n, n),
+            dtype=np.float32,
+        )
+
+    def _dense_blocks(self, x: sp.csr_matrix, stats: tuple[np.ndarray, ...]) -> Iterator[tuple]:
+        """(row, col, value) of each column's neighbours, from dense blocks of columns."""
+        cfg, n = self.config, x.shape[1]
         xc = x.tocsc()
         block = max(1, BLOCK_CELLS // max(n, 1))
-        rows, cols, vals = [], [], []
         for start in range(0, n, block):
             stop = min(n, start + block)
             co = (x.T @ xc[:, start:stop]).toarray()
@@ -159,14 +227,36 @@ class ItemKNN(Recommender):
             )
             sim[np.arange(start, stop), np.arange(stop - start)] = 0.0  # not its own neighbour
             r, c, v = _top_k_columns(sim, cfg.n_neighbors)
-            rows.append(r)
-            cols.append(c + start)
-            vals.append(v)
-        self.sim = sp.csr_matrix(
-            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-            shape=(n, n),
-            dtype=np.float32,
-        )
+            yield r, c + start, v
+
+    def _sparse_blocks(self, x: sp.csr_matrix, stats: tuple[np.ndarray, ...]) -> Iterator[tuple]:
+        """The same neighbours from sparse blocks of columns, each block sized so that its
+        co-occurrence product holds at most about SPARSE_CELLS cells."""
+        cfg, n = self.config, x.shape[1]
+        xt, xc = x.T.tocsr(), x.tocsc()
+        xb = xc.copy()
+        xb.data[:] = 1.0
+        # an upper bound of the cells of column j of X^T X: the interactions of j's users
+        cost = np.asarray(xb.T @ np.diff(x.indptr).astype(np.float64)).ravel()
+        cuts = np.searchsorted(np.cumsum(cost), np.arange(SPARSE_CELLS, cost.sum(), SPARSE_CELLS))
+        edges = np.unique(np.concatenate([[0], cuts + 1, [n]]).clip(0, n))
+        for start, stop in itertools.pairwise(edges):
+            co = sp.csc_matrix(xt @ xc[:, start:stop])
+            co.sum_duplicates()
+            r = co.indices
+            c = np.repeat(np.arange(stop - start), np.diff(co.indptr)) + start
+            co.data = pair_similarity(
+                co.data,
+                tuple(s[r] for s in stats),
+                tuple(s[c] for s in stats),
+                x.shape[0],
+                cfg.similarity,
+                cfg.shrink,
+                cfg.alpha,
+            )
+            co.data[r == c] = 0.0  # not its own neighbour
+            r, c, v = _top_k_sparse(co, cfg.n_neighbors)
+            yield r, c + start, v
 
     def _history_matrix(self, history: History) -> sp.csr_matrix:
         binary = self.config.binary or self.config.similarity == "jaccard"
@@ -174,6 +264,11 @@ class ItemKNN(Recommender):
 
     def score(self, history: History) -> np.ndarray:
         return np.asarray((self._history_matrix(history) @ self.sim).toarray(), np.float32)
+
+    def score_columns(self, history: History, items: np.ndarray) -> np.ndarray:
+        """The columns `items` of the sparse product, never the whole (B, n_items) array."""
+        prod = sp.csr_matrix(self._history_matrix(history) @ self.sim)
+        return np.asarray(prod[:, items].toarray(), np.float32)
 
     def contributions(self, history: History, items: np.ndarray) -> Contributions:
         """h_j S[j, i]: the weighted history item times its similarity to the item."""

@@ -96,6 +96,9 @@ class _MF(Recommender):
     def score(self, history: History) -> np.ndarray:
         return np.asarray(self._user_vectors(history) @ self.item_factors.T, np.float32)
 
+    def score_columns(self, history: History, items: np.ndarray) -> np.ndarray:
+        return np.asarray(self._user_vectors(history) @ self.item_factors[items].T, np.float32)
+
     def item_embeddings(self) -> np.ndarray:
         """The item factors: score = <user factors, item factors>."""
         return np.asarray(self.item_factors, np.float32)

@@ -35,6 +35,9 @@ class Popularity(Recommender):
     def score(self, history: History) -> np.ndarray:
         return np.broadcast_to(self.counts, (len(history), len(self.counts))).copy()
 
+    def score_columns(self, history: History, items: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(self.counts[items], (len(history), len(items))).copy()
+
     def contributions(self, history: History, items: np.ndarray) -> Contributions:
         """The score is the item's popularity and nothing else."""
         s = self.counts[items]

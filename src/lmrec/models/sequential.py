@@ -573,15 +573,24 @@ class _SequenceModel(Recommender):
 
     # -- answering -----------------------------------------------------------------------------
 
-    def _raw_scores(self, net: Any, seqs: Sequence[np.ndarray], device: Any) -> np.ndarray:
-        """(B, n_items) float32 scores of the item after each sequence."""
+    def _raw_scores(
+        self, net: Any, seqs: Sequence[np.ndarray], device: Any, items: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(B, n_items) float32 scores of the item after each sequence (or of the columns
+        `items` only: (B, len(items)))."""
         import torch
 
         tokens = torch.from_numpy(self._inference_tokens(seqs)).to(device)
         with torch.no_grad():
-            s = net.scores(net.last_hidden(tokens)).float().cpu().numpy()
+            hidden = net.last_hidden(tokens)
+            if items is None:
+                s = net.scores(hidden).float().cpu().numpy()
+            else:
+                table = net.item_emb.items(None)[torch.from_numpy(items).to(device)]
+                s = (hidden @ table.T).float().cpu().numpy()
         if not self._text_places_items() and self.trained_items is not None:
-            s[:, ~self.trained_items] = UNTRAINED_SCORE
+            trained = self.trained_items if items is None else self.trained_items[items]
+            s[:, ~trained] = UNTRAINED_SCORE
         return s
 
     def _scores(self, net: Any, seqs: Sequence[np.ndarray], device: Any) -> np.ndarray:
@@ -601,6 +610,16 @@ class _SequenceModel(Recommender):
         for s in range(0, len(history), 512):
             seqs = history.sequences[s : s + 512]
             out[s : s + len(seqs)] = self._raw_scores(self.net, seqs, device)
+        return out
+
+    def score_columns(self, history: History, items: np.ndarray) -> np.ndarray:
+        """The scores of the columns `items` only: hidden states times those items' vectors."""
+        self._check_fitted()
+        device = next(self.net.parameters()).device
+        out = np.empty((len(history), len(items)), np.float32)
+        for s in range(0, len(history), 512):
+            seqs = history.sequences[s : s + 512]
+            out[s : s + len(seqs)] = self._raw_scores(self.net, seqs, device, items)
         return out
 
     # -- persistence ---------------------------------------------------------------------------

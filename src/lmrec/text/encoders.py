@@ -456,8 +456,11 @@ class OnnxEncoder:
     """A sentence-transformers model run by ONNX Runtime on the CPU, fp32 or with int8
     weights (`quantize="int8"`). The graph is exported once per model version into
     $LMREC_CACHE/models/onnx (else ~/.cache/lmrec/models/onnx) and reused. Texts are sorted by
-    token count and batched, each batch padded to its own longest text; `threads` sets ONNX
-    Runtime's intra-op threads (default: every core), with one inter-op thread.
+    token count and batched (default 32 texts), each batch padded to its own longest text.
+    `threads` (default: every core) batches run side by side, each on `intra_op_threads`
+    of ONNX Runtime's threads (default 1): for sentence-sized inputs, whole batches in
+    parallel keep both cores of a small machine busier than splitting every matrix product
+    (benchmarks/encoders.md).
 
     The name (cache key) is the model's name + "+onnx" or "+onnx-int8": the vectors are
     another computation's, so they never mix with the torch fp32 vectors."""
@@ -469,7 +472,8 @@ class OnnxEncoder:
         name: str | None = None,
         quantize: str | None = None,
         threads: int | None = None,
-        batch_size: int = 64,
+        intra_op_threads: int = 1,
+        batch_size: int = 32,
         max_seq_length: int | None = None,
     ):
         if quantize not in (None, "int8"):
@@ -486,6 +490,9 @@ class OnnxEncoder:
         if threads is not None and threads < 1:
             raise LmrecError(f"ONNX encoder: threads must be >= 1, got {threads}")
         self.threads = threads or os.cpu_count() or 1
+        if intra_op_threads < 1:
+            raise LmrecError(f"ONNX encoder: intra_op_threads must be >= 1, got {intra_op_threads}")
+        self.intra_op_threads = intra_op_threads
         self.batch_size = batch_size
         self.quantize = quantize
         fp = _fingerprint(self.path)
@@ -523,7 +530,7 @@ class OnnxEncoder:
             if not self.graph.exists():
                 export_onnx(self.path, self.graph, quantize=self.quantize == "int8")
             opts = ort.SessionOptions()
-            opts.intra_op_num_threads = self.threads
+            opts.intra_op_num_threads = self.intra_op_threads
             opts.inter_op_num_threads = 1
             opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -562,7 +569,8 @@ class OnnxEncoder:
         ids = tok(texts, truncation=True, max_length=self.max_seq_length)["input_ids"]
         order = np.argsort([len(x) for x in ids], kind="stable")
         pad = tok.pad_token_id or 0
-        for s in tqdm(range(0, len(texts), bs), desc="encoding", disable=not progress):
+
+        def run(s: int) -> None:
             rows = order[s : s + bs]
             width = max(len(ids[r]) for r in rows)
             x = np.full((len(rows), width), pad, np.int64)
@@ -570,8 +578,21 @@ class OnnxEncoder:
             for j, r in enumerate(rows):
                 x[j, : len(ids[r])] = ids[r]
                 mask[j, : len(ids[r])] = 1
-            feeds = {"input_ids": x, "attention_mask": mask}
-            out[rows] = sess.run(None, feeds)[0]
+            out[rows] = sess.run(None, {"input_ids": x, "attention_mask": mask})[0]
+
+        starts = range(0, len(texts), bs)
+        bar = tqdm(total=len(starts), desc="encoding", disable=not progress)
+        if self.threads > 1 and len(starts) > 1:  # the runtime releases the GIL while it runs
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(min(self.threads, len(starts))) as pool:
+                for _ in pool.map(run, starts):
+                    bar.update()
+        else:
+            for s in starts:
+                run(s)
+                bar.update()
+        bar.close()
         return normalize(out)
 
 
