@@ -138,6 +138,40 @@ async def drive_raw(url: str, paths: list[str], clients: int, method: str = "GET
     return lat, wall
 
 
+def drive_wrk(url: str, paths: list[str], clients: int, seconds: float) -> dict[str, float]:
+    """Closed loop from `clients` keep-alive connections of `wrk` (Debian's `wrk` package: a C
+    load generator on one thread, about a tenth of the raw client's CPU per request, so that
+    more of the shared cores is left to the server). Cycles through `paths` for `seconds`;
+    returns requests_per_s, p50/p90/p99_ms and the request count. Any non-2xx answer fails."""
+    import re
+
+    if shutil.which("wrk") is None:
+        raise SystemExit("--client wrk needs the wrk load generator: apt-get install wrk")
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write("local paths = {" + ",".join(json.dumps(q) for q in paths) + "}\n")
+        f.write("local i = 0\nrequest = function()\n  i = i % #paths + 1\n"
+                "  return wrk.format(\"GET\", paths[i])\nend\n")  # fmt: skip
+    try:
+        out = subprocess.run(
+            ["wrk", "-t1", f"-c{clients}", f"-d{seconds:g}s", "--latency", "-s", f.name, url],
+            capture_output=True, text=True, check=True, timeout=seconds + 60,
+        ).stdout  # fmt: skip
+    finally:
+        os.unlink(f.name)
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise SystemExit(f"wrk saw failed requests:\n{out}")
+
+    def ms(tag: str) -> float:
+        v, unit = re.search(rf"^\s*{tag}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()
+        return round(float(v) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit], 2)
+
+    return {
+        "requests": int(re.search(r"(\d+) requests in", out).group(1)),
+        "p50_ms": ms("50"), "p90_ms": ms("90"), "p99_ms": ms("99"),
+        "requests_per_s": round(float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), 1),
+    }  # fmt: skip
+
+
 async def drive_open(url: str, paths: list[str], rate: float, max_conns: int = 200):
     """Open loop: request i is due at start + i/rate whatever the earlier answers; its latency
     runs from when it was due (so time spent waiting for a free connection counts, no

@@ -1,17 +1,18 @@
 """`lmrec serve --workers N` side by side in one run: recommendation throughput and latency
 at 50 concurrent clients for each N, and feedback with nothing lost.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/bench_workers.py --workers 1,2 --rounds 2 \
-        --model ease --requests 6000 --json benchmarks/workers.json
+    PYTHONPATH=src .venv/bin/python benchmarks/bench_workers.py --workers 1,2 --rounds 5 \
+        --model ease --client wrk --seconds 10 --json benchmarks/workers.json
 
 Imports ML-100K into a fresh SQLite store and trains the model once. Then, for each round and
 each N (interleaved, so that every N sees the same machine), starts `lmrec serve --workers N`
 on a free loopback port, waits until every worker answers, warms up, and drives `--requests`
 GET /users/{id}/recommendations?n=10 from `--clients` keep-alive connections with the raw
 asyncio client of bench_service.py (about 0.1 ms of client CPU per request: the client
-shares the machine's cores with the server). Then `--feedback` single-event POST /feedback
-from the same clients; every acknowledged event must be in the store exactly once. With
-N > 1 the workers follow the store for each other's feedback (as `serve --workers` does).
+shares the machine's cores with the server), or for `--seconds` with `wrk` (`--client wrk`,
+Debian's `wrk` package: about a fifth of that CPU, so it measures the server, not the
+client). Then `--feedback` single-event POST /feedback from the same clients; every
+acknowledged event must be in the store exactly once. With N > 1 the workers follow the store for each other's feedback (as `serve --workers` does).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_service import drive_raw, free_port, pct
+from bench_service import drive_raw, drive_wrk, free_port, pct
 
 
 def _run(coro):
@@ -70,6 +71,13 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=6000)
     ap.add_argument("--warmup", type=int, default=1000)
     ap.add_argument("--feedback", type=int, default=2000)
+    ap.add_argument(
+        "--client",
+        choices=["raw", "wrk"],
+        default="raw",
+        help="load generator of the recommendation requests (wrk: C, less CPU)",
+    )
+    ap.add_argument("--seconds", type=float, default=10.0, help="length of a wrk run")
     ap.add_argument("--json")
     args = ap.parse_args()
 
@@ -103,10 +111,14 @@ def main() -> None:
                 warm = [path.format(u) for u in rng.choice(users, args.warmup)]
                 _run(drive_raw(base, warm, args.clients))
                 paths = [path.format(u) for u in rng.choice(users, args.requests)]
-                lat, wall = _run(drive_raw(base, paths, args.clients))
-                row = {"round": rnd, "workers": n, "requests": len(paths), **pct(lat),
-                       "requests_per_s": round(len(paths) / wall, 1),
-                       "load": round(os.getloadavg()[0], 1)}  # fmt: skip
+                if args.client == "wrk":
+                    row = {"round": rnd, "workers": n,
+                           **drive_wrk(base, paths, args.clients, args.seconds)}  # fmt: skip
+                else:
+                    lat, wall = _run(drive_raw(base, paths, args.clients))
+                    row = {"round": rnd, "workers": n, "requests": len(paths), **pct(lat),
+                           "requests_per_s": round(len(paths) / wall, 1)}  # fmt: skip
+                row["load"] = round(os.getloadavg()[0], 1)
                 with Store(url) as store:
                     before = store.counts()["interactions"]
                 events = [
@@ -139,7 +151,7 @@ def main() -> None:
     res = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.platform()}, {os.cpu_count()} cores",
-        "model": args.model, "clients": args.clients, "rows": rows,
+        "model": args.model, "clients": args.clients, "client": args.client, "rows": rows,
         "throughput_ratio_per_round": [round(x, 2) for x in ratios],
     }  # fmt: skip
     print("throughput ratio (most / fewest workers) per round:", res["throughput_ratio_per_round"])

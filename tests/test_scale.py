@@ -214,3 +214,23 @@ def test_sampled_evaluation_on_a_large_catalogue_ranks_only_candidates(tmp_path,
     base = evaluate(pop, split, on="test", k=10, sampled=100, metrics=["ndcg"])
     ndcg, ndcg_pop = np.nanmean(res.per_user["ndcg@10"]), np.nanmean(base.per_user["ndcg@10"])
     assert 0 < ndcg_pop < ndcg <= 1  # the successor structure is learnable by item kNN
+
+
+def test_ranking_batches_shrink_with_the_catalogue_and_answer_the_same(split, monkeypatch):
+    """Dense ranking batches hold at most RANK_CELLS scores (16 users at 1M items); smaller
+    batches give the same lists and metrics as one batch of everything."""
+    import lmrec.models.base as base
+    from lmrec.evaluation import evaluate
+
+    assert base.rows_per_batch(1_000_000, 512) == 16
+    assert base.rows_per_batch(12_101, 1024) == 1024
+    assert base.rows_per_batch(10**9, 512) == 1
+    model = create_model("itemknn").fit(split.train)
+    users = [str(u) for u in split.train.users.ids[:40]]
+    kw = {"on": "test", "k": 10, "metrics": ["ndcg", "recall"]}
+    whole, full = model.recommend_many(users, 10), evaluate(model, split, **kw)
+    monkeypatch.setattr(base, "RANK_CELLS", 3 * split.train.n_items)  # batches of 3 users
+    assert base.rows_per_batch(split.train.n_items, 512) == 3
+    small = model.recommend_many(users, 10)
+    assert [r.items for r in small] == [r.items for r in whole]
+    np.testing.assert_array_equal(evaluate(model, split, **kw).lists, full.lists)

@@ -162,3 +162,98 @@ def test_feedback_to_one_worker_changes_the_next_answer_of_the_other(
             proc.wait()
         log.close()
     assert p1 != p2
+
+
+# -- the worker supervisor (lmrec.service.workers) ---------------------------------------------
+
+
+def _supervisor(tmp_path: Path, port: int, workers: int = 2) -> subprocess.Popen:
+    code = (
+        "import sys; from lmrec.service.workers import serve_workers; "
+        f"sys.exit(serve_workers('asgi_pid:make', {workers}, "
+        f"{{'host': '127.0.0.1', 'port': {port}, 'log_level': 'warning'}}, startup_s=1.0))"
+    )
+    tests = str(Path(__file__).parent)
+    path = os.pathsep.join(["src", tests, os.environ.get("PYTHONPATH", "")])
+    log = open(tmp_path / "sup.log", "wb")  # noqa: SIM115 - the process holds it
+    return subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=log,
+                            env={**os.environ, "PYTHONPATH": path})  # fmt: skip
+
+
+def _pids_of_burst(base: str, n: int) -> list[int]:
+    """Open `n` connections at once (a pool connecting in a burst); the pid each landed on."""
+    import asyncio
+
+    async def one() -> int:
+        async with httpx.AsyncClient(base_url=base, timeout=10) as c:
+            return int((await c.get("/")).text)
+
+    async def burst() -> list[int]:
+        return list(await asyncio.gather(*(one() for _ in range(n))))
+
+    return asyncio.run(burst())
+
+
+def _wait_up(base: str, tries: int = 200) -> None:
+    for _ in range(tries):
+        try:
+            httpx.get(base, timeout=2)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    pytest.fail(f"no worker answered on {base}")
+
+
+def test_workers_share_a_burst_of_connections_and_stop_together(tmp_path: Path) -> None:
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = _supervisor(tmp_path, port)
+    try:
+        _wait_up(base)
+        seen: dict[int, int] = {}
+        for _ in range(100):  # until both workers listen (the second may start later)
+            pids = _pids_of_burst(base, 24)
+            if len(set(pids)) == 2:
+                break
+            time.sleep(0.1)
+        for pid in pids:
+            seen[pid] = seen.get(pid, 0) + 1
+        # Each socket of the SO_REUSEPORT group gets its hashed share of the 24 (a worker
+        # holding fewer than 2 happens with probability 4e-5); one shared socket can hand a
+        # whole burst to one worker.
+        assert len(seen) == 2 and min(seen.values()) >= 2, seen
+        workers = set(seen)
+        # A worker that dies after its start is replaced.
+        victim = next(iter(workers))
+        time.sleep(1.2)  # past the supervisor's startup_s: a crash, not a failed start
+        os.kill(victim, 9)
+        for _ in range(300):
+            now = set(_pids_of_burst(base, 24))
+            if victim not in now and len(now) == 2:
+                break
+            time.sleep(0.1)
+        assert victim not in now and len(now) == 2, now
+        workers = now
+        proc.terminate()  # SIGTERM to the parent stops every worker
+        assert proc.wait(timeout=60) == 0
+        for pid in workers:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_workers_refuse_an_address_in_use() -> None:
+    from lmrec.errors import LmrecError
+    from lmrec.service.workers import serve_workers
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        with pytest.raises(LmrecError, match=f"cannot listen on 127.0.0.1:{port}"):
+            serve_workers("asgi_pid:make", 2, {"host": "127.0.0.1", "port": port})
+    with pytest.raises(LmrecError, match="--workers must be at least 1"):
+        serve_workers("asgi_pid:make", 0, {"host": "127.0.0.1", "port": port})

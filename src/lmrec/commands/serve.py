@@ -84,15 +84,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers == 1:
         uvicorn.run(create_app(settings), **run)
         return 0
-    # Several processes on one listening socket; each builds its app from the settings in the
-    # environment and follows the store for the others' feedback. The schema is created here
-    # first, so that the workers only open it.
+    # Several processes, each on its own SO_REUSEPORT socket (lmrec.service.workers); each
+    # builds its app from the settings in the environment and follows the store for the
+    # others' feedback. The schema is created here first, so that the workers only open it.
+    from lmrec.service.workers import serve_workers
     from lmrec.store import Store
 
     Store(settings.db).close()
     os.environ[SETTINGS_ENV] = settings.model_dump_json()
-    uvicorn.run("lmrec.commands.serve:app_from_env", factory=True, workers=args.workers, **run)
-    return 0
+    return serve_workers("lmrec.commands.serve:app_from_env", args.workers, run)
 
 
 def register(

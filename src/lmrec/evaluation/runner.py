@@ -37,6 +37,7 @@ import scipy.sparse as sp
 from lmrec.data import Dataset
 from lmrec.errors import LmrecError
 from lmrec.evaluation import metrics as M
+from lmrec.models.base import rows_per_batch
 
 if TYPE_CHECKING:
     from lmrec.cluster import RayConfig
@@ -679,6 +680,8 @@ class UserRanker:
         lists = np.full((len(users), depth), -1, np.int64)
         auc_vals = np.full(len(users), np.nan)
         fallback = 0
+        if b.sampled is None and not b.auc:  # dense (B, n_items) scores: bound their size
+            batch_size = rows_per_batch(b.al.n_model_items, batch_size)
         for s in range(0, len(users), batch_size):
             bu = users[s : s + batch_size]
             h = _history(model, self.hist, bu, b.al)

@@ -43,6 +43,16 @@ from lmrec.files import staged_dir
 ARTIFACT_FORMAT = "lmrec.model"
 ARTIFACT_VERSION = 1
 
+#: Score cells (users x items) one dense ranking batch may hold: 64 MiB of float32. Batches
+#: of users shrink with the catalogue (16 users at 1M items), so a batch stays in memory
+#: bandwidth's reach instead of allocating B x n_items arrays of gigabytes.
+RANK_CELLS = 1 << 24
+
+
+def rows_per_batch(n_items: int, batch_size: int) -> int:
+    """Users per dense ranking batch: `batch_size`, fewer when B x n_items > RANK_CELLS."""
+    return max(1, min(batch_size, RANK_CELLS // max(1, n_items)))
+
 
 class ModelConfig(BaseModel):
     """Base of every model's hyperparameters: typed, validated, unknown names refused.
@@ -560,6 +570,7 @@ class Recommender(ABC):
             cand_mask = np.zeros(len(self.items), bool)
             cand_mask[cidx[cidx >= 0]] = True
         out: list[Recommendations] = []
+        batch_size = rows_per_batch(len(self.items), batch_size)
         for start in range(0, len(qs), batch_size):
             hist = self.history_of(qs[start : start + batch_size])
             idx, val, used = self.rank(hist, n, exclude_seen=exclude_seen, candidates=cand_mask)

@@ -96,13 +96,19 @@ class Answers:
         """The answer's `fallback`: NO_CONSENT for a user who opted out of personalisation."""
         return NO_CONSENT if user is not None and not self.catalogue.personal(user) else used
 
-    def query(self, slot: Slot, user: str | None, extra: Query | None = None) -> Query:
+    def query(
+        self, slot: Slot, user: str | None, extra: Query | None = None, since: float | None = None
+    ) -> Query:
         """The model's query for `user` (live history, and the stored profile when the model
-        does not know them and the request brings none) and/or the request's `extra`."""
+        does not know them and the request brings none) and/or the request's `extra`.
+
+        `since`: the `time.monotonic()` by which the request had arrived (default now); with
+        `follow_store`, every event another process committed before then is in the history
+        (one store read serves every request of a batch)."""
         if user is None or not self.catalogue.personal(user):
             return extra or Query()  # no consent to personalisation: what anybody gets
         if self.follower is not None:
-            self.follower.poll(since=time.monotonic())
+            self.follower.poll(since=time.monotonic() if since is None else since)
         q = slot.query(user, self.feed, extra)
         prof = self.catalogue.profiles.get(user)
         if prof is not None and not (extra and (extra.attributes or extra.tags or extra.text)):
@@ -155,6 +161,7 @@ class Answers:
         side on up to `Settings.group_threads` threads (the two arms of an A/B experiment
         are two groups). Each answer is what `recommend` gives for that request alone (or
         the exception it raises)."""
+        since = time.monotonic()  # every request of the batch had arrived by now
         out: list[dict[str, Any] | Exception | None] = [None] * len(requests)
         groups: dict[tuple, list[int]] = {}
         for r, (_, n, model, ex, cat) in enumerate(requests):
@@ -166,9 +173,9 @@ class Answers:
             groups.setdefault((model, ex, cat), []).append(r)
         work = list(groups.items())
         if len(work) > 1 and self.settings.group_threads > 1:
-            done = self._pool().map(lambda g: self._group(requests, *g), work)
+            done = self._pool().map(lambda g: self._group(requests, *g, since), work)
         else:
-            done = (self._group(requests, *g) for g in work)
+            done = (self._group(requests, *g, since) for g in work)
         for (_, rows), answers in zip(work, done, strict=True):
             for r, a in zip(rows, answers, strict=True):
                 out[r] = a
@@ -191,14 +198,14 @@ class Answers:
                 self._executor = None
 
     def _group(
-        self, requests: Sequence[UserRequest], key: tuple, rows: list[int]
+        self, requests: Sequence[UserRequest], key: tuple, rows: list[int], since: float
     ) -> list[dict[str, Any] | Exception]:
         """The answers of one group's requests (`rows` of `requests`) from one model call."""
         model, ex, cat = key
         try:
             slot = slot_of(self.registry, model)
             m = slot.model
-            qs = [self.query(slot, requests[r][0]) for r in rows]
+            qs = [self.query(slot, requests[r][0], since=since) for r in rows]
             hist = m.history_of(qs)
             mask = slot.candidates(cat, self.catalogue.categories)
             k = max(requests[r][1] for r in rows)
