@@ -69,6 +69,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no-text": {"features": ["retrievers", "recent", "item", "user", "category", "context"]},
     "no-retrievers": {"features": ["item", "user", "text", "category", "context"]},
     "sasrec": {"retrievers": ["ease", "itemknn", "sasrec", "popularity"]},
+    "no-sasrec": {"retrievers": ["ease", "itemknn", "popularity"]},
     "targets10": {"targets": 10},
     "dcn": {"ranker": "dcn"},
     "dcn-targets5": {"ranker": "dcn", "targets": 5},

@@ -239,7 +239,7 @@ def register(
     )
     s.add_argument("--out", required=True, help="directory of the student (an encoder version)")
     s.add_argument("--encoder", default="minilm", help="teacher encoder spec (default minilm)")
-    s.add_argument("--layers", default="0,2,4", help="teacher layers kept (default 0,2,4)")
+    s.add_argument("--layers", default="0,2,4,5", help="teacher layers kept (default 0,2,4,5)")
     s.add_argument("--texts", help="UTF-8 file of more training texts, one per line")
     s.add_argument("--epochs", type=int, default=8)
     s.add_argument("--steps", type=int, help="cap on gradient steps")
