@@ -136,13 +136,16 @@ def cmd_distil(args: argparse.Namespace) -> int:
     from lmrec.store import Store
     from lmrec.text.distil import DistilConfig, distil
 
-    layers = [x.strip() for x in args.layers.split(",") if x.strip()]
-    if not layers or not all(x.isdigit() for x in layers):
-        raise LmrecError(
-            f"--layers takes a comma list of layer indices such as 0,2,4; got {args.layers!r}"
-        )
+    given: dict[str, Any] = {}
+    if args.layers is not None:  # else the config's default layers
+        layers = [x.strip() for x in args.layers.split(",") if x.strip()]
+        if not layers or not all(x.isdigit() for x in layers):
+            raise LmrecError(
+                f"--layers takes a comma list of layer indices such as 0,2,4; got {args.layers!r}"
+            )
+        given["layers"] = tuple(int(x) for x in layers)
     cfg = DistilConfig.of(
-        teacher=args.encoder, layers=tuple(int(x) for x in layers), epochs=args.epochs,
+        teacher=args.encoder, **given, epochs=args.epochs,
         steps=args.steps, max_seconds=args.max_seconds, batch_size=args.batch_size,
         learning_rate=args.learning_rate, item_template=args.item_template, seed=args.seed,
     )  # fmt: skip
@@ -239,7 +242,9 @@ def register(
     )
     s.add_argument("--out", required=True, help="directory of the student (an encoder version)")
     s.add_argument("--encoder", default="minilm", help="teacher encoder spec (default minilm)")
-    s.add_argument("--layers", default="0,2,4,5", help="teacher layers kept (default 0,2,4,5)")
+    s.add_argument(
+        "--layers", help="teacher layers kept, e.g. 0,2,4 (default: DistilConfig's, 0,2,4,5)"
+    )
     s.add_argument("--texts", help="UTF-8 file of more training texts, one per line")
     s.add_argument("--epochs", type=int, default=8)
     s.add_argument("--steps", type=int, help="cap on gradient steps")

@@ -53,7 +53,7 @@ class DistilConfig(BaseModel):
     layers: tuple[int, ...] = (0, 2, 4, 5)
     """The teacher's Transformer layers the student keeps, in order (0-based). Four of
     MiniLM's six: on Amazon Beauty's item texts the 4-layer student reached cosine 0.985 with
-    the teacher against 0.938 for layers 0,2,4 (`benchmarks/encoders.md` §6)."""
+    the teacher against 0.938 for layers 0,2,4 (`benchmarks/encoders.md` §7)."""
     epochs: int = Field(8, ge=1)
     steps: int | None = Field(None, ge=1)
     max_seconds: float | None = Field(None, gt=0)
