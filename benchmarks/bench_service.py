@@ -280,6 +280,16 @@ def main() -> None:
     )
     p.add_argument("--open-seconds", type=float, default=10, help="length of each open-loop run")
     p.add_argument(
+        "--saved",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="serve this saved model as NAME instead of fitting it (fitted on ML-100K)",
+    )
+    p.add_argument(
+        "--serve-args", default="", help="more `lmrec serve` options, e.g. '--batch-threads 1'"
+    )
+    p.add_argument(
         "--baseline",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -298,8 +308,10 @@ def main() -> None:
         import_sample(store)
         ds = Dataset.from_store(store)
     names = args.models.split(",")
+    saved = dict(x.split("=", 1) for x in args.saved)
     for name in names:
-        create_model(name).fit(ds).save(tmp / name)
+        if name not in saved:
+            create_model(name).fit(ds).save(tmp / name)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1"}
@@ -317,7 +329,8 @@ def main() -> None:
         str(args.threads),
     ]
     for name in names:
-        cmd += ["--model", f"{name}={tmp / name}"]
+        cmd += ["--model", f"{name}={saved.get(name, tmp / name)}"]
+    cmd += args.serve_args.split()
     server = subprocess.Popen(cmd, env=env)
     try:
         import httpx

@@ -79,3 +79,73 @@ def test_feed_drops_an_items_events_and_keeps_the_count() -> None:
     assert feed.count == 1
     feed.drop_user("a")
     assert feed.count == 0
+
+
+# -- the batcher ---------------------------------------------------------------------------------
+
+
+def _slow_run(log: list, seconds: float):
+    """A batch function that sleeps (off the GIL) per batch, records each batch's requests and
+    the threads it ran on, answers x -> 2x and fails request -1 alone."""
+    import threading
+    import time
+
+    def run(reqs: list) -> list:
+        log.append((list(reqs), threading.get_ident(), time.perf_counter()))
+        time.sleep(seconds)
+        return [ValueError("bad") if r == -1 else 2 * r for r in reqs]
+
+    return run
+
+
+@pytest.mark.parametrize("parts", [1, 2, 3])
+def test_batcher_answers_each_request_and_runs_slow_batches_side_by_side(parts: int) -> None:
+    import asyncio
+    import threading
+
+    from lmrec.service.fast import Batcher
+
+    log: list = []
+    b = Batcher(_slow_run(log, 0.05), inline_seconds=0.001, parts=parts, min_part=4)
+    b.row_cost = 1.0  # known to be slow: batches go to threads
+
+    async def main() -> list:
+        async def one(x: int) -> object:
+            try:
+                return await b.submit(x)
+            except ValueError as exc:
+                return str(exc)
+
+        return await asyncio.gather(*(one(x) for x in [*range(40), -1]))
+
+    out = asyncio.run(main())
+    assert out == [2 * x for x in range(40)] + ["bad"]
+    seen = sorted(r for reqs, _, _ in log for r in reqs)
+    assert seen == sorted([*range(40), -1])  # every request in exactly one batch
+    assert b.running == 0 and not b.pending
+    assert all(t != threading.get_ident() for _, t, _ in log)  # off the event loop
+    # The first request starts a batch at once; the others, waiting meanwhile, start the
+    # next batches, as many side by side as there are parts, each of min_part or more.
+    starts = [t for _, _, t in log]
+    overlap = [sum(1 for u in starts if s <= u < s + 0.04) for s in starts]
+    assert max(overlap) == parts
+    assert len(log[0][0]) == 1
+    assert all(len(reqs) >= 4 for reqs, _, t in log[1:] if any(t - 0.04 < u < t for u in starts))
+
+
+def test_batcher_runs_cheap_batches_on_the_loop_one_at_a_time() -> None:
+    import asyncio
+    import threading
+
+    from lmrec.service.fast import Batcher
+
+    log: list = []
+    b = Batcher(_slow_run(log, 0.0), parts=2, min_part=1)
+
+    async def main() -> list:
+        return await asyncio.gather(*(b.submit(x) for x in range(20)))
+
+    assert asyncio.run(main()) == [2 * x for x in range(20)]
+    main_thread = threading.get_ident()
+    assert all(t == main_thread for _, t, _ in log)
+    assert sum(len(reqs) for reqs, _, _ in log) == 20

@@ -94,6 +94,31 @@ def test_saved_ranker_is_text_and_round_trips(day_night, tmp_path) -> None:
     np.testing.assert_allclose(loaded.score(loaded.history_of(q)), model.score(model.history_of(q)))
 
 
+def test_compiled_trees_score_as_lightgbm_does(day_night) -> None:
+    """The ranker scores through its trees compiled by lleaves; LightGBM's own predict (with
+    `compile_trees` off, or where lleaves cannot build them) gives the same numbers, also for
+    missing values."""
+    ds, model = day_night
+    ranker = model.ranker
+    hist = model.history_of([Query(user=u, time=3e7) for u in ds.users.ids[:30]])
+    scores, tops, cands = model._stage_one(hist)
+    x = model._features(hist, scores, tops, cands, model._context(hist))
+    rows = model._rows(hist, x, cands)
+    rows.x[::7, ::3] = np.nan
+    ranker.prepare()
+    compiled = ranker._compiled_trees()
+    assert compiled is not None and type(compiled).__module__.startswith("lleaves")
+    got = ranker.predict(rows)
+    want = ranker.booster.predict(rows.x, num_threads=1)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+    off = RANKERS["lightgbm"](
+        model.config.model_copy(update={"compile_trees": False}), model.feature_names, 0
+    )
+    off.booster = ranker.booster
+    assert off._compiled_trees() is None
+    np.testing.assert_array_equal(off.predict(rows), want)
+
+
 def test_feature_groups_choose_the_columns() -> None:
     m = TwoStage(features=["retrievers"], retrievers=["ease", "popularity"])
     ease = ["ease.score", "ease.raw", "ease.rank"]

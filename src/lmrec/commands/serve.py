@@ -60,6 +60,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             search_encoder=args.search_encoder,
             threads=args.threads,
             group_threads=args.group_threads,
+            **({} if args.batch_threads is None else {"batch_threads": args.batch_threads}),
             follow_store=args.follow_store or args.workers > 1,
         )
     except ValidationError as exc:
@@ -137,6 +138,12 @@ def register(
         default=1,
         help="model calls of one batch that run side by side (an A/B experiment's arms; "
         "default 1: one after the other)",
+    )
+    s.add_argument(
+        "--batch-threads",
+        type=int,
+        help="parts of a slow batch of user requests answered side by side on threads "
+        "(default: the service's batch_threads setting, 2; 1: one call per batch)",
     )
     s.add_argument(
         "--workers",

@@ -77,6 +77,10 @@ def standardise(scores: np.ndarray) -> np.ndarray:
     (scores above `_UNPLACED`, finite); the others get the row's lowest standardised score."""
     s = np.asarray(scores, np.float64)
     placed = np.isfinite(s) & (s > _UNPLACED)
+    if placed.all():  # the usual case, in fewer passes (the same numbers as below)
+        z = s - s.mean(axis=1, keepdims=True)
+        z /= np.sqrt(np.maximum((z * z).mean(axis=1, keepdims=True), 1e-12))
+        return z.astype(np.float32)
     count = np.maximum(placed.sum(axis=1, keepdims=True), 1)
     v = np.where(placed, s, 0.0)
     mean = v.sum(axis=1, keepdims=True) / count

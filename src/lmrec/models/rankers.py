@@ -5,6 +5,8 @@ config's `ranker` field from `RANKERS`:
 
 - "lightgbm": a LightGBM LambdaRank model over the feature table (saved as LightGBM's text
   model format, `ranker.txt`); explanations are LightGBM's `pred_contrib` (exact TreeSHAP).
+  Its trees are compiled to machine code for scoring (lleaves, on LLVM; the two-stage
+  config's `compile_trees`): the same scores, 7-10x faster than LightGBM's own predict.
 - "dcn": a DCN-v2 network in PyTorch (`lmrec.nn.dcn`) over the same table, standardised, with
   the item's and the user's text vectors as further dense inputs when the "text" feature group
   is on; trained with a listwise softmax (or pairwise) loss over each query's candidates,
@@ -21,6 +23,9 @@ from __future__ import annotations
 
 __all__ = ["RANKERS", "CandidateRanker", "DCNConfig", "DCNRanker", "LightGBMRanker", "RankRows"]
 
+import logging
+import tempfile
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -31,6 +36,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from lmrec.errors import LmrecError
+
+_log = logging.getLogger("lmrec.twostage")
 
 if TYPE_CHECKING:
     from lmrec.models.twostage import TwoStageConfig
@@ -136,6 +143,9 @@ class CandidateRanker(ABC):
     def set_state(self, state: Mapping[str, np.ndarray]) -> None:  # noqa: B027 - optional hook
         """Restore what `state` returned."""
 
+    def prepare(self) -> None:  # noqa: B027 - optional hook
+        """Get ready to score many requests (once, after fitting or loading)."""
+
     def write(self, path: Path) -> None:  # noqa: B027 - optional hook
         """Write files beside the model's state.npz."""
 
@@ -167,6 +177,8 @@ class LightGBMRanker(CandidateRanker):
     def __init__(self, config: TwoStageConfig, feature_names: list[str], text_dim: int):
         super().__init__(config, feature_names, text_dim)
         self.booster: Any = None
+        self._compiled: Any = None  # lleaves.Model of `booster`, False: not to be had
+        self._compile_lock = threading.Lock()
 
     def _params(self) -> dict[str, Any]:
         c = self.config
@@ -216,9 +228,44 @@ class LightGBMRanker(CandidateRanker):
         if c.ranker_refit and is_valid.any():
             booster = lgb.train(params, part(np.ones(len(groups), bool)), best)
         self.booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
+        self._compiled = None
         return Fitted(int(best), ndcg)
 
+    def prepare(self) -> None:
+        self._compiled_trees()
+
+    def _compiled_trees(self) -> Any:
+        """The booster's trees as machine code (lleaves), built on first use; None where
+        `compile_trees` is off or lleaves cannot build them (then LightGBM predicts)."""
+        if self._compiled is None:
+            with self._compile_lock:
+                if self._compiled is None:
+                    self._compiled = self._compile() if self.config.compile_trees else False
+        return self._compiled or None
+
+    def _compile(self) -> Any:
+        try:
+            import lleaves
+
+            with tempfile.TemporaryDirectory(prefix="lmrec-ranker-") as tmp:
+                path = Path(tmp) / "ranker.txt"
+                path.write_text(self.booster.model_to_string())
+                model = lleaves.Model(model_file=str(path))
+                model.compile()
+            return model
+        except Exception as exc:  # any failure: LightGBM's own predict
+            _log.warning(
+                "twostage: ranker trees not compiled (%s: %s); LightGBM predicts",
+                type(exc).__name__,
+                exc,
+            )
+            return False
+
     def predict(self, rows: RankRows) -> np.ndarray:
+        compiled = self._compiled_trees()
+        if compiled is not None:  # one thread: the service runs batches side by side
+            x = np.ascontiguousarray(rows.x, np.float64)
+            return np.asarray(compiled.predict(x, n_jobs=1), np.float64)
         # One thread for a few requests' candidates: OpenMP's start-up and barriers cost
         # more than 200 rows of trees (and much more on a busy machine).
         threads = 1 if len(rows.x) < 20_000 else self.config.threads
@@ -236,6 +283,7 @@ class LightGBMRanker(CandidateRanker):
         if not (path / "ranker.txt").exists():
             raise LmrecError(f"{path}: a twostage artifact without its ranker.txt")
         self.booster = lgb.Booster(model_str=(path / "ranker.txt").read_text())
+        self._compiled = None
 
 
 # -- DCN-v2 ------------------------------------------------------------------------------------

@@ -74,17 +74,24 @@ async def ingest(svc: Service, events: Sequence[Feedback]) -> dict[str, Any]:
 
 
 class Batcher:
-    """Coalesces concurrent user-recommendation requests into one batched model call.
+    """Coalesces concurrent user-recommendation requests into batched model calls.
 
     Requests arriving while a batch is being computed form the next batch, so an idle service
     answers one request at once and a busy one amortises the per-call cost of the model over
     many rows. No request waits for a timer.
 
     A batch runs on the event loop itself when it should take at most `inline_seconds` (by a
-    moving average of the seconds per request), else in a worker thread. For cheap models the
+    moving average of the seconds per request), else on worker threads. For cheap models the
     thread hop and the GIL going back and forth between two cores cost more than the work
     (benchmarks/service.md: EASE on ML-100K, 50 clients); slow models (sequence models on CPU,
-    big catalogues) keep the loop free to read other requests meanwhile.
+    big catalogues, the two-stage model) keep the loop free to read other requests meanwhile.
+    Up to `parts` slow batches run side by side: a batch is cut across the free threads (at
+    least `min_part` requests a part), and while one runs, `min_part` waiting requests start
+    the next. Each part's answers go out when that part is done, so under steady load the
+    parts fall out of step and one thread's answers are being sent while the other computes.
+    numpy, scipy, torch and LightGBM let go of the GIL while they compute, so a second core
+    takes its share of a slow model's work (benchmarks/twostage.md). Every answer is the same
+    whichever batch or part it lands in.
     """
 
     def __init__(
@@ -92,48 +99,66 @@ class Batcher:
         run: Callable[[list[Any]], list[Any]],
         max_batch: int = 256,
         inline_seconds: float = 0.02,
+        parts: int = 1,
+        min_part: int = 8,
     ):
         self.run = run
         self.max_batch = max_batch
         self.inline_seconds = inline_seconds
-        self.row_cost = 0.0  # moving average of seconds per request
+        self.parts, self.min_part = max(1, parts), max(1, min_part)
+        self.row_cost = 0.0  # moving average of seconds per request (of one part's thread)
         self.pending: list[tuple[Any, asyncio.Future]] = []
-        self.busy = False
+        self.running = 0  # batches (parts) being computed
+        self.inline = False  # the running batch is on the event loop
+        self._tasks: set[asyncio.Task] = set()
 
     async def submit(self, request: Any) -> Any:
         """The answer to one request (or the exception `run` gave for it, raised)."""
         fut = asyncio.get_running_loop().create_future()
         self.pending.append((request, fut))
-        if not self.busy:
-            self.busy = True
-            asyncio.get_running_loop().create_task(self._drain())
+        self._start()
         return await fut
 
-    async def _drain(self) -> None:
+    def _start(self) -> None:
+        """Start batches from the waiting requests while there is a free slot for them."""
+        loop = asyncio.get_running_loop()
+        while self.pending and self.running < self.parts and not self.inline:
+            if self.running and len(self.pending) < self.min_part:
+                return  # a few requests alone cost more each: wait for a running batch
+            n = min(len(self.pending), self.max_batch)
+            inline = not self.running and self.row_cost * n <= self.inline_seconds
+            k = 1 if inline else max(1, min(self.parts - self.running, n // self.min_part))
+            batch = self.pending[:n]
+            del self.pending[:n]
+            size = -(-n // k)
+            for i in range(0, n, size):
+                self.running += 1
+                self.inline = inline
+                task = loop.create_task(self._batch(batch[i : i + size], inline))
+                self._tasks.add(task)  # held until done (the loop keeps weak references)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _batch(self, batch: list[tuple[Any, asyncio.Future]], inline: bool) -> None:
         try:
-            while self.pending:
-                batch = self.pending[: self.max_batch]
-                del self.pending[: self.max_batch]
-                try:
-                    reqs = [r for r, _ in batch]
-                    t0 = time.perf_counter()
-                    if self.row_cost * len(reqs) <= self.inline_seconds:
-                        results = self.run(reqs)
-                    else:
-                        results = await run_in_threadpool(self.run, reqs)
-                    per_row = (time.perf_counter() - t0) / len(reqs)
-                    self.row_cost += 0.2 * (per_row - self.row_cost)
-                except Exception as exc:  # pragma: no cover - run() returns exceptions per row
-                    results = [exc] * len(batch)
-                for (_, fut), res in zip(batch, results, strict=True):
-                    if fut.done():
-                        continue
-                    if isinstance(res, Exception):
-                        fut.set_exception(res)
-                    else:
-                        fut.set_result(res)
+            reqs = [r for r, _ in batch]
+            t0 = time.perf_counter()
+            try:
+                results = self.run(reqs) if inline else await run_in_threadpool(self.run, reqs)
+            except Exception as exc:  # pragma: no cover - run() returns exceptions per row
+                results = [exc] * len(batch)
+            per_row = (time.perf_counter() - t0) / len(reqs)
+            self.row_cost += 0.2 * (per_row - self.row_cost)
+            for (_, fut), res in zip(batch, results, strict=True):
+                if fut.done():
+                    continue
+                if isinstance(res, Exception):
+                    fut.set_exception(res)
+                else:
+                    fut.set_result(res)
         finally:
-            self.busy = False
+            self.running -= 1
+            self.inline = False
+            self._start()
 
 
 Slow = Callable[[Any, Any, Any], Awaitable[None]]

@@ -62,6 +62,11 @@ class Settings(BaseModel):
     thread (the arms of an A/B experiment, different categories or models); 1 (the
     default): one after the other. With EASE on ML-100K, 2 did not lower the latency of an
     A/B experiment (`benchmarks/experiments.md`): try it for slow models."""
+    batch_threads: int = Field(2, ge=1)
+    """Batches of concurrent user requests too slow for the event loop (by their model's
+    recent cost per request) run on up to this many threads side by side: a batch is cut
+    across the free threads, 8 requests a part at least (1: one batch at a time). Each answer
+    is the same either way."""
     follow_store: bool = False
     """Before each answer, read the feedback other processes wrote to the store (several
     workers or hosts on one store; `lmrec serve --workers N` turns it on)."""
