@@ -119,6 +119,25 @@ def test_compiled_trees_score_as_lightgbm_does(day_night) -> None:
     np.testing.assert_array_equal(off.predict(rows), want)
 
 
+def test_trees_lleaves_gets_wrong_are_left_to_lightgbm(day_night, caplog) -> None:
+    """lleaves builds linear trees as if they were plain ones; the probe against LightGBM
+    catches it, and LightGBM predicts."""
+    import lightgbm as lgb
+
+    _, model = day_night
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((400, len(model.feature_names)))
+    y = 3 * x[:, 0] + x[:, 1] ** 2
+    params = {"objective": "regression", "linear_tree": True, "verbosity": -1, "num_leaves": 4}
+    ranker = RANKERS["lightgbm"](model.config, model.feature_names, 0)
+    ranker.booster = lgb.train(params, lgb.Dataset(x, y), 5)
+    with caplog.at_level("WARNING", logger="lmrec.twostage"):
+        assert ranker._compiled_trees() is None
+    assert "differ from LightGBM" in caplog.text
+    rows = RankRows(x, np.zeros(len(x), np.int64), np.zeros(len(x), np.int64))
+    np.testing.assert_array_equal(ranker.predict(rows), ranker.booster.predict(x, num_threads=1))
+
+
 def test_feature_groups_choose_the_columns() -> None:
     m = TwoStage(features=["retrievers"], retrievers=["ease", "popularity"])
     ease = ["ease.score", "ease.raw", "ease.rank"]

@@ -244,14 +244,24 @@ class LightGBMRanker(CandidateRanker):
         return self._compiled or None
 
     def _compile(self) -> Any:
+        """lleaves' build of the booster, checked against LightGBM on probe rows (lleaves
+        ignores what it does not know, e.g. linear trees); False where it fails or differs."""
         try:
             import lleaves
 
+            text = self.booster.model_to_string()
             with tempfile.TemporaryDirectory(prefix="lmrec-ranker-") as tmp:
                 path = Path(tmp) / "ranker.txt"
-                path.write_text(self.booster.model_to_string())
+                path.write_text(text)
                 model = lleaves.Model(model_file=str(path))
                 model.compile()
+            probe = _probe_rows(text, self.booster.num_feature())
+            want = self.booster.predict(probe, num_threads=1)
+            got = model.predict(probe, n_jobs=1)
+            if not np.allclose(got, want, rtol=1e-9, atol=1e-9):
+                raise ValueError(
+                    f"compiled scores differ from LightGBM's by up to {np.abs(got - want).max():.3g}"
+                )
             return model
         except Exception as exc:  # any failure: LightGBM's own predict
             _log.warning(
@@ -284,6 +294,26 @@ class LightGBMRanker(CandidateRanker):
             raise LmrecError(f"{path}: a twostage artifact without its ranker.txt")
         self.booster = lgb.Booster(model_str=(path / "ranker.txt").read_text())
         self._compiled = None
+
+
+def _probe_rows(model_text: str, n_features: int, n: int = 256) -> np.ndarray:
+    """(n, n_features) rows spread over each feature's range in a LightGBM text model
+    (`feature_infos`: [min:max], or the category values), a tenth of the cells missing."""
+    infos: list[str] = []
+    for line in model_text.splitlines():
+        if line.startswith("feature_infos="):
+            infos = line.split("=", 1)[1].split()
+            break
+    rng = np.random.default_rng(0)
+    x = np.zeros((n, n_features))
+    for j, info in enumerate(infos[:n_features]):
+        if info.startswith("[") and ":" in info:
+            lo, hi = (float(v) for v in info[1:-1].split(":"))
+            x[:, j] = rng.uniform(lo, hi, n)
+        elif info != "none":  # categorical: the values seen
+            x[:, j] = rng.choice([float(v) for v in info.split(":")], n)
+    x[rng.random(x.shape) < 0.1] = np.nan
+    return x
 
 
 # -- DCN-v2 ------------------------------------------------------------------------------------
