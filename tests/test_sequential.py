@@ -127,6 +127,22 @@ def test_causal_mask_and_padding_do_not_leak() -> None:
     torch.testing.assert_close(padded[0, 3:], full[0], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_last_position_encoding_is_the_full_encodings_last_row(layers: int) -> None:
+    """Inference computes the last block for the last position only; the vector is the same
+    as the full forward's last row, under the causal and the bidirectional mask, with
+    padding."""
+    torch.manual_seed(layers)
+    enc = TransformerEncoder(16, layers, 2, 2, 0.0).eval()
+    x = torch.randn(4, 7, 16)
+    valid = torch.ones(4, 7, dtype=torch.bool)
+    valid[1, :3] = False
+    valid[2, :6] = False
+    eye = torch.eye(7, dtype=torch.bool)
+    for mask in (causal_mask(valid), (valid[:, None, :] | eye[None])[:, None]):
+        torch.testing.assert_close(enc.last(x, mask), enc(x, mask)[:, -1], rtol=1e-5, atol=1e-6)
+
+
 def test_item_embedding_fuses_text_and_drops_ids() -> None:
     text = torch.randn(6, 8)
     emb = ItemEmbedding(6, 4, text=text, mode="fuse", id_dropout=0.0)

@@ -146,6 +146,13 @@ class TransformerBlock(nn.Module):
         x = x + self.drop(self.attn(self.ln1(x), mask))  # (B, T, C)
         return x + self.drop(self.ffn(self.ln2(x)))
 
+    def last(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """`forward(x, mask)[:, -1:]` (B, 1, C), computed for the last position only: its
+        query against every key, and the feed-forward of that one position."""
+        xn = self.ln1(x)
+        y = x[:, -1:] + self.drop(self.attn(xn[:, -1:], mask[:, :, -1:], kv=xn))
+        return y + self.drop(self.ffn(self.ln2(y)))
+
     def two_stream(
         self, h: torch.Tensor, g: torch.Tensor, mask_h: torch.Tensor, mask_g: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,6 +181,15 @@ class TransformerEncoder(nn.Module):
         for block in self.blocks:
             x = block(x, mask)
         return self.ln(x)
+
+    def last(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """`forward(x, mask)[:, -1]` (B, C): the last block only for the last position (what
+        inference reads), so it skips the query, output and feed-forward work of the rest."""
+        for block in self.blocks[:-1]:
+            x = block(x, mask)
+        if len(self.blocks):
+            x = self.blocks[-1].last(x, mask)
+        return self.ln(x[:, -1])
 
     def two_stream(
         self, h: torch.Tensor, g: torch.Tensor, mask_h: torch.Tensor, mask_g: torch.Tensor

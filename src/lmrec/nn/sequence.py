@@ -250,17 +250,21 @@ class SASRecNet(SequenceNet):
 
     def last_hidden(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens: (B, T) histories, newest last."""
-        return self.encode(tokens, self.item_weight())[:, -1]
+        x = self.embed(tokens, self.item_weight())
+        return self.encoder.last(x, causal_mask(tokens != PAD))
 
 
 class BERT4RecNet(SequenceNet):
     """Bidirectional self-attention; masked items are predicted from both sides."""
 
-    def encode(self, tokens: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        valid = tokens != PAD
+    @staticmethod
+    def _mask(tokens: torch.Tensor) -> torch.Tensor:
+        """(B, 1, T, T): every position sees every item, and itself."""
         eye = torch.eye(tokens.shape[1], dtype=torch.bool, device=tokens.device)
-        mask = (valid[:, None, :] | eye[None])[:, None]  # (B, 1, T, T)
-        return self.encoder(self.embed(tokens, weight), mask)
+        return ((tokens != PAD)[:, None, :] | eye[None])[:, None]
+
+    def encode(self, tokens: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return self.encoder(self.embed(tokens, weight), self._mask(tokens))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """batch: tokens (B, T) with some items replaced by the mask token, targets (B, T)
@@ -272,7 +276,7 @@ class BERT4RecNet(SequenceNet):
 
     def last_hidden(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens: (B, T) histories whose last slot holds the mask token."""
-        return self.encode(tokens, self.item_weight())[:, -1]
+        return self.encoder.last(self.embed(tokens, self.item_weight()), self._mask(tokens))
 
 
 class XLNetNet(SequenceNet):
