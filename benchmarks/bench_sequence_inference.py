@@ -44,8 +44,8 @@ def main() -> None:
             times: dict[str, list[float]] = {"full": [], "last": []}
             with torch.no_grad():
                 calls = {
-                    "full": lambda: net.encode(tokens, net.item_weight())[:, -1],
-                    "last": lambda: net.last_hidden(tokens),
+                    "full": lambda net=net, t=tokens: net.encode(t, net.item_weight())[:, -1],
+                    "last": lambda net=net, t=tokens: net.last_hidden(t),
                 }
                 diff = float((calls["full"]() - calls["last"]()).abs().max())
                 for _ in range(args.reps):
