@@ -25,6 +25,7 @@ __all__ = [
 ]
 
 import json
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -224,8 +225,7 @@ def top_k(
     k = min(k, scores.shape[1])
     if k <= 0:
         return np.zeros((len(scores), 0), np.int64), np.zeros((len(scores), 0), np.float32)
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    part_scores = np.take_along_axis(scores, part, axis=1)
+    part, part_scores = _select(scores, k)
     # argpartition keeps an arbitrary subset of the items tied at the k-th score; rows with
     # such a tie take the lowest item indices among the tied, so that the top k does not
     # depend on k (the top 10 is the head of the top 50).
@@ -239,12 +239,38 @@ def top_k(
         keep = above | (eq & (np.cumsum(eq, axis=1) <= room))
         part[tied] = np.nonzero(keep)[1].reshape(len(tied), k)
         part_scores[tied] = np.take_along_axis(sub, part[tied], axis=1)
-    # Best first; equal scores by item index, so results are deterministic.
-    order = np.lexsort((part, -part_scores), axis=1)
+    # Best first; equal scores by item index, so results are deterministic. For many cells
+    # by index, then a stable sort by score (two argsorts of 50 x 200: 0.3 ms, one lexsort
+    # 0.5 ms); for a few, the lexsort (fewer calls).
+    if part.size >= 2048:
+        by_index = np.argsort(part, axis=1)
+        part = np.take_along_axis(part, by_index, axis=1)
+        part_scores = np.take_along_axis(part_scores, by_index, axis=1)
+        order = np.argsort(-part_scores, axis=1, kind="stable")
+    else:
+        order = np.lexsort((part, -part_scores), axis=1)
     idx = np.take_along_axis(part, order, axis=1)
     val = np.take_along_axis(part_scores, order, axis=1)
     idx = np.where(np.isneginf(val), -1, idx)
     return idx.astype(np.int64), val
+
+
+#: `_select` uses torch's top-k from this many score cells on (below, its per-call cost is
+#: more than argpartition's; 50 x 1,682 cells, k = 200: 0.09 ms against 0.77 ms).
+TORCH_TOPK_CELLS = 8192
+
+
+def _select(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Some k columns of each row holding its k largest values (any of those tied with the
+    k-th), and their values: torch's top-k (unsorted) where torch is loaded already (it is
+    not imported for this), the array has `TORCH_TOPK_CELLS` cells or more and no NaN; else
+    numpy's argpartition. `top_k` settles the ties either way."""
+    torch = sys.modules.get("torch")
+    if torch is not None and scores.size >= TORCH_TOPK_CELLS and not np.isnan(scores).any():
+        val, idx = torch.topk(torch.from_numpy(scores), k, dim=1, sorted=False)
+        return idx.numpy(), val.numpy()
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    return part, np.take_along_axis(scores, part, axis=1)
 
 
 def recency_weighted(
