@@ -78,6 +78,8 @@ def main() -> None:
         help="load generator of the recommendation requests (wrk: C, less CPU)",
     )
     ap.add_argument("--seconds", type=float, default=10.0, help="length of a wrk run")
+    ap.add_argument("--saved", metavar="PATH", help="serve this saved model (fitted on ML-100K)")
+    ap.add_argument("--serve-args", default="", help="more `lmrec serve` options")
     ap.add_argument("--json")
     args = ap.parse_args()
 
@@ -91,7 +93,9 @@ def main() -> None:
     with Store(url) as store:
         import_sample(store)
         ds = Dataset.from_store(store)
-    create_model(args.model).fit(ds).save(tmp / args.model)
+    model_path = Path(args.saved) if args.saved else tmp / args.model
+    if not args.saved:
+        create_model(args.model).fit(ds).save(model_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     rng = np.random.default_rng(0)
     users, items = ds.users.ids, ds.items.ids
@@ -103,7 +107,8 @@ def main() -> None:
             base = f"http://127.0.0.1:{port}"
             cmd = [sys.executable, "-m", "lmrec.cli", "--db", url, "serve", "--no-auth",
                    "--port", str(port), "--threads", "1", "--index", "off",
-                   "--workers", str(n), "--model", f"{args.model}={tmp / args.model}"]  # fmt: skip
+                   "--workers", str(n), "--model", f"{args.model}={model_path}",
+                   *args.serve_args.split()]  # fmt: skip
             server = subprocess.Popen(cmd, env=env)
             try:
                 _wait(base, n)
