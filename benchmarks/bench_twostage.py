@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from lmrec.models.twostage import FEATURE_GROUPS
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "artifacts" / "twostage"
@@ -64,10 +66,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "num_leaves": 15,
         "ranker": {"feature_fraction": 0.8, "bagging_fraction": 0.8, "bagging_freq": 1},
     },
-    "no-recent": {"features": ["retrievers", "item", "user", "text", "category", "context"]},
-    "no-context": {"features": ["retrievers", "recent", "item", "user", "text", "category"]},
-    "no-text": {"features": ["retrievers", "recent", "item", "user", "category", "context"]},
-    "no-retrievers": {"features": ["item", "user", "text", "category", "context"]},
+    # Ablations: every feature group but one (the "attributes" group came on 2026-12-04;
+    # earlier rows of twostage.md had no attributes group in either arm).
+    **{
+        f"no-{group}": {"features": [g for g in FEATURE_GROUPS if g != group]}
+        for group in ("recent", "context", "text", "retrievers", "attributes")
+    },
     "sasrec": {"retrievers": ["ease", "itemknn", "sasrec", "popularity"]},
     "no-sasrec": {"retrievers": ["ease", "itemknn", "popularity"]},
     "targets10": {"targets": 10},

@@ -8,12 +8,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lmrec.data import Dataset
+from lmrec.data import Dataset, Vocabulary
+from lmrec.data.dataset import ItemFeatures, UserFeatures
 from lmrec.errors import LmrecError
 from lmrec.models import create_model
 from lmrec.models.base import History, Query
 from lmrec.models.rankers import RANKERS, DCNRanker, RankRows
 from lmrec.models.twostage import FEATURE_GROUPS, TwoStage
+from lmrec.models.twostage_attributes import AttributeTable
 
 NO_TEXT = [g for g in FEATURE_GROUPS if g != "text"]
 HOUR = 3600.0
@@ -136,6 +138,100 @@ def test_trees_lleaves_gets_wrong_are_left_to_lightgbm(day_night, caplog) -> Non
     assert "differ from LightGBM" in caplog.text
     rows = RankRows(x, np.zeros(len(x), np.int64), np.zeros(len(x), np.int64))
     np.testing.assert_array_equal(ranker.predict(rows), ranker.booster.predict(x, num_threads=1))
+
+
+def _brands(n_users: int = 150, n_items: int = 60, seed: int = 0) -> Dataset:
+    """Users loyal to one of four brands (nine in ten of their items); items with a brand,
+    a price (as a string for a third of them), a free-text id (left out: one value each),
+    users with a segment and an age, some without either."""
+    rng = np.random.default_rng(seed)
+    brand = [f"b{i % 4}" for i in range(n_items)]
+    users, items = [], []
+    for u in range(n_users):
+        mine = [i for i in range(n_items) if i % 4 == u % 4]
+        picks = [int(rng.choice(mine)) if rng.random() < 0.9 else int(rng.integers(n_items))
+                 for _ in range(12)]  # fmt: skip
+        for i in dict.fromkeys(picks):
+            users.append(u)
+            items.append(i)
+    attrs = [
+        {"brand": brand[i], "price": str(5.0 + i) if i % 3 == 0 else 5.0 + i, "sku": f"s{i}"}
+        for i in range(n_items)
+    ]
+    user_attrs = [{"segment": f"g{u % 4}", "age": 20 + u % 30} if u % 5 else {} for u in
+                  range(n_users)]  # fmt: skip
+    return Dataset(
+        Vocabulary([f"u{u}" for u in range(n_users)]),
+        Vocabulary([f"i{i}" for i in range(n_items)]),
+        np.array(users),
+        np.array(items),
+        ts=np.arange(len(users), dtype=float) * 3600.0,
+        user_features=UserFeatures(user_attrs, [[] for _ in range(n_users)]),
+        item_features=ItemFeatures(
+            [f"t{i}" for i in range(n_items)],
+            [""] * n_items,
+            [[] for _ in range(n_items)],
+            attrs,
+            np.zeros(n_items),
+        ),
+    )
+
+
+def test_attribute_columns_are_chosen_from_the_data_and_computed() -> None:
+    ds = _brands()
+    table = AttributeTable.of(ds)
+    assert table.item_numeric == ["price"] and table.item_categorical == ["brand"]
+    assert table.user_numeric == ["age"] and table.user_categorical == ["segment"]
+    assert table.names == ["item.attr.price", "match.brand", "user.attr.age", "affinity.segment"]
+    assert np.allclose(table.item_num[:, 0], 5.0 + np.arange(ds.n_items))  # "5.0" read as 5.0
+    # User 1 (segment g1, loyal to b1): history shares by brand, affinity of each item.
+    hist = History.from_dataset(ds, [1, 5])  # user 5 has no attributes
+    item = np.array([[1, 2, 5], [1, 2, 5]])
+    price, match, age, affinity = table.columns(hist, item, ds.user_features.attributes)
+    seq = ds.sequence(1)
+    share = np.mean([int(i) % 4 == 1 for i in seq])
+    assert np.allclose(match[0], [share, np.mean([int(i) % 4 == 2 for i in seq]), share])
+    assert np.allclose(price[0], [6.0, 7.0, 10.0]) and age[0, 0] == 21 and np.isnan(age[1, 0])
+    by_g1 = [u for u in range(ds.n_users) if u % 5 and u % 4 == 1]
+    users_of_1 = ds.user[ds.item == 1]
+    assert np.isclose(affinity[0, 0], np.isin(users_of_1, by_g1).mean())
+    assert np.isnan(affinity[1]).all()
+    # A request's attributes stand for the stored ones.
+    q = History(hist.users, hist.matrix, hist.sequences, [None, Query(attributes={"age": 44})])
+    assert table.columns(q, item, ds.user_features.attributes)[2][1, 0] == 44
+
+
+def test_the_ranker_learns_brand_loyalty_and_saves_the_attribute_table(tmp_path) -> None:
+    ds = _brands()
+    model = create_model(
+        "twostage", retrievers=["popularity"], features=["retrievers", "attributes"],
+        candidates=30, epochs=40, targets=3, ranker_valid=0,
+    ).fit(ds)  # fmt: skip
+    assert model.feature_names[-4:] == [
+        "item.attr.price", "match.brand", "user.attr.age", "affinity.segment"
+    ]  # fmt: skip
+    imp = model.ranker.booster.feature_importance("gain")
+    gain = dict(zip(model.feature_names, imp, strict=True))
+    assert gain["match.brand"] == max(gain.values())
+
+    # Popularity alone proposes the same list to everybody; with the attributes the ranker
+    # puts the user's brand first (a quarter of the items are of it).
+    def own_brand(m: TwoStage) -> float:
+        recs = m.recommend_many([Query(user=f"u{u}") for u in range(40)], n=5)
+        return float(
+            np.mean([int(i[1:]) % 4 == u % 4 for u, r in enumerate(recs) for i in r.items])
+        )
+
+    plain = create_model(
+        "twostage", retrievers=["popularity"], features=["retrievers"],
+        candidates=30, epochs=40, targets=3, ranker_valid=0,
+    ).fit(ds)  # fmt: skip
+    assert own_brand(model) > 0.6 and own_brand(model) > 2 * own_brand(plain)
+    model.save(tmp_path / "m")
+    loaded = TwoStage.load(tmp_path / "m")
+    assert loaded.feature_names == model.feature_names
+    q = [Query(user="u7"), Query(user=None, items=["i3", "i7"], attributes={"segment": "g3"})]
+    np.testing.assert_allclose(loaded.score(loaded.history_of(q)), model.score(model.history_of(q)))
 
 
 def test_feature_groups_choose_the_columns() -> None:

@@ -21,7 +21,11 @@ without leakage:
 - category: cosine of the item's categories and the user's category profile;
 - context: hour and weekday of the request time, days since the user's last event, the
   requested event type, and the item's share of interactions within 3 hours of the request's
-  hour of day and on its weekday (what is taken when).
+  hour of day and on its weekday (what is taken when);
+- attributes: the items' and users' own attributes, chosen from the data
+  (`lmrec.models.twostage_attributes`): numeric ones as they are (price, sales rank, age),
+  categorical ones as the share of the user's history with the candidate's value (brand) and
+  the share of the candidate's interactions by users with the user's value (occupation).
 
 Training (`fit`): each user's last `targets` items (at most half of the user's history) are
 held out of the data; the retrievers fit on the rest and propose candidates for every user,
@@ -64,8 +68,11 @@ from lmrec.models.base import (
 )
 from lmrec.models.blend import standardise
 from lmrec.models.rankers import RANKERS, CandidateRanker, DCNConfig, RankRows
+from lmrec.models.twostage_attributes import AttributeTable
 
-FeatureGroup = Literal["retrievers", "recent", "item", "user", "text", "category", "context"]
+FeatureGroup = Literal[
+    "retrievers", "recent", "item", "user", "text", "category", "context", "attributes"
+]
 FEATURE_GROUPS: tuple[str, ...] = (
     "retrievers",
     "recent",
@@ -74,6 +81,7 @@ FEATURE_GROUPS: tuple[str, ...] = (
     "text",
     "category",
     "context",
+    "attributes",
 )
 _DAY = 86400.0
 
@@ -338,6 +346,8 @@ class TwoStage(Recommender):
         super().__init__(config, **params)
         self.models: list[Recommender] = []
         self.table: ItemTable | None = None
+        #: The "attributes" group's keys and tables (None without the group).
+        self.attrs: AttributeTable | None = None
         #: The second stage (`lmrec.models.rankers`), made when fitted or loaded.
         self.ranker: CandidateRanker | None = None
         #: Early-stopping record: best iteration and its validation NDCG@10.
@@ -348,7 +358,10 @@ class TwoStage(Recommender):
 
     @property
     def feature_names(self) -> list[str]:
-        return feature_names(self.config)
+        """The ranker's feature columns: the configured groups', then the attribute columns
+        chosen from the data."""
+        extra = self.attrs.names if self.attrs is not None else []
+        return feature_names(self.config) + extra
 
     def _retriever(self, name: str) -> Recommender:
         from lmrec.models import create_model, get_model_class
@@ -381,6 +394,7 @@ class TwoStage(Recommender):
             )
         self.models = [self._retriever(n).fit(rest, valid=valid) for n in self.config.retrievers]
         self.table = ItemTable.of(rest, text)
+        self.attrs = AttributeTable.of(rest) if "attributes" in self.config.features else None
         self.ranker = self._new_ranker()
         rows, y, groups = self._training_rows(rest, held)
         fitted = self.ranker.fit(rows, y, groups, self._valid_groups(len(groups)))
@@ -393,6 +407,8 @@ class TwoStage(Recommender):
             for m in self.models:
                 m.history = dataset
         self.table = ItemTable.of(dataset, text)
+        if self.attrs is not None:  # the same keys (the same item and user features)
+            self.attrs = AttributeTable.of(dataset)
         return self
 
     def _fit(self, dataset: Dataset) -> None:
@@ -582,6 +598,9 @@ class TwoStage(Recommender):
             cols += [_repeat(hour, c), _repeat(day, c)]
             cols += [_repeat((ctx.time - ctx.last) / _DAY, c), _repeat(ctx.event, c)]
             cols += [self._hour_share(item, hour), self._weekday_share(item, day)]
+        if self.attrs is not None:
+            assert self.history is not None
+            cols += self.attrs.columns(history, item, self.history.user_features.attributes)
         return np.stack([np.asarray(x, np.float32).reshape(b, c) for x in cols], axis=-1)
 
     def _hour_share(self, item: np.ndarray, hour: np.ndarray) -> np.ndarray:
@@ -690,6 +709,7 @@ class TwoStage(Recommender):
         assert self.ranker is not None
         return {
             **self.table.state(),
+            **(self.attrs.state() if self.attrs is not None else {}),
             **{f"ranker.{k}": v for k, v in self.ranker.state().items()},
             "best_iteration": np.asarray(self.best_iteration_),
             "valid_ndcg": np.asarray(self.valid_ndcg_),
@@ -698,6 +718,7 @@ class TwoStage(Recommender):
 
     def _set_state(self, state: Mapping[str, np.ndarray]) -> None:
         self.table = ItemTable.from_state(state)
+        self.attrs = AttributeTable.from_state(state)
         self.best_iteration_ = int(state["best_iteration"])
         self.valid_ndcg_ = float(state["valid_ndcg"])
         self.train_recall_ = float(state["train_recall"])
