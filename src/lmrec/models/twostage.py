@@ -680,9 +680,8 @@ class TwoStage(Recommender):
         fc = self.feature_contributions(history, items)
         if len(fc["item"]) != len(items) or not len(items):
             return None
-        pop = sum(
-            (fc[n] for n in fc if n.startswith("item.") and n != "item"), np.zeros(len(items))
-        )
+        popularity = ("item.log_pop", "item.trend", "item.age_days", "item.recency_days")
+        pop = sum((fc[n] for n in popularity if n in fc), np.zeros(len(items)))
         total = sum((fc[n] for n in fc if n != "item"), np.zeros(len(items)))
         return Contributions(
             np.zeros(0, np.int64),
