@@ -99,7 +99,7 @@ def create_app(settings: Settings | None = None, *, service: Service | None = No
     svc = service or Service(settings)
     metrics = _metrics(svc)
     auth = Auth(settings)
-    batcher = Batcher(svc.recommend_users, parts=settings.batch_threads)
+    batcher = Batcher(svc.recommend_users, parts=svc.settings.batch_threads)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
