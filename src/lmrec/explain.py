@@ -214,13 +214,8 @@ def score_margin(
 
 
 def _user_attributes(model: Any, history: History) -> dict[str, Any]:
-    q = history.queries[0] if history.queries else None
-    if q is not None and q.attributes:
-        return dict(q.attributes)
-    u = int(history.users[0])
-    if u >= 0 and model.history is not None and u < model.history.n_users:
-        return dict(model.history.user_features.attributes[u])
-    return {}
+    stored = model.history.user_features.attributes if model.history is not None else []
+    return dict(history.user_attributes(0, stored))
 
 
 def _shared_attributes(

@@ -157,6 +157,15 @@ class History:
     def __len__(self) -> int:
         return len(self.users)
 
+    def user_attributes(self, r: int, stored: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+        """Row r's user attributes: its query's, when it brings any, else the `stored` ones
+        (by user index) of a known user, else none."""
+        q = self.queries[r] if self.queries else None
+        if q is not None and q.attributes:
+            return q.attributes
+        u = int(self.users[r])
+        return stored[u] if 0 <= u < len(stored) else {}
+
     @classmethod
     def from_dataset(cls, dataset: Dataset, users: np.ndarray | Sequence[int]) -> History:
         """The histories of these users (indices into dataset.users) as stored in `dataset`."""

@@ -84,6 +84,8 @@ FEATURE_GROUPS: tuple[str, ...] = (
     "attributes",
 )
 _DAY = 86400.0
+#: The "item" group's columns (popularity, trend, age, recency): the explanations' "popular".
+_ITEM_FEATURES = ("item.log_pop", "item.trend", "item.age_days", "item.recency_days")
 
 
 class TwoStageConfig(ModelConfig):
@@ -322,7 +324,7 @@ def feature_names(config: TwoStageConfig) -> list[str]:
         names += [f"{r}.recent" for r in config.retrievers if _personalized(r)]
         names += ["recent.follows"]
     if "item" in groups:
-        names += ["item.log_pop", "item.trend", "item.age_days", "item.recency_days"]
+        names += list(_ITEM_FEATURES)
     if "user" in groups:
         names += ["user.history_len"]
     if "text" in groups:
@@ -680,8 +682,7 @@ class TwoStage(Recommender):
         fc = self.feature_contributions(history, items)
         if len(fc["item"]) != len(items) or not len(items):
             return None
-        popularity = ("item.log_pop", "item.trend", "item.age_days", "item.recency_days")
-        pop = sum((fc[n] for n in popularity if n in fc), np.zeros(len(items)))
+        pop = sum((fc[n] for n in _ITEM_FEATURES if n in fc), np.zeros(len(items)))
         total = sum((fc[n] for n in fc if n != "item"), np.zeros(len(items)))
         return Contributions(
             np.zeros(0, np.int64),

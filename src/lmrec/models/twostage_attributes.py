@@ -91,9 +91,11 @@ class AttributeTable:
     user_vocab: list[list[str]]  # the values of each categorical user key
     affinity: list[sp.csr_matrix]  # (n_items, len(vocab)) shares, one per categorical user key
     _onehot: list[sp.csr_matrix] = field(default_factory=list, repr=False)
+    _user_index: list[dict[str, int]] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         n = len(self.item_cat)
+        self._user_index = [{v: i for i, v in enumerate(vocab)} for vocab in self.user_vocab]
         self._onehot = []
         for j in range(len(self.item_categorical)):
             v = self.item_cat[:, j]
@@ -184,14 +186,13 @@ class AttributeTable:
                     got = np.asarray(prof[rows, np.maximum(v, 0).ravel()]).reshape(b, c)
                     cols.append(np.where(v >= 0, got / length[:, None], np.nan))
         if self.user_numeric or self.user_categorical:
-            mine = [_attributes_of(history, r, users) for r in range(b)]
+            mine = [history.user_attributes(r, users) for r in range(b)]
             for key in self.user_numeric:
                 x = np.array([_number(a.get(key)) for a in mine], np.float64)  # None -> nan
                 cols.append(np.repeat(x[:, None], c, axis=1))
-            for key, vocab, share in zip(
-                self.user_categorical, self.user_vocab, self.affinity, strict=True
+            for key, index, share in zip(
+                self.user_categorical, self._user_index, self.affinity, strict=True
             ):
-                index = {v: i for i, v in enumerate(vocab)}
                 val = np.array([index.get(a.get(key), -1) for a in mine], np.int64)
                 got = np.asarray(share[item.ravel(), np.repeat(np.maximum(val, 0), c)])
                 cols.append(np.where(val[:, None] >= 0, got.reshape(b, c), np.nan))
@@ -231,14 +232,3 @@ class AttributeTable:
             [strings(f"attr.user_vocab.{j}") for j in range(len(keys))],
             [sparse_from_state(state, f"attr.affinity.{j}") for j in range(len(keys))],
         )
-
-
-def _attributes_of(
-    history: History, r: int, users: Sequence[Mapping[str, Any]]
-) -> Mapping[str, Any]:
-    """Row r's user attributes: the request's, else the stored ones of a known user."""
-    q = history.queries[r] if history.queries else None
-    if q is not None and q.attributes:
-        return q.attributes
-    u = int(history.users[r])
-    return users[u] if 0 <= u < len(users) else {}
