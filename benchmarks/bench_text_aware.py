@@ -45,6 +45,10 @@ BEAUTY = ROOT.parent / "shared" / "data" / "amazon-beauty"
 PUBLISHED = {"embedding_size": 256, "layers": 1, "heads": 1, "dropout": 0.2, "negatives": 256,
              "sampler": "uniform", "learning_rate": 1e-3, "batch_size": 128}  # fmt: skip
 
+RECTOOLS = {"embedding_size": 64, "layers": 1, "heads": 1, "dropout": 0.2, "ffn_mult": 1,
+            "negatives": 256, "sampler": "uniform", "negatives_per": "token",
+            "learning_rate": 1e-3, "batch_size": 128, "patience": 50}  # fmt: skip
+
 #: label -> (registered model, parameters); every other setting is the model's default.
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "popularity": ("popularity", {}),
@@ -89,6 +93,15 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     # The defaults with the full softmax (RecBole's SASRec loss) in place of the sampled one
     # that loss="auto" picks above 10,000 items.
     "sasrec-ce": ("sasrec", {"loss": "ce"}),
+    # The Beauty row of the eSASRec paper's hyperparameter table (blondered/transformer_benchmark
+    # README: 64 factors, 1 block, 1 head, dropout 0.2, 256 negatives, lr 1e-3, 200 epochs,
+    # patience 50) with RecTools' sampler (fresh uniform negatives for every target) and its
+    # SASRec feed-forward width (1x), and the same with RecTools' Xavier-normal item vectors.
+    "sasrec-rt": ("sasrec", RECTOOLS),
+    "sasrec-rt-xavier": ("sasrec", {**RECTOOLS, "init_std": 0.0128}),
+    "sasrec-rt-d5": ("sasrec", {**RECTOOLS, "dropout": 0.5}),
+    # lmrec's defaults with RecTools' sampler: 256 fresh uniform negatives for every target.
+    "sasrec-tok": ("sasrec", {"negatives": 256, "sampler": "uniform", "negatives_per": "token"}),
 }
 NEURAL = ("sasrec", "dualsasrec", "bert4rec", "xlnet")
 BLENDS = ("blend", "hybrid")

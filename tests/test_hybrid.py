@@ -219,3 +219,21 @@ def test_progress_lines_per_epoch(capsys) -> None:
     assert "best" in lines[-1] and "elapsed" in lines[-1] and "left ~" in lines[-1]
     create_model("sasrec", **FAST, epochs=2, progress=False).fit(split.train)
     assert "sasrec epoch" not in capsys.readouterr().err
+
+
+def test_item_vectors_start_at_the_configured_scale(tmp_path) -> None:
+    """init_std sets the spread of the initial id vectors (None: 1 / sqrt(width)), and a saved
+    model loads with the same network arguments."""
+    a = NETWORKS["SASRecNet"](4000, width=32, init_std=0.01)
+    b = NETWORKS["SASRecNet"](4000, width=32)
+    assert a.item_emb.table.weight[1:].std().item() == pytest.approx(0.01, rel=0.05)
+    assert b.item_emb.table.weight[1:].std().item() == pytest.approx(32**-0.5, rel=0.05)
+    m = create_model("sasrec", **{**FAST, "epochs": 2}, init_std=0.02).fit(_cycles())
+    assert m.net.hparams["init_std"] == 0.02
+    m.save(tmp_path / "m")
+    again = type(m).load(tmp_path / "m")
+    assert again.net.hparams["init_std"] == 0.02
+    seq = ["i0", "i1", "i2"]
+    assert again.recommend(Query(items=seq), n=5).items == m.recommend(Query(items=seq), n=5).items
+    with pytest.raises(LmrecError, match="init_std"):
+        create_model("sasrec", init_std=0)

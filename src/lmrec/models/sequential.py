@@ -64,6 +64,9 @@ class SequentialConfig(ModelConfig):
     """Attention heads (must divide embedding_size)."""
     ffn_mult: int = Field(4, ge=1)
     """Inner width of the feed-forward network, in multiples of embedding_size."""
+    init_std: float | None = Field(None, gt=0)
+    """Standard deviation of the initial item id vectors (None: 1 / sqrt(embedding_size)).
+    Xavier-normal initialisation, as RecTools' SASRec uses, is about sqrt(2 / n_items)."""
     dropout: float | None = Field(None, ge=0, lt=1)
     """Dropout on embeddings, attention weights and residual branches. None: scaled to the
     data by `auto_dropout` (0.5 for short sparse histories such as Amazon's, 0.2 for long
@@ -371,6 +374,7 @@ class _SequenceModel(Recommender):
             "text_mode": c.text,
             "id_dropout": c.id_dropout,
             "text_dim": text_dim,
+            "init_std": c.init_std,
             **self._extra_net_args(),
         }
 

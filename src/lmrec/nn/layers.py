@@ -221,6 +221,7 @@ class ItemEmbedding(nn.Module):
         text: torch.Tensor | None = None,
         mode: str = "none",
         id_dropout: float = 0.0,
+        init_std: float | None = None,
     ):
         super().__init__()
         if mode not in ("none", "init", "fuse"):
@@ -231,7 +232,8 @@ class ItemEmbedding(nn.Module):
         self.mode = mode
         self.id_dropout = id_dropout
         self.table = nn.Embedding(1 + n_items + n_special, width, padding_idx=PAD)
-        nn.init.normal_(self.table.weight, std=1.0 / math.sqrt(width))
+        std = 1.0 / math.sqrt(width) if init_std is None else init_std
+        nn.init.normal_(self.table.weight, std=std)
         with torch.no_grad():
             self.table.weight[PAD].zero_()
         # Items with training data keep their id vector; others (set by the model) do not.

@@ -66,6 +66,7 @@ class SequenceNet(nn.Module):
         views: str = "both",
         adapter_dropout: float = 0.0,
         text_width: int = 128,
+        init_std: float | None = None,
     ):
         super().__init__()
         # Constructor arguments besides the item count and text, for `with_new_items`.
@@ -86,6 +87,7 @@ class SequenceNet(nn.Module):
             "views": views,
             "adapter_dropout": adapter_dropout,
             "text_width": text_width,
+            "init_std": init_std,
         }
         if text is None and text_mode != "none":
             text = torch.zeros(n_items, text_dim)  # filled by load_state_dict
@@ -114,7 +116,13 @@ class SequenceNet(nn.Module):
             )
         else:
             self.item_emb = ItemEmbedding(
-                n_items, width, n_special=1, text=text, mode=text_mode, id_dropout=id_dropout
+                n_items,
+                width,
+                n_special=1,
+                text=text,
+                mode=text_mode,
+                id_dropout=id_dropout,
+                init_std=init_std,
             )
         self.pos = nn.Parameter(torch.randn(max_len, width) / width**0.5)
         self.drop = Dropout(dropout)
