@@ -12,8 +12,15 @@ from lmrec.data.split import cold_start_items, leave_one_out
 from lmrec.errors import LmrecError
 from lmrec.evaluation import evaluate
 from lmrec.models import create_model
-from lmrec.models.base import Query
-from lmrec.models.sequential import PATIENCE_SPARSE, auto_dropout, auto_patience
+from lmrec.models.base import History, Query, Recommender
+from lmrec.models.sequential import (
+    PATIENCE_SPARSE,
+    SHAPE_DENSE,
+    SHAPE_SPARSE,
+    auto_dropout,
+    auto_patience,
+    auto_shape,
+)
 from lmrec.nn import NETWORKS
 from lmrec.nn.layers import Dropout, DualViewEmbedding, text_reduction
 from test_sequential import FAST, _cycles, _themed
@@ -139,6 +146,31 @@ def test_auto_patience_scales_with_history_length_and_users() -> None:
     assert create_model("sasrec", **FAST, epochs=2, patience=3).fit(_cycles()).patience_ == 3
     with pytest.raises(LmrecError, match="patience must be at least 1"):
         create_model("sasrec", patience=0)
+
+
+def test_auto_shape_scales_with_history_length_and_users(tmp_path) -> None:
+    assert auto_shape([np.arange(7)] * 5000) == SHAPE_SPARSE  # Beauty-like
+    assert auto_shape([np.arange(104)] * 5000) == SHAPE_DENSE  # MovieLens-like
+    assert auto_shape([np.arange(7)] * 100) == SHAPE_DENSE  # small data: few steps an epoch
+    assert SHAPE_SPARSE != SHAPE_DENSE
+    sparse = _cycles(n_users=1200, n_items=40, length=6)
+    base = {"embedding_size": 16, "max_len": 8, "num_threads": 1, "epochs": 1, "patience": None}
+    m = create_model("sasrec", **base).fit(sparse)
+    assert m.shape_ == SHAPE_SPARSE and len(m.net.encoder.blocks) == SHAPE_SPARSE["layers"]
+    assert {k: m.chosen()[k] for k in SHAPE_SPARSE} == SHAPE_SPARSE
+    m.save(tmp_path / "m")
+    loaded = Recommender.load(tmp_path / "m")
+    assert loaded.shape_ == SHAPE_SPARSE
+    h = History.from_dataset(sparse, np.arange(20))
+    np.testing.assert_allclose(loaded.score(h), m.score(h), rtol=1e-5, atol=1e-5)
+    # A number given is kept, and only the settings left open are reported as chosen.
+    m2 = create_model("sasrec", **base, layers=2, learning_rate=5e-3).fit(sparse)
+    assert m2.shape_ == {**SHAPE_SPARSE, "layers": 2, "learning_rate": 5e-3}
+    assert "layers" not in m2.chosen() and m2.chosen()["batch_size"] == 128
+    # dualsasrec keeps the dense shape it was measured with.
+    assert create_model("dualsasrec").config.layers == SHAPE_DENSE["layers"]
+    with pytest.raises(LmrecError, match="not divisible by the 2 attention heads chosen for this data"):
+        create_model("sasrec", **{**base, "embedding_size": 15}).fit(_cycles(length=6))
 
 
 def test_sampled_negatives_per_target_learn_order() -> None:

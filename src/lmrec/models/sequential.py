@@ -132,7 +132,7 @@ class SequentialConfig(ModelConfig):
 
     @model_validator(mode="after")
     def _heads_divide(self) -> Self:
-        if self.embedding_size % self.heads:
+        if self.heads is not None and self.embedding_size % self.heads:
             raise ValueError(
                 f"heads ({self.heads}) must divide embedding_size ({self.embedding_size})"
             )
@@ -144,19 +144,37 @@ FULL_SOFTMAX_ITEMS = 10_000
 
 
 class SASRecConfig(SequentialConfig):
+    """SASRec's hyperparameters. Its network shape and optimiser step (`layers`, `heads`,
+    `ffn_mult`, `learning_rate`, `batch_size`) are None by default: scaled to the data by
+    `auto_shape` (one narrow block at lr 1e-3 for short sparse histories, two blocks at 3e-3
+    for long dense ones); a number given is used as it is."""
+
+    layers: int | None = Field(None, ge=1)
+    """Transformer blocks (None: `auto_shape`)."""
+    heads: int | None = Field(None, ge=1)
+    """Attention heads, must divide embedding_size (None: `auto_shape`)."""
+    ffn_mult: int | None = Field(None, ge=1)
+    """Feed-forward inner width in multiples of embedding_size (None: `auto_shape`)."""
+    learning_rate: float | None = Field(None, gt=0)
+    """AdamW learning rate (None: `auto_shape`)."""
+    batch_size: int | None = Field(None, ge=1)
+    """Sequences per gradient step (None: `auto_shape`)."""
     loss: Literal["auto", "ce", "sampled"] = "auto"
     """ce: softmax over the whole catalogue; sampled: over the target and `negatives` items
     shared by the batch, logQ-corrected (for catalogues too large for a full softmax); auto:
     ce up to FULL_SOFTMAX_ITEMS items, sampled above (the output layer's cost per token
     grows with the catalogue: at 12,101 items a full-softmax step took 2.5x a sampled one
     on 2 CPU cores, `benchmarks/text_aware.md`)."""
-    negatives: int = Field(1024, ge=1)
-    """Negatives per batch with the sampled softmax."""
-    negatives_per: Literal["batch", "token"] = "batch"
-    """With the sampled softmax: one set of `negatives` shared by every target of a batch
-    (cheap: one (targets x negatives) product), or a fresh set for every target, as RecTools
-    and the published SASRec-SS setting draw them (far more items pushed down per step)."""
-    sampler: Literal["uniform", "popularity"] = "popularity"
+    negatives: int = Field(256, ge=1)
+    """Negatives per target (negatives_per="token") or per batch ("batch") with the sampled
+    softmax."""
+    negatives_per: Literal["batch", "token"] = "token"
+    """With the sampled softmax: a fresh set of `negatives` for every target, as RecTools and
+    the published SASRec-SS setting draw them (far more items pushed down per step), or one
+    set shared by every target of a batch (cheaper: one (targets x negatives) product). On
+    Beauty's validation part 256 fresh uniform negatives per target beat 1,024 shared
+    popularity-drawn ones (`benchmarks/text_aware.md`, 2026-12-05)."""
+    sampler: Literal["uniform", "popularity"] = "uniform"
     """How the sampled softmax draws its negatives: in proportion to training popularity
     (the items a full softmax pushes down hardest) or uniformly; either way the logits are
     logQ-corrected (Yi et al., RecSys 2019)."""
@@ -213,6 +231,28 @@ def auto_patience(seqs: Sequence[np.ndarray]) -> int:
 
 #: `auto_patience` of short sparse histories.
 PATIENCE_SPARSE = 50
+
+#: The settings `auto_shape` resolves, and their values for each kind of data.
+SHAPE_FIELDS = ("layers", "heads", "ffn_mult", "learning_rate", "batch_size")
+SHAPE_DENSE = {"layers": 2, "heads": 2, "ffn_mult": 4, "learning_rate": 3e-3, "batch_size": 64}
+SHAPE_SPARSE = {"layers": 1, "heads": 1, "ffn_mult": 1, "learning_rate": 1e-3, "batch_size": 128}
+
+
+def auto_shape(seqs: Sequence[np.ndarray]) -> dict[str, Any]:
+    """SASRec's network shape and optimiser step for training sequences of this length:
+    SHAPE_SPARSE (one block, one head, a 1x feed-forward, lr 1e-3, 128 sequences a step) when
+    the mean training sequence has fewer than 35 items (the middle of `auto_dropout`'s
+    ramp) over at least 1,000 sequences, else SHAPE_DENSE (two blocks, two heads, 4x, lr
+    3e-3, 64 a step). On Amazon Beauty (mean 7 items) the sparse shape, the eSASRec paper's
+    setting for Beauty, Sports and Toys, reached validation NDCG@10 0.0492 against 0.0393 for
+    the dense one (test 0.0435 vs 0.0332, both with 256 uniform negatives per target);
+    the dense shape was chosen on MovieLens' validation parts (mean 104 items,
+    `benchmarks/sequential.md`). Under 1,000 sequences it is the dense shape: an epoch is a
+    few steps there, too few for lr 1e-3 over large batches."""
+    lengths = [len(s) for s in seqs]
+    if len(lengths) < 1000 or float(np.mean(lengths)) >= 35.0:
+        return dict(SHAPE_DENSE)
+    return dict(SHAPE_SPARSE)
 
 
 def _chunks(seqs: Sequence[np.ndarray], width: int, overlap: int) -> list[np.ndarray]:
@@ -282,14 +322,15 @@ class _Task:
         import torch
 
         c = self.model.config
+        size = self.model.shape_["batch_size"]
         rng = np.random.default_rng([c.seed, epoch])
         order = rng.permutation(len(self.rows))
-        pool = 32 * c.batch_size
+        pool = 32 * size
         batches = []
         for p in range(0, len(order), pool):
             chunk = order[p : p + pool]
             chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
-            batches.extend(chunk[s : s + c.batch_size] for s in range(0, len(chunk), c.batch_size))
+            batches.extend(chunk[s : s + size] for s in range(0, len(chunk), size))
         mask_rng = np.random.default_rng([c.seed, epoch, rank])
         for b in rng.permutation(len(batches)):
             glob = batches[b]
@@ -335,6 +376,9 @@ class _SequenceModel(Recommender):
         self.dropout_: float = self.config.dropout if self.config.dropout is not None else 0.2
         #: The early-stopping patience trained with (the config's, or `auto_patience`).
         self.patience_: int | None = None
+        #: The network shape and optimiser step trained with (SHAPE_FIELDS: the config's, or
+        #: `auto_shape` of the training data where the config leaves them None).
+        self.shape_: dict[str, Any] = self._shape(SHAPE_DENSE)
 
     def fit(self, dataset: Dataset, valid: Dataset | None = None) -> Self:
         """Learn from `dataset`; stop early on NDCG@10 of `valid` (each user's first item
@@ -366,9 +410,9 @@ class _SequenceModel(Recommender):
         c = self.config
         return {
             "width": c.embedding_size,
-            "layers": c.layers,
-            "heads": c.heads,
-            "ffn_mult": c.ffn_mult,
+            "layers": self.shape_["layers"],
+            "heads": self.shape_["heads"],
+            "ffn_mult": self.shape_["ffn_mult"],
             "dropout": self.dropout_,
             "max_len": c.max_len,
             "text_mode": c.text,
@@ -398,6 +442,8 @@ class _SequenceModel(Recommender):
             out["dropout"] = self.dropout_
         if self.config.patience == "auto" and self.patience_ is not None:
             out["patience"] = self.patience_
+        if self.train_result is not None:
+            out.update({k: v for k, v in self.shape_.items() if getattr(self.config, k) is None})
         tr = self.train_result
         if tr is not None:
             out["best_epoch"], out["epochs_run"] = tr.best_epoch, tr.epochs_run
@@ -458,6 +504,11 @@ class _SequenceModel(Recommender):
         """Whether the network reads the items' text vectors."""
         return self.config.text != "none"
 
+    def _shape(self, auto: Mapping[str, Any]) -> dict[str, Any]:
+        """SHAPE_FIELDS: the config's values, `auto`'s where the config leaves them None."""
+        c = self.config
+        return {k: auto[k] if getattr(c, k) is None else getattr(c, k) for k in SHAPE_FIELDS}
+
     def _text_places_items(self) -> bool:
         """Whether items without training data get their vector from text (else they are
         scored `UNTRAINED_SCORE`)."""
@@ -505,6 +556,12 @@ class _SequenceModel(Recommender):
         self.dropout_ = c.dropout if c.dropout is not None else auto
         auto_p = 10 if dp else auto_patience(train_seqs)
         self.patience_ = auto_p if c.patience == "auto" else c.patience
+        self.shape_ = self._shape(SHAPE_DENSE if dp else auto_shape(train_seqs))
+        if c.embedding_size % self.shape_["heads"]:
+            raise LmrecError(
+                f"{self.name}: embedding_size {c.embedding_size} is not divisible by the "
+                f"{self.shape_['heads']} attention heads chosen for this data; set heads"
+            )
         counts = np.bincount(np.concatenate(train_seqs), minlength=dataset.n_items)
         if dp:  # which items have data (and how much) is not released: all items are trained
             counts = np.ones(dataset.n_items, np.int64)
@@ -526,7 +583,7 @@ class _SequenceModel(Recommender):
             TrainConfig(
                 epochs=c.epochs,
                 patience=self.patience_ if len(valid_target) else None,
-                learning_rate=c.learning_rate,
+                learning_rate=self.shape_["learning_rate"],
                 weight_decay=c.weight_decay,
                 seed=c.seed,
                 device=c.device,
@@ -562,7 +619,7 @@ class _SequenceModel(Recommender):
             c.delta,
             c.max_grad_norm,
             n_units,
-            c.batch_size,
+            self.shape_["batch_size"],
             c.epochs,
             c.seed,
             f"{self.name} (epsilon)",
@@ -639,6 +696,7 @@ class _SequenceModel(Recommender):
             **extra,
             "trained_items": self.trained_items,
             "dropout": np.float64(self.dropout_),
+            "shape": np.asarray(json.dumps(self.shape_)),
             **{f"net.{k}": v for k, v in state_arrays(self.net).items()},
         }
 
@@ -651,6 +709,9 @@ class _SequenceModel(Recommender):
             self.privacy_ = json.loads(str(state["privacy"]))
         if "dropout" in state:
             self.dropout_ = float(state["dropout"])
+        # Models saved before `auto_shape` were trained with the dense shape.
+        saved = json.loads(str(state["shape"])) if "shape" in state else {}
+        self.shape_ = self._shape({**SHAPE_DENSE, **saved})
         weights = {k[4:]: v for k, v in state.items() if k.startswith("net.")}
         if "item_emb.text_map" in weights:  # dual view: the text buffer is already mapped
             dim = weights["item_emb.text_map"].shape[0]
@@ -777,6 +838,16 @@ class XLNet(_SequenceModel):
 class DualSASRecConfig(SASRecConfig):
     """SASRec over dual-view items (see `DualSASRec`)."""
 
+    # dualsasrec keeps the shape and sampler it was measured with on Beauty and ML-100K
+    # (`benchmarks/text_aware.md`): SHAPE_DENSE, 1,024 popularity negatives per batch.
+    layers: int | None = Field(SHAPE_DENSE["layers"], ge=1)
+    heads: int | None = Field(SHAPE_DENSE["heads"], ge=1)
+    ffn_mult: int | None = Field(SHAPE_DENSE["ffn_mult"], ge=1)
+    learning_rate: float | None = Field(SHAPE_DENSE["learning_rate"], gt=0)
+    batch_size: int | None = Field(SHAPE_DENSE["batch_size"], ge=1)
+    negatives: int = Field(1024, ge=1)
+    negatives_per: Literal["batch", "token"] = "batch"
+    sampler: Literal["uniform", "popularity"] = "popularity"
     text: Literal["none", "init", "fuse"] = "none"
     """SASRec's text modes do not apply: `dualsasrec`'s items are set by `views`."""
     views: Literal["both", "text", "id"] = "both"
