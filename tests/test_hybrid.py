@@ -169,7 +169,9 @@ def test_auto_shape_scales_with_history_length_and_users(tmp_path) -> None:
     assert "layers" not in m2.chosen() and m2.chosen()["batch_size"] == 128
     # dualsasrec keeps the dense shape it was measured with.
     assert create_model("dualsasrec").config.layers == SHAPE_DENSE["layers"]
-    with pytest.raises(LmrecError, match="not divisible by the 2 attention heads chosen for this data"):
+    with pytest.raises(
+        LmrecError, match="not divisible by the 2 attention heads chosen for this data"
+    ):
         create_model("sasrec", **{**base, "embedding_size": 15}).fit(_cycles(length=6))
 
 

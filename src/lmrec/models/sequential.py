@@ -841,13 +841,23 @@ class DualSASRecConfig(SASRecConfig):
     # dualsasrec keeps the shape and sampler it was measured with on Beauty and ML-100K
     # (`benchmarks/text_aware.md`): SHAPE_DENSE, 1,024 popularity negatives per batch.
     layers: int | None = Field(SHAPE_DENSE["layers"], ge=1)
+    """Transformer blocks (None: `auto_shape`)."""
     heads: int | None = Field(SHAPE_DENSE["heads"], ge=1)
+    """Attention heads, must divide embedding_size (None: `auto_shape`)."""
     ffn_mult: int | None = Field(SHAPE_DENSE["ffn_mult"], ge=1)
+    """Feed-forward inner width in multiples of embedding_size (None: `auto_shape`)."""
     learning_rate: float | None = Field(SHAPE_DENSE["learning_rate"], gt=0)
+    """AdamW learning rate (None: `auto_shape`)."""
     batch_size: int | None = Field(SHAPE_DENSE["batch_size"], ge=1)
+    """Sequences per gradient step (None: `auto_shape`)."""
     negatives: int = Field(1024, ge=1)
+    """Negatives per batch (negatives_per="batch") or per target ("token") with the sampled
+    softmax."""
     negatives_per: Literal["batch", "token"] = "batch"
+    """With the sampled softmax: one set of `negatives` shared by every target of a batch
+    (as dualsasrec was measured) or a fresh set for every target."""
     sampler: Literal["uniform", "popularity"] = "popularity"
+    """How the sampled softmax draws its negatives (logQ-corrected either way)."""
     text: Literal["none", "init", "fuse"] = "none"
     """SASRec's text modes do not apply: `dualsasrec`'s items are set by `views`."""
     views: Literal["both", "text", "id"] = "both"
