@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from lmrec.models.sequential import SHAPE_DENSE
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "artifacts" / "text_aware"
@@ -48,6 +50,9 @@ PUBLISHED = {"embedding_size": 256, "layers": 1, "heads": 1, "dropout": 0.2, "ne
 RECTOOLS = {"embedding_size": 64, "layers": 1, "heads": 1, "dropout": 0.2, "ffn_mult": 1,
             "negatives": 256, "sampler": "uniform", "negatives_per": "token",
             "learning_rate": 1e-3, "batch_size": 128, "patience": 50}  # fmt: skip
+
+#: SASRec's defaults before 2026-12-05 (`auto_shape` and the per-target uniform sampler).
+OLD_SASREC = {**SHAPE_DENSE, "negatives": 1024, "sampler": "popularity", "negatives_per": "batch"}
 
 #: label -> (registered model, parameters); every other setting is the model's default.
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -88,11 +93,12 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     # Fresh negatives for every target, as RecTools draws them, and the full softmax.
     "sasrec-pub-tok": ("sasrec", {**PUBLISHED, "patience": 20, "negatives_per": "token"}),
     "sasrec-pub-ce": ("sasrec", {**PUBLISHED, "patience": 20, "loss": "ce"}),
-    # The defaults trained longer (the published runs had patience 50 over 200 epochs).
-    "sasrec-p50": ("sasrec", {"patience": 50}),
+    # The defaults before 2026-12-05 (the dense shape, 1,024 popularity-drawn negatives shared
+    # by the batch) trained longer (the published runs had patience 50 over 200 epochs).
+    "sasrec-p50": ("sasrec", {**OLD_SASREC, "patience": 50}),
     # The defaults with the full softmax (RecBole's SASRec loss) in place of the sampled one
     # that loss="auto" picks above 10,000 items.
-    "sasrec-ce": ("sasrec", {"loss": "ce"}),
+    "sasrec-ce": ("sasrec", {**OLD_SASREC, "loss": "ce"}),
     # The Beauty row of the eSASRec paper's hyperparameter table (blondered/transformer_benchmark
     # README: 64 factors, 1 block, 1 head, dropout 0.2, 256 negatives, lr 1e-3, 200 epochs,
     # patience 50) with RecTools' sampler (fresh uniform negatives for every target) and its
@@ -100,8 +106,9 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "sasrec-rt": ("sasrec", RECTOOLS),
     "sasrec-rt-xavier": ("sasrec", {**RECTOOLS, "init_std": 0.0128}),
     "sasrec-rt-d5": ("sasrec", {**RECTOOLS, "dropout": 0.5}),
-    # lmrec's defaults with RecTools' sampler: 256 fresh uniform negatives for every target.
-    "sasrec-tok": ("sasrec", {"negatives": 256, "sampler": "uniform", "negatives_per": "token"}),
+    # The dense shape with RecTools' sampler (256 fresh uniform negatives for every target,
+    # today's default): the shape's share of the 2026-12-05 gain.
+    "sasrec-tok": ("sasrec", dict(SHAPE_DENSE)),
 }
 NEURAL = ("sasrec", "dualsasrec", "bert4rec", "xlnet")
 BLENDS = ("blend", "hybrid")
