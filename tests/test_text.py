@@ -202,6 +202,10 @@ def test_item_and_user_text() -> None:
         item_text("A", template="{title")
     long = item_text("word " * 500, max_chars=50)
     assert len(long) <= 50 and not long.endswith(" ")
+    # A long description is cut, not the categories: they come before it.
+    described = item_text("Serum", "word " * 500, ["Skin Care", "Serums"], {"brand": "Acme"})
+    assert described.startswith("Serum (Acme). Skin Care, Serums. word word")
+    assert len(described) <= 1000
     assert (
         user_text({"age": 24, "gender": "M", "zip": None}, ["jazz", "hiking"], "likes old films")
         == "Age: 24. Gender: M. Interests: jazz, hiking. likes old films."
@@ -282,7 +286,8 @@ def test_texts_of_a_dataset() -> None:
     ds = _topic_dataset(4)
     texts = item_texts(ds)
     assert len(texts) == ds.n_items
-    assert texts[0].startswith("Space story") and texts[0].endswith("space.")
+    assert texts[0].startswith("Space story") and ". space. rockets" in texts[0]
+    assert texts[0].endswith("distant galaxies.")  # the description last
     (b,) = behaviour_texts(ds, [0], max_items=2)
     items = ds.sequence(0)
     t_last, t_prev = (ds.item_features.title[i] for i in items[[-1, -2]])

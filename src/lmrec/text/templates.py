@@ -84,9 +84,13 @@ def item_text(
     max_chars: int | None = 1000,
     fallback: str = "",
 ) -> str:
-    """One item as text: "Title (attribute values). Description. Category, category."
+    """One item as text: "Title (attribute values). Category, category. Description."
 
     E.g. "Toy Story (1995). Animation, Children's, Comedy."
+
+    The short fields come first and the description last, so that `max_chars` (and the
+    encoder's own token limit: 256 word pieces for MiniLM) cuts a long description, never
+    the categories behind it.
 
     `template` (str.format with title, description, categories, attributes and each attribute
     by name; unknown names are empty) replaces the default layout; `fallback` (e.g. the item id) is used when everything is empty.
@@ -110,7 +114,7 @@ def item_text(
         head = title.strip().rstrip(".")
         if values:
             head = f"{head} ({values})" if head else values
-        parts = [p.strip().rstrip(".") for p in (head, description, cats) if p and p.strip()]
+        parts = [p.strip().rstrip(".") for p in (head, cats, description) if p and p.strip()]
         text = ". ".join(parts) + ("." if parts else "")
     text = _clip(text, max_chars)
     return text or fallback
