@@ -51,6 +51,9 @@ RECTOOLS = {"embedding_size": 64, "layers": 1, "heads": 1, "dropout": 0.2, "ffn_
             "negatives": 256, "sampler": "uniform", "negatives_per": "token",
             "learning_rate": 1e-3, "batch_size": 128, "patience": 50}  # fmt: skip
 
+#: RecTools' sampler: 256 fresh uniform negatives for every target.
+PER_TARGET = {"negatives": 256, "sampler": "uniform", "negatives_per": "token"}
+
 #: SASRec's defaults before 2026-12-05 (`auto_shape` and the per-target uniform sampler).
 OLD_SASREC = {**SHAPE_DENSE, "negatives": 1024, "sampler": "popularity", "negatives_per": "batch"}
 
@@ -107,8 +110,12 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "sasrec-rt-xavier": ("sasrec", {**RECTOOLS, "init_std": 0.0128}),
     "sasrec-rt-d5": ("sasrec", {**RECTOOLS, "dropout": 0.5}),
     # The dense shape with RecTools' sampler (256 fresh uniform negatives for every target,
-    # today's default): the shape's share of the 2026-12-05 gain.
-    "sasrec-tok": ("sasrec", dict(SHAPE_DENSE)),
+    # the default of 2026-12-05 to 07): the shape's share of the 2026-12-05 gain.
+    "sasrec-tok": ("sasrec", {**SHAPE_DENSE, **PER_TARGET}),
+    # The sparse shape with 1,024 shared popularity negatives (the sampler's share; the
+    # default since 2026-12-07), and twice the width.
+    "sasrec-shape-pop": ("sasrec", {**OLD_SASREC, **dict.fromkeys(SHAPE_DENSE)}),
+    "sasrec-w128": ("sasrec", {"embedding_size": 128}),
 }
 NEURAL = ("sasrec", "dualsasrec", "bert4rec", "xlnet")
 BLENDS = ("blend", "hybrid")
