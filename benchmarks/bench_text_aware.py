@@ -54,8 +54,11 @@ RECTOOLS = {"embedding_size": 64, "layers": 1, "heads": 1, "dropout": 0.2, "ffn_
 #: RecTools' sampler: 256 fresh uniform negatives for every target.
 PER_TARGET = {"negatives": 256, "sampler": "uniform", "negatives_per": "token"}
 
-#: SASRec's defaults before 2026-12-05 (`auto_shape` and the per-target uniform sampler).
-OLD_SASREC = {**SHAPE_DENSE, "negatives": 1024, "sampler": "popularity", "negatives_per": "batch"}
+#: 1,024 popularity-drawn negatives shared by the batch (SASRec's default sampler).
+SHARED = {"negatives": 1024, "sampler": "popularity", "negatives_per": "batch"}
+
+#: SASRec's defaults before 2026-12-05 (before `auto_shape`): the dense shape, SHARED.
+OLD_SASREC = {**SHAPE_DENSE, **SHARED}
 
 #: label -> (registered model, parameters); every other setting is the model's default.
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -112,10 +115,10 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     # The dense shape with RecTools' sampler (256 fresh uniform negatives for every target,
     # the default of 2026-12-05 to 07): the shape's share of the 2026-12-05 gain.
     "sasrec-tok": ("sasrec", {**SHAPE_DENSE, **PER_TARGET}),
-    # The sparse shape with 1,024 shared popularity negatives (the sampler's share; the
-    # default since 2026-12-07), and twice the width.
-    "sasrec-shape-pop": ("sasrec", {**OLD_SASREC, **dict.fromkeys(SHAPE_DENSE)}),
-    "sasrec-w128": ("sasrec", {"embedding_size": 128}),
+    # The sparse shape with SHARED (the sampler's share; the default since 2026-12-07), and
+    # the sparse shape 128 wide with PER_TARGET.
+    "sasrec-shape-pop": ("sasrec", SHARED),
+    "sasrec-w128": ("sasrec", {"embedding_size": 128, **PER_TARGET}),
 }
 NEURAL = ("sasrec", "dualsasrec", "bert4rec", "xlnet")
 BLENDS = ("blend", "hybrid")
