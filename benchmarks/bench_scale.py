@@ -41,7 +41,7 @@ PARAMS: dict[str, dict[str, Any]] = {
     "itemknn": {},  # sparse co-occurrence blocks (auto above 50,000 items)
     "als": {"num_threads": 2},
     "bpr": {"num_threads": 2},
-    # loss auto = sampled softmax above 10,000 items; one epoch, no validation
+    # loss auto = sampled softmax above 20,000 items; one epoch, no validation
     "sasrec": {"epochs": 1, "patience": None, "num_threads": 2},
 }
 

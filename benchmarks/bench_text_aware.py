@@ -44,18 +44,20 @@ BEAUTY = ROOT.parent / "shared" / "data" / "amazon-beauty"
 #: The published SASRec-SS setting on this preprocessing (blondered/transformer_benchmark,
 #: configs/paper/loo/s3_vanilla.yaml, on RecTools: 256 factors, 1 block, 1 head, dropout 0.2,
 #: sampled softmax over 256 uniform negatives; RecTools' lr 1e-3 and batch 128).
-PUBLISHED = {"embedding_size": 256, "layers": 1, "heads": 1, "dropout": 0.2, "negatives": 256,
-             "sampler": "uniform", "learning_rate": 1e-3, "batch_size": 128}  # fmt: skip
+PUBLISHED = {"embedding_size": 256, "layers": 1, "heads": 1, "dropout": 0.2, "loss": "sampled",
+             "negatives": 256, "sampler": "uniform", "learning_rate": 1e-3,
+             "batch_size": 128}  # fmt: skip
 
 RECTOOLS = {"embedding_size": 64, "layers": 1, "heads": 1, "dropout": 0.2, "ffn_mult": 1,
-            "negatives": 256, "sampler": "uniform", "negatives_per": "token",
+            "loss": "sampled", "negatives": 256, "sampler": "uniform", "negatives_per": "token",
             "learning_rate": 1e-3, "batch_size": 128, "patience": 50}  # fmt: skip
 
 #: RecTools' sampler: 256 fresh uniform negatives for every target.
-PER_TARGET = {"negatives": 256, "sampler": "uniform", "negatives_per": "token"}
+PER_TARGET = {"loss": "sampled", "negatives": 256, "sampler": "uniform", "negatives_per": "token"}
 
-#: 1,024 popularity-drawn negatives shared by the batch (SASRec's default sampler).
-SHARED = {"negatives": 1024, "sampler": "popularity", "negatives_per": "batch"}
+#: 1,024 popularity-drawn negatives shared by the batch (SASRec's default sampler; its loss
+#: on Beauty until 2026-12-07, when `full_softmax_items` went from 10,000 to 20,000).
+SHARED = {"loss": "sampled", "negatives": 1024, "sampler": "popularity", "negatives_per": "batch"}
 
 #: SASRec's defaults before 2026-12-05 (before `auto_shape`): the dense shape, SHARED.
 OLD_SASREC = {**SHAPE_DENSE, **SHARED}
@@ -72,6 +74,8 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     # same architecture without the language model (EASE + SASRec, blended on validation).
     "hybrid": ("hybrid", {}),
     "blend": ("blend", {}),
+    # The blend as measured on 2026-12-07 before SASRec's full softmax on Beauty.
+    "blend-pertarget": ("blend", {"params": {"sasrec": PER_TARGET}}),
     # EASE with the items' text vectors as side information, the text weight chosen on valid.
     "ease-text": ("ease", {"text_weight": None}),
     # SASRec over dual-view items (frozen text view + id view), and its ablations.
@@ -115,10 +119,19 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     # The dense shape with RecTools' sampler (256 fresh uniform negatives for every target,
     # the default of 2026-12-05 to 07): the shape's share of the 2026-12-05 gain.
     "sasrec-tok": ("sasrec", {**SHAPE_DENSE, **PER_TARGET}),
-    # The sparse shape with SHARED (the sampler's share; the default since 2026-12-07), and
-    # the sparse shape 128 wide with PER_TARGET.
+    # The sparse shape with SHARED (the sampler's share; Beauty's default for part of
+    # 2026-12-07, before the full softmax), and the sparse shape 128 wide with PER_TARGET.
     "sasrec-shape-pop": ("sasrec", SHARED),
     "sasrec-w128": ("sasrec", {"embedding_size": 128, **PER_TARGET}),
+    # 2026-12-07 (evening), today's defaults varied one at a time: 128 wide; 4,096 shared
+    # negatives.
+    "sasrec-w128-pop": ("sasrec", {**SHARED, "embedding_size": 128}),
+    "sasrec-neg4k": ("sasrec", {**SHARED, "negatives": 4096}),
+    # Dropout on the item vectors too (input and softmax), as RecTools' item network has.
+    "sasrec-idrop2": ("sasrec", {**SHARED, "item_dropout": 0.2}),
+    # Today's shape with the full softmax (SASRec's default on Beauty since 2026-12-07).
+    "sasrec-shape-ce": ("sasrec", {"loss": "ce"}),
+    "sasrec-neg4k-idrop2": ("sasrec", {**SHARED, "negatives": 4096, "item_dropout": 0.2}),
 }
 NEURAL = ("sasrec", "dualsasrec", "bert4rec", "xlnet")
 BLENDS = ("blend", "hybrid")

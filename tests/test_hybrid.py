@@ -271,3 +271,38 @@ def test_item_vectors_start_at_the_configured_scale(tmp_path) -> None:
     assert again.recommend(Query(items=seq), n=5).items == m.recommend(Query(items=seq), n=5).items
     with pytest.raises(LmrecError, match="init_std"):
         create_model("sasrec", init_std=0)
+
+
+def test_item_dropout_drops_item_vectors_in_training_only() -> None:
+    """item_dropout zeroes a share of the item vectors' entries where a training step reads
+    them (sequence input and softmax), rescaling the rest; inference reads them whole."""
+    net = NETWORKS["SASRecNet"](500, width=16, layers=1, heads=1, item_dropout=0.5)
+    net.set_item_counts(torch.ones(500))
+    assert net.hparams["item_dropout"] == 0.5
+    net.train()
+    w, _ = net.step_weight(torch.tensor([[1, 2, 3]]))
+    full = net.item_weight()
+    kept = w[1:501] != 0
+    assert 0.4 < kept.float().mean().item() < 0.6
+    torch.testing.assert_close(w[1:501][kept], 2 * full[1:501][kept])
+    net.eval()
+    torch.testing.assert_close(net.step_weight(torch.tensor([[1, 2, 3]]))[0], full)
+    plain = NETWORKS["SASRecNet"](500, width=16, layers=1, heads=1)
+    plain.train()
+    torch.testing.assert_close(plain.step_weight(torch.tensor([[1]]))[0], plain.item_weight())
+    with pytest.raises(LmrecError, match="item_dropout"):
+        create_model("sasrec", item_dropout=1.0)
+
+
+def test_auto_loss_is_the_full_softmax_up_to_full_softmax_items() -> None:
+    """loss="auto" trains a full softmax over catalogues of at most `full_softmax_items`
+    items and the sampled softmax over larger ones; dualsasrec keeps its own threshold."""
+    ds = _cycles()  # 30 items
+    fast = {**FAST, "epochs": 1, "patience": None}
+    assert create_model("sasrec", **fast).fit(ds).loss_ == "ce"
+    m = create_model("sasrec", **fast, full_softmax_items=29, negatives=8).fit(ds)
+    assert m.loss_ == "sampled" and m.net.loss_kind == "sampled"
+    assert m.chosen()["loss"] == "sampled"
+    assert create_model("sasrec", **fast, full_softmax_items=30).fit(ds).loss_ == "ce"
+    assert create_model("sasrec").config.full_softmax_items == 20_000
+    assert create_model("dualsasrec").config.full_softmax_items == 10_000

@@ -71,6 +71,9 @@ class SequentialConfig(ModelConfig):
     """Dropout on embeddings, attention weights and residual branches. None: scaled to the
     data by `auto_dropout` (0.5 for short sparse histories such as Amazon's, 0.2 for long
     dense ones such as MovieLens')."""
+    item_dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout on the item vectors themselves in training, where the sequence reads them and
+    where the softmax scores them (RecTools' item network drops its id embeddings so)."""
     max_len: int = Field(50, ge=2)
     """Most recent items of a sequence that the model reads."""
     batch_size: int = Field(64, ge=1)
@@ -139,8 +142,8 @@ class SequentialConfig(ModelConfig):
         return self
 
 
-#: Above this many items, loss="auto" trains with the sampled softmax.
-FULL_SOFTMAX_ITEMS = 10_000
+#: Above this many items, SASRec's loss="auto" trains with the sampled softmax.
+FULL_SOFTMAX_ITEMS = 20_000
 
 
 class SASRecConfig(SequentialConfig):
@@ -162,9 +165,14 @@ class SASRecConfig(SequentialConfig):
     loss: Literal["auto", "ce", "sampled"] = "auto"
     """ce: softmax over the whole catalogue; sampled: over the target and `negatives` items
     shared by the batch, logQ-corrected (for catalogues too large for a full softmax); auto:
-    ce up to FULL_SOFTMAX_ITEMS items, sampled above (the output layer's cost per token
-    grows with the catalogue: at 12,101 items a full-softmax step took 2.5x a sampled one
-    on 2 CPU cores, `benchmarks/text_aware.md`)."""
+    ce up to `full_softmax_items` items, sampled above (the output layer's cost per token
+    grows with the catalogue)."""
+    full_softmax_items: int = Field(FULL_SOFTMAX_ITEMS, ge=0)
+    """loss="auto" trains with the full softmax up to this many items. On Amazon Beauty
+    (12,101 items), under `auto_shape`'s sparse shape, the full softmax reached validation
+    NDCG@10 0.0530 against 0.0496 for 1,024 shared negatives (seed 0; test 0.0475 vs 0.0429)
+    at 3-4x the time per epoch on 2 CPU cores (`benchmarks/text_aware.md`, 2026-12-07); the
+    cost per step grows with the catalogue, so larger ones get the sampled softmax."""
     negatives: int = Field(1024, ge=1)
     """Negatives per batch (negatives_per="batch") or per target ("token") with the sampled
     softmax."""
@@ -420,6 +428,7 @@ class _SequenceModel(Recommender):
             "id_dropout": c.id_dropout,
             "text_dim": text_dim,
             "init_std": c.init_std,
+            "item_dropout": c.item_dropout,
             **self._extra_net_args(),
         }
 
@@ -756,7 +765,7 @@ class SASRec(_SequenceModel):
         if self.config.loss != "auto":
             return self.config.loss
         n = 0 if self.items is None else len(self.items)
-        return "ce" if n <= FULL_SOFTMAX_ITEMS else "sampled"
+        return "ce" if n <= self.config.full_softmax_items else "sampled"
 
     def _train_window(self) -> int:
         return self.config.max_len + 1
@@ -851,6 +860,9 @@ class DualSASRecConfig(SASRecConfig):
     """AdamW learning rate (None: `auto_shape`)."""
     batch_size: int | None = Field(SHAPE_DENSE["batch_size"], ge=1)
     """Sequences per gradient step (None: `auto_shape`)."""
+    full_softmax_items: int = Field(10_000, ge=0)
+    """loss="auto" trains with the full softmax up to this many items (dualsasrec keeps the
+    10,000 it was measured with: Beauty's 12,101 items get the sampled softmax)."""
     text: Literal["none", "init", "fuse"] = "none"
     """SASRec's text modes do not apply: `dualsasrec`'s items are set by `views`."""
     views: Literal["both", "text", "id"] = "both"

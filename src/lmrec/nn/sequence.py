@@ -67,6 +67,7 @@ class SequenceNet(nn.Module):
         adapter_dropout: float = 0.0,
         text_width: int = 128,
         init_std: float | None = None,
+        item_dropout: float = 0.0,
     ):
         super().__init__()
         # Constructor arguments besides the item count and text, for `with_new_items`.
@@ -88,6 +89,7 @@ class SequenceNet(nn.Module):
             "adapter_dropout": adapter_dropout,
             "text_width": text_width,
             "init_std": init_std,
+            "item_dropout": item_dropout,
         }
         if text is None and text_mode != "none":
             text = torch.zeros(n_items, text_dim)  # filled by load_state_dict
@@ -126,6 +128,7 @@ class SequenceNet(nn.Module):
             )
         self.pos = nn.Parameter(torch.randn(max_len, width) / width**0.5)
         self.drop = Dropout(dropout)
+        self.item_drop = Dropout(item_dropout)
         self.encoder = TransformerEncoder(width, layers, heads, ffn_mult, dropout)
         # Items allowed in the training softmax (those with training data) and the log of
         # each item's chance to be drawn as a sampled negative; set by `set_item_counts`.
@@ -191,11 +194,11 @@ class SequenceNet(nn.Module):
         zero, unread): a text-derived item vector costs an adapter pass, and a step needs a
         few thousand of them, not the catalogue."""
         if self.loss_kind != "sampled" or self.negatives_per == "token":  # token: drawn later
-            return self.item_weight(), None
+            return self.item_drop(self.item_weight()), None
         neg = torch.multinomial(self.log_q.exp(), self.negatives, replacement=True)  # (K,)
         special = torch.tensor([PAD, self.mask_token], device=neg.device)
         ids = torch.cat([t.reshape(-1) for t in tokens] + [neg + 1, special])
-        return self.item_emb.weight(torch.unique(ids)), neg
+        return self.item_drop(self.item_emb.weight(torch.unique(ids))), neg
 
     def scores(self, hidden: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         """(B, n_items) dot products of hidden (B, C) with every item vector."""
