@@ -132,6 +132,11 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     # Today's shape with the full softmax (SASRec's default on Beauty since 2026-12-07).
     "sasrec-shape-ce": ("sasrec", {"loss": "ce"}),
     "sasrec-neg4k-idrop2": ("sasrec", {**SHARED, "negatives": 4096, "item_dropout": 0.2}),
+    # 2026-12-07 (night): the SASRec authors' block (RecTools' SASRecTransformerLayer) under
+    # today's defaults; with RecTools' dropout 0.2; and with its item-vector dropout too.
+    "sasrec-block": ("sasrec", {"block": "sasrec"}),
+    "sasrec-block-d2": ("sasrec", {"block": "sasrec", "dropout": 0.2}),
+    "sasrec-block-d2-idrop2": ("sasrec", {"block": "sasrec", "dropout": 0.2, "item_dropout": 0.2}),
 }
 NEURAL = ("sasrec", "dualsasrec", "bert4rec", "xlnet")
 BLENDS = ("blend", "hybrid")

@@ -74,6 +74,11 @@ class SequentialConfig(ModelConfig):
     item_dropout: float = Field(0.0, ge=0, lt=1)
     """Dropout on the item vectors themselves in training, where the sequence reads them and
     where the softmax scores them (RecTools' item network drops its id embeddings so)."""
+    block: Literal["pre_ln", "sasrec"] = "pre_ln"
+    """Transformer block layout: pre_ln (x + Attn(LN(x)), x + FFN(LN(x)); Xiong et al., ICML
+    2020) or sasrec (the SASRec authors' block, as RecTools keeps it: the residual stream
+    normalised in every block, keys and values from the un-normalised input, ReLU).
+    `lmrec.nn.layers.SASRecBlock`."""
     max_len: int = Field(50, ge=2)
     """Most recent items of a sequence that the model reads."""
     batch_size: int = Field(64, ge=1)
@@ -429,6 +434,7 @@ class _SequenceModel(Recommender):
             "text_dim": text_dim,
             "init_std": c.init_std,
             "item_dropout": c.item_dropout,
+            "block": c.block,
             **self._extra_net_args(),
         }
 

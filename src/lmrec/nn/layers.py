@@ -17,6 +17,7 @@ __all__ = [
     "FeedForward",
     "ItemEmbedding",
     "MultiHeadAttention",
+    "SASRecBlock",
     "TransformerBlock",
     "TransformerEncoder",
     "causal_mask",
@@ -119,16 +120,18 @@ class MultiHeadAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """Position-wise W2 dropout(GELU(W1 x + b1)) + b2 with inner width `mult` * C."""
+    """Position-wise W2 dropout(act(W1 x + b1)) + b2 with inner width `mult` * C; act is GELU,
+    or ReLU (`relu=True`, SASRec's own)."""
 
-    def __init__(self, width: int, mult: int, dropout: float):
+    def __init__(self, width: int, mult: int, dropout: float, relu: bool = False):
         super().__init__()
         self.fc1 = nn.Linear(width, mult * width)
         self.fc2 = nn.Linear(mult * width, width)
         self.drop = Dropout(dropout)
+        self.act = F.relu if relu else F.gelu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.drop(F.gelu(self.fc1(x))))
+        return self.fc2(self.drop(self.act(self.fc1(x))))
 
 
 class TransformerBlock(nn.Module):
@@ -167,13 +170,64 @@ class TransformerBlock(nn.Module):
         return h2, g2
 
 
-class TransformerEncoder(nn.Module):
-    """A stack of `TransformerBlock`s and a final layer norm."""
+class SASRecBlock(nn.Module):
+    """The block of SASRec's authors (Kang and McAuley, ICDM 2018; as RecTools' SASRec keeps
+    it): q = LN(x); y = q + Attn(q, keys and values from x); f = LN(y); f + dropout(FFN(f)),
+    ReLU inside. Unlike the pre-layer-norm block, the residual stream is normalised in every
+    block, and keys and values read the un-normalised input."""
 
-    def __init__(self, width: int, layers: int, heads: int, ffn_mult: int, dropout: float):
+    def __init__(self, width: int, heads: int, ffn_mult: int, dropout: float):
         super().__init__()
+        self.ln1 = nn.LayerNorm(width)
+        self.attn = MultiHeadAttention(width, heads, dropout)
+        self.ln2 = nn.LayerNorm(width)
+        self.ffn = FeedForward(width, ffn_mult, dropout, relu=True)
+        self.drop = Dropout(dropout)
+
+    def _ffn(self, y: torch.Tensor) -> torch.Tensor:
+        f = self.ln2(y)
+        return f + self.drop(self.ffn(f))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        q = self.ln1(x)
+        return self._ffn(q + self.attn(q, mask, kv=x))
+
+    def last(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """`forward(x, mask)[:, -1:]` (B, 1, C), computed for the last position only."""
+        q = self.ln1(x[:, -1:])
+        return self._ffn(q + self.attn(q, mask[:, :, -1:], kv=x))
+
+    def two_stream(
+        self, h: torch.Tensor, g: torch.Tensor, mask_h: torch.Tensor, mask_g: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`TransformerBlock.two_stream` in this layout."""
+        hq, gq = self.ln1(h), self.ln1(g)
+        h2 = hq + self.attn(hq, mask_h, kv=h)
+        g2 = gq + self.attn(gq, mask_g, kv=h)
+        return self._ffn(h2), self._ffn(g2)
+
+
+#: Transformer block layouts by name (`SequentialConfig.block`).
+BLOCKS: dict[str, type[nn.Module]] = {"pre_ln": TransformerBlock, "sasrec": SASRecBlock}
+
+
+class TransformerEncoder(nn.Module):
+    """A stack of blocks (`BLOCKS[block]`) and a final layer norm."""
+
+    def __init__(
+        self,
+        width: int,
+        layers: int,
+        heads: int,
+        ffn_mult: int,
+        dropout: float,
+        block: str = "pre_ln",
+    ):
+        super().__init__()
+        if block not in BLOCKS:
+            raise ValueError(f"block must be one of {sorted(BLOCKS)}, not {block!r}")
         self.blocks = nn.ModuleList(
-            TransformerBlock(width, heads, ffn_mult, dropout) for _ in range(layers)
+            BLOCKS[block](width, heads, ffn_mult, dropout) for _ in range(layers)
         )
         self.ln = nn.LayerNorm(width)
 

@@ -68,6 +68,7 @@ class SequenceNet(nn.Module):
         text_width: int = 128,
         init_std: float | None = None,
         item_dropout: float = 0.0,
+        block: str = "pre_ln",
     ):
         super().__init__()
         # Constructor arguments besides the item count and text, for `with_new_items`.
@@ -90,6 +91,7 @@ class SequenceNet(nn.Module):
             "text_width": text_width,
             "init_std": init_std,
             "item_dropout": item_dropout,
+            "block": block,
         }
         if text is None and text_mode != "none":
             text = torch.zeros(n_items, text_dim)  # filled by load_state_dict
@@ -129,7 +131,7 @@ class SequenceNet(nn.Module):
         self.pos = nn.Parameter(torch.randn(max_len, width) / width**0.5)
         self.drop = Dropout(dropout)
         self.item_drop = Dropout(item_dropout)
-        self.encoder = TransformerEncoder(width, layers, heads, ffn_mult, dropout)
+        self.encoder = TransformerEncoder(width, layers, heads, ffn_mult, dropout, block)
         # Items allowed in the training softmax (those with training data) and the log of
         # each item's chance to be drawn as a sampled negative; set by `set_item_counts`.
         self.register_buffer("trainable", torch.ones(n_items, dtype=torch.bool))
