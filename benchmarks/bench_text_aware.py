@@ -41,16 +41,22 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "artifacts" / "text_aware"
 BEAUTY = ROOT.parent / "shared" / "data" / "amazon-beauty"
 
+#: SASRec's regularisation on Beauty before 2026-12-08, when `auto_shape`'s sparse shape took
+#: the SASRec authors' block with RecTools' dropout: pre-LN blocks, no item-vector dropout and
+#: `auto_dropout`'s 0.5 (on Beauty; the labels below that reproduce older rows keep it).
+LEGACY = {"block": "pre_ln", "item_dropout": 0.0, "dropout": 0.5}
+
 #: The published SASRec-SS setting on this preprocessing (blondered/transformer_benchmark,
 #: configs/paper/loo/s3_vanilla.yaml, on RecTools: 256 factors, 1 block, 1 head, dropout 0.2,
 #: sampled softmax over 256 uniform negatives; RecTools' lr 1e-3 and batch 128).
 PUBLISHED = {"embedding_size": 256, "layers": 1, "heads": 1, "dropout": 0.2, "loss": "sampled",
              "negatives": 256, "sampler": "uniform", "learning_rate": 1e-3,
-             "batch_size": 128}  # fmt: skip
+             "batch_size": 128, "block": "pre_ln", "item_dropout": 0.0}  # fmt: skip
 
 RECTOOLS = {"embedding_size": 64, "layers": 1, "heads": 1, "dropout": 0.2, "ffn_mult": 1,
             "loss": "sampled", "negatives": 256, "sampler": "uniform", "negatives_per": "token",
-            "learning_rate": 1e-3, "batch_size": 128, "patience": 50}  # fmt: skip
+            "learning_rate": 1e-3, "batch_size": 128, "patience": 50, "block": "pre_ln",
+            "item_dropout": 0.0}  # fmt: skip
 
 #: RecTools' sampler: 256 fresh uniform negatives for every target.
 PER_TARGET = {"loss": "sampled", "negatives": 256, "sampler": "uniform", "negatives_per": "token"}
@@ -60,7 +66,11 @@ PER_TARGET = {"loss": "sampled", "negatives": 256, "sampler": "uniform", "negati
 SHARED = {"loss": "sampled", "negatives": 1024, "sampler": "popularity", "negatives_per": "batch"}
 
 #: SASRec's defaults before 2026-12-05 (before `auto_shape`): the dense shape, SHARED.
-OLD_SASREC = {**SHAPE_DENSE, **SHARED}
+OLD_SASREC = {**SHAPE_DENSE, **SHARED, **LEGACY}
+
+#: The SASRec authors' block with RecTools' dropout (0.2 on everything, 0.2 on the item
+#: vectors): the best ID-only SASRec on Beauty's valid part (2026-12-07, 3 seeds).
+BLOCK = {"block": "sasrec", "dropout": 0.2, "item_dropout": 0.2}
 
 #: label -> (registered model, parameters); every other setting is the model's default.
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -75,7 +85,9 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "hybrid": ("hybrid", {}),
     "blend": ("blend", {}),
     # The blend as measured on 2026-12-07 before SASRec's full softmax on Beauty.
-    "blend-pertarget": ("blend", {"params": {"sasrec": PER_TARGET}}),
+    "blend-pertarget": ("blend", {"params": {"sasrec": {**PER_TARGET, **LEGACY}}}),
+    # The blend as measured on 2026-12-07 with the full softmax (`blend` until 2026-12-08).
+    "blend-legacy": ("blend", {"params": {"sasrec": LEGACY}}),
     # EASE with the items' text vectors as side information, the text weight chosen on valid.
     "ease-text": ("ease", {"text_weight": None}),
     # SASRec over dual-view items (frozen text view + id view), and its ablations.
@@ -118,25 +130,33 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "sasrec-rt-d5": ("sasrec", {**RECTOOLS, "dropout": 0.5}),
     # The dense shape with RecTools' sampler (256 fresh uniform negatives for every target,
     # the default of 2026-12-05 to 07): the shape's share of the 2026-12-05 gain.
-    "sasrec-tok": ("sasrec", {**SHAPE_DENSE, **PER_TARGET}),
+    "sasrec-tok": ("sasrec", {**SHAPE_DENSE, **PER_TARGET, **LEGACY}),
     # The sparse shape with SHARED (the sampler's share; Beauty's default for part of
     # 2026-12-07, before the full softmax), and the sparse shape 128 wide with PER_TARGET.
-    "sasrec-shape-pop": ("sasrec", SHARED),
-    "sasrec-w128": ("sasrec", {"embedding_size": 128, **PER_TARGET}),
+    "sasrec-shape-pop": ("sasrec", {**SHARED, **LEGACY}),
+    "sasrec-w128": ("sasrec", {"embedding_size": 128, **PER_TARGET, **LEGACY}),
     # 2026-12-07 (evening), today's defaults varied one at a time: 128 wide; 4,096 shared
     # negatives.
-    "sasrec-w128-pop": ("sasrec", {**SHARED, "embedding_size": 128}),
-    "sasrec-neg4k": ("sasrec", {**SHARED, "negatives": 4096}),
+    "sasrec-w128-pop": ("sasrec", {**SHARED, **LEGACY, "embedding_size": 128}),
+    "sasrec-neg4k": ("sasrec", {**SHARED, **LEGACY, "negatives": 4096}),
     # Dropout on the item vectors too (input and softmax), as RecTools' item network has.
-    "sasrec-idrop2": ("sasrec", {**SHARED, "item_dropout": 0.2}),
+    "sasrec-idrop2": ("sasrec", {**SHARED, **LEGACY, "item_dropout": 0.2}),
     # Today's shape with the full softmax (SASRec's default on Beauty since 2026-12-07).
-    "sasrec-shape-ce": ("sasrec", {"loss": "ce"}),
-    "sasrec-neg4k-idrop2": ("sasrec", {**SHARED, "negatives": 4096, "item_dropout": 0.2}),
+    "sasrec-shape-ce": ("sasrec", {**LEGACY, "loss": "ce"}),
+    "sasrec-neg4k-idrop2": ("sasrec", {**SHARED, **LEGACY, "negatives": 4096, "item_dropout": 0.2}),
     # 2026-12-07 (night): the SASRec authors' block (RecTools' SASRecTransformerLayer) under
     # today's defaults; with RecTools' dropout 0.2; and with its item-vector dropout too.
-    "sasrec-block": ("sasrec", {"block": "sasrec"}),
-    "sasrec-block-d2": ("sasrec", {"block": "sasrec", "dropout": 0.2}),
-    "sasrec-block-d2-idrop2": ("sasrec", {"block": "sasrec", "dropout": 0.2, "item_dropout": 0.2}),
+    "sasrec-block": ("sasrec", {**LEGACY, "block": "sasrec"}),
+    "sasrec-block-d2": ("sasrec", {**LEGACY, "block": "sasrec", "dropout": 0.2}),
+    # (= `sasrec` since 2026-12-08)
+    "sasrec-block-d2-idrop2": ("sasrec", BLOCK),
+    # 2026-12-08: that setting with two blocks (the SASRec paper's depth for Beauty), and the
+    # blend (EASE + SASRec) with it inside (= `blend` once it became the sparse default).
+    "sasrec-block-l2": ("sasrec", {**BLOCK, "layers": 2}),
+    "blend-block": ("blend", {"params": {"sasrec": BLOCK}}),
+    # Its neighbours on the valid part: more dropout on the item vectors, or on the rest.
+    "sasrec-block-idrop3": ("sasrec", {**BLOCK, "item_dropout": 0.3}),
+    "sasrec-block-d3": ("sasrec", {**BLOCK, "dropout": 0.3}),
 }
 NEURAL = ("sasrec", "dualsasrec", "bert4rec", "xlnet")
 BLENDS = ("blend", "hybrid")

@@ -16,13 +16,14 @@ from lmrec.models.base import History, Query, Recommender
 from lmrec.models.sequential import (
     PATIENCE_SPARSE,
     SHAPE_DENSE,
+    SHAPE_FIELDS,
     SHAPE_SPARSE,
     auto_dropout,
     auto_patience,
     auto_shape,
 )
 from lmrec.nn import NETWORKS
-from lmrec.nn.layers import Dropout, DualViewEmbedding, text_reduction
+from lmrec.nn.layers import Dropout, DualViewEmbedding, SASRecBlock, text_reduction
 from test_sequential import FAST, _cycles, _themed
 
 
@@ -156,19 +157,40 @@ def test_auto_shape_scales_with_history_length_and_users(tmp_path) -> None:
     sparse = _cycles(n_users=1200, n_items=40, length=6)
     base = {"embedding_size": 16, "max_len": 8, "num_threads": 1, "epochs": 1, "patience": None}
     m = create_model("sasrec", **base).fit(sparse)
-    assert m.shape_ == SHAPE_SPARSE and len(m.net.encoder.blocks) == SHAPE_SPARSE["layers"]
+    fields = {k: SHAPE_SPARSE[k] for k in SHAPE_FIELDS}
+    assert m.shape_ == fields and len(m.net.encoder.blocks) == SHAPE_SPARSE["layers"]
+    # The sparse shape is the SASRec authors' block with dropout 0.2 and item dropout 0.2.
+    assert isinstance(m.net.encoder.blocks[0], SASRecBlock)
+    assert m.dropout_ == SHAPE_SPARSE["dropout"] == 0.2
+    assert m.net.item_drop.p == 0.2
     assert {k: m.chosen()[k] for k in SHAPE_SPARSE} == SHAPE_SPARSE
     m.save(tmp_path / "m")
     loaded = Recommender.load(tmp_path / "m")
-    assert loaded.shape_ == SHAPE_SPARSE
+    assert loaded.shape_ == fields and loaded.dropout_ == 0.2
+    assert isinstance(loaded.net.encoder.blocks[0], SASRecBlock)
     h = History.from_dataset(sparse, np.arange(20))
     np.testing.assert_allclose(loaded.score(h), m.score(h), rtol=1e-5, atol=1e-5)
-    # A number given is kept, and only the settings left open are reported as chosen.
-    m2 = create_model("sasrec", **base, layers=2, learning_rate=5e-3).fit(sparse)
-    assert m2.shape_ == {**SHAPE_SPARSE, "layers": 2, "learning_rate": 5e-3}
+    # The same as that setting given by hand (the benchmark's sasrec-block-d2-idrop2 rows).
+    explicit = create_model("sasrec", **base, block="sasrec", dropout=0.2, item_dropout=0.2)
+    np.testing.assert_allclose(explicit.fit(sparse).score(h), m.score(h), rtol=1e-5, atol=1e-6)
+    # A value given is kept, and only the settings left open are reported as chosen.
+    m2 = create_model(
+        "sasrec", **base, layers=2, learning_rate=5e-3, block="pre_ln", dropout=0.3
+    ).fit(sparse)
+    assert m2.shape_ == {**fields, "layers": 2, "learning_rate": 5e-3, "block": "pre_ln"}
+    assert not isinstance(m2.net.encoder.blocks[0], SASRecBlock) and m2.dropout_ == 0.3
     assert "layers" not in m2.chosen() and m2.chosen()["batch_size"] == 128
-    # dualsasrec keeps the dense shape it was measured with.
-    assert create_model("dualsasrec").config.layers == SHAPE_DENSE["layers"]
+    assert "block" not in m2.chosen() and "dropout" not in m2.chosen()
+    # The dense shape leaves the dropout to `auto_dropout` and keeps pre-LN blocks.
+    dense = create_model("sasrec", **base).fit(_cycles(length=6))
+    assert dense.shape_ == SHAPE_DENSE and "dropout" not in SHAPE_DENSE
+    assert dense.dropout_ == 0.5  # `auto_dropout` of short histories
+    # dualsasrec keeps the dense shape (and dropout) it was measured with, whatever the data.
+    d = create_model("dualsasrec", **base, views="id").fit(sparse)
+    assert d.shape_ == SHAPE_DENSE and d.dropout_ == 0.5
+    # bert4rec's config sets its shape; the sparse shape's dropout is SASRec's only.
+    b = create_model("bert4rec", **base).fit(sparse)
+    assert b.shape_["block"] == "pre_ln" and b.dropout_ == 0.5
     with pytest.raises(
         LmrecError, match="not divisible by the 2 attention heads chosen for this data"
     ):

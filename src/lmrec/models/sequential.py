@@ -152,10 +152,23 @@ FULL_SOFTMAX_ITEMS = 20_000
 
 
 class SASRecConfig(SequentialConfig):
-    """SASRec's hyperparameters. Its network shape and optimiser step (`layers`, `heads`,
-    `ffn_mult`, `learning_rate`, `batch_size`) are None by default: scaled to the data by
-    `auto_shape` (one narrow block at lr 1e-3 for short sparse histories, two blocks at 3e-3
-    for long dense ones); a number given is used as it is."""
+    """SASRec's hyperparameters. Its network shape, regularisation and optimiser step
+    (`layers`, `heads`, `ffn_mult`, `block`, `item_dropout`, `dropout`, `learning_rate`,
+    `batch_size`) are None by default: scaled to the data by `auto_shape` (one narrow block
+    of the SASRec authors' layout with RecTools' dropout at lr 1e-3 for short sparse
+    histories, two pre-LN blocks at 3e-3 for long dense ones); a value given is used as it
+    is."""
+
+    dropout: float | None = Field(None, ge=0, lt=1)
+    """Dropout on embeddings, attention weights and residual branches. None: the sparse
+    shape's 0.2 (`auto_shape`), else scaled to the data by `auto_dropout`."""
+    item_dropout: float | None = Field(None, ge=0, lt=1)
+    """Dropout on the item vectors themselves in training, where the sequence reads them and
+    where the softmax scores them (RecTools' item network drops its id embeddings so).
+    None: `auto_shape` (0.2 for short sparse histories, 0 for long dense ones)."""
+    block: Literal["pre_ln", "sasrec"] | None = None
+    """Transformer block layout (see `SequentialConfig.block`; None: `auto_shape`, the
+    SASRec authors' block for short sparse histories, pre_ln for long dense ones)."""
 
     layers: int | None = Field(None, ge=1)
     """Transformer blocks (None: `auto_shape`)."""
@@ -246,23 +259,32 @@ def auto_patience(seqs: Sequence[np.ndarray]) -> int:
 #: `auto_patience` of short sparse histories.
 PATIENCE_SPARSE = 50
 
-#: The settings `auto_shape` resolves, and their values for each kind of data.
-SHAPE_FIELDS = ("layers", "heads", "ffn_mult", "learning_rate", "batch_size")
-SHAPE_DENSE = {"layers": 2, "heads": 2, "ffn_mult": 4, "learning_rate": 3e-3, "batch_size": 64}
-SHAPE_SPARSE = {"layers": 1, "heads": 1, "ffn_mult": 1, "learning_rate": 1e-3, "batch_size": 128}
+#: The settings `auto_shape` resolves, and their values for each kind of data. The sparse
+#: shape also sets the dropout (the dense one leaves it to `auto_dropout`).
+SHAPE_FIELDS = ("layers", "heads", "ffn_mult", "learning_rate", "batch_size", "block",
+                "item_dropout")  # fmt: skip
+SHAPE_DENSE = {"layers": 2, "heads": 2, "ffn_mult": 4, "learning_rate": 3e-3, "batch_size": 64,
+               "block": "pre_ln", "item_dropout": 0.0}  # fmt: skip
+SHAPE_SPARSE = {"layers": 1, "heads": 1, "ffn_mult": 1, "learning_rate": 1e-3, "batch_size": 128,
+                "block": "sasrec", "item_dropout": 0.2, "dropout": 0.2}  # fmt: skip
 
 
 def auto_shape(seqs: Sequence[np.ndarray]) -> dict[str, Any]:
-    """SASRec's network shape and optimiser step for training sequences of this length:
-    SHAPE_SPARSE (one block, one head, a 1x feed-forward, lr 1e-3, 128 sequences a step) when
-    the mean training sequence has fewer than 35 items (the middle of `auto_dropout`'s
-    ramp) over at least 1,000 sequences, else SHAPE_DENSE (two blocks, two heads, 4x, lr
-    3e-3, 64 a step). On Amazon Beauty (mean 7 items) the sparse shape, the eSASRec paper's
-    setting for Beauty, Sports and Toys, reached validation NDCG@10 0.0492 against 0.0393 for
-    the dense one (test 0.0435 vs 0.0332, both with 256 uniform negatives per target);
-    the dense shape was chosen on MovieLens' validation parts (mean 104 items,
-    `benchmarks/sequential.md`). Under 1,000 sequences it is the dense shape: an epoch is a
-    few steps there, too few for lr 1e-3 over large batches."""
+    """SASRec's network shape, regularisation and optimiser step for training sequences of
+    this length: SHAPE_SPARSE (one block of the SASRec authors' layout, one head, a 1x
+    feed-forward, dropout 0.2 and item-vector dropout 0.2, lr 1e-3, 128 sequences a step)
+    when the mean training sequence has fewer than 35 items (the middle of `auto_dropout`'s
+    ramp) over at least 1,000 sequences, else SHAPE_DENSE (two pre-LN blocks, two heads, 4x,
+    no item-vector dropout, lr 3e-3, 64 a step, dropout by `auto_dropout`). On Amazon Beauty
+    (mean 7 items) the sparse shape, the eSASRec paper's setting for Beauty, Sports and Toys,
+    reached validation NDCG@10 0.0492 against 0.0393 for the dense one (test 0.0435 vs
+    0.0332, both with 256 uniform negatives per target); with the full softmax, the SASRec
+    authors' block with RecTools' dropout (0.2, and 0.2 on the item vectors) reached
+    0.0552 +- 0.0002 against 0.0529 +- 0.0005 for pre-LN blocks with dropout 0.5 (3 seeds;
+    test 0.0476 vs 0.0466; `benchmarks/text_aware.md`, 2026-12-07). The dense shape was
+    chosen on MovieLens' validation parts (mean 104 items, `benchmarks/sequential.md`).
+    Under 1,000 sequences it is the dense shape: an epoch is a few steps there, too few for
+    lr 1e-3 over large batches."""
     lengths = [len(s) for s in seqs]
     if len(lengths) < 1000 or float(np.mean(lengths)) >= 35.0:
         return dict(SHAPE_DENSE)
@@ -433,8 +455,8 @@ class _SequenceModel(Recommender):
             "id_dropout": c.id_dropout,
             "text_dim": text_dim,
             "init_std": c.init_std,
-            "item_dropout": c.item_dropout,
-            "block": c.block,
+            "item_dropout": self.shape_["item_dropout"],
+            "block": self.shape_["block"],
             **self._extra_net_args(),
         }
 
@@ -525,6 +547,12 @@ class _SequenceModel(Recommender):
         c = self.config
         return {k: auto[k] if getattr(c, k) is None else getattr(c, k) for k in SHAPE_FIELDS}
 
+    def _auto_shape(self, train_seqs: Sequence[np.ndarray]) -> dict[str, Any]:
+        """The shape that fills the config's None SHAPE_FIELDS (and, where it has one, the
+        dropout) for these training sequences: SHAPE_DENSE here (the models whose configs
+        set every shape field), `auto_shape` for SASRec."""
+        return dict(SHAPE_DENSE)
+
     def _text_places_items(self) -> bool:
         """Whether items without training data get their vector from text (else they are
         scored `UNTRAINED_SCORE`)."""
@@ -568,11 +596,13 @@ class _SequenceModel(Recommender):
                 f"{self.name}: no training sequence has two or more items "
                 f"({dataset.n_interactions} interactions over {dataset.n_users} users)"
             )
-        auto = 0.2 if dp else auto_dropout(train_seqs)  # DP: nothing read from the data
+        shape = dict(SHAPE_DENSE) if dp else self._auto_shape(train_seqs)
+        # DP: nothing read from the data
+        auto = 0.2 if dp else shape.get("dropout", auto_dropout(train_seqs))
         self.dropout_ = c.dropout if c.dropout is not None else auto
         auto_p = 10 if dp else auto_patience(train_seqs)
         self.patience_ = auto_p if c.patience == "auto" else c.patience
-        self.shape_ = self._shape(SHAPE_DENSE if dp else auto_shape(train_seqs))
+        self.shape_ = self._shape(shape)
         if c.embedding_size % self.shape_["heads"]:
             raise LmrecError(
                 f"{self.name}: embedding_size {c.embedding_size} is not divisible by the "
@@ -750,6 +780,9 @@ class SASRec(_SequenceModel):
     network = "SASRecNet"
     window_overlap = 1
 
+    def _auto_shape(self, train_seqs: Sequence[np.ndarray]) -> dict[str, Any]:
+        return auto_shape(train_seqs)
+
     def _extra_net_args(self) -> dict[str, Any]:
         c = self.config
         return {
@@ -866,6 +899,10 @@ class DualSASRecConfig(SASRecConfig):
     """AdamW learning rate (None: `auto_shape`)."""
     batch_size: int | None = Field(SHAPE_DENSE["batch_size"], ge=1)
     """Sequences per gradient step (None: `auto_shape`)."""
+    block: Literal["pre_ln", "sasrec"] | None = SHAPE_DENSE["block"]
+    """Transformer block layout (see `SequentialConfig.block`)."""
+    item_dropout: float | None = Field(SHAPE_DENSE["item_dropout"], ge=0, lt=1)
+    """Dropout on the item vectors in training (see `SequentialConfig.item_dropout`)."""
     full_softmax_items: int = Field(10_000, ge=0)
     """loss="auto" trains with the full softmax up to this many items (dualsasrec keeps the
     10,000 it was measured with: Beauty's 12,101 items get the sampled softmax)."""
@@ -901,6 +938,11 @@ class DualSASRec(SASRec):
     name = "dualsasrec"
     config_class = DualSASRecConfig
     config: DualSASRecConfig
+
+    def _auto_shape(self, train_seqs: Sequence[np.ndarray]) -> dict[str, Any]:
+        # The shape (and `auto_dropout`'s dropout) dualsasrec was measured with, whatever
+        # the data (`benchmarks/text_aware.md`).
+        return dict(SHAPE_DENSE)
 
     def _net_args(self, text_dim: int) -> dict[str, Any]:
         c = self.config
