@@ -69,7 +69,8 @@ SHARED = {"loss": "sampled", "negatives": 1024, "sampler": "popularity", "negati
 OLD_SASREC = {**SHAPE_DENSE, **SHARED, **LEGACY}
 
 #: The SASRec authors' block with RecTools' dropout (0.2 on everything, 0.2 on the item
-#: vectors): the best ID-only SASRec on Beauty's valid part (2026-12-07, 3 seeds).
+#: vectors): the best ID-only SASRec on Beauty's valid part on 2026-12-07 (3 seeds); with
+#: dropout 0.3 (`sasrec-block-d3`) the sparse shape's default since 2026-12-08.
 BLOCK = {"block": "sasrec", "dropout": 0.2, "item_dropout": 0.2}
 
 #: label -> (registered model, parameters); every other setting is the model's default.
@@ -148,13 +149,13 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     # today's defaults; with RecTools' dropout 0.2; and with its item-vector dropout too.
     "sasrec-block": ("sasrec", {**LEGACY, "block": "sasrec"}),
     "sasrec-block-d2": ("sasrec", {**LEGACY, "block": "sasrec", "dropout": 0.2}),
-    # (= `sasrec` since 2026-12-08)
     "sasrec-block-d2-idrop2": ("sasrec", BLOCK),
     # 2026-12-08: that setting with two blocks (the SASRec paper's depth for Beauty), and the
-    # blend (EASE + SASRec) with it inside (= `blend` once it became the sparse default).
+    # blend (EASE + SASRec) with it inside.
     "sasrec-block-l2": ("sasrec", {**BLOCK, "layers": 2}),
     "blend-block": ("blend", {"params": {"sasrec": BLOCK}}),
-    # Its neighbours on the valid part: more dropout on the item vectors, or on the rest.
+    # Its neighbours on the valid part: more dropout on the item vectors, or on the rest
+    # (sasrec-block-d3 = `sasrec` since 2026-12-08).
     "sasrec-block-idrop3": ("sasrec", {**BLOCK, "item_dropout": 0.3}),
     "sasrec-block-d3": ("sasrec", {**BLOCK, "dropout": 0.3}),
 }
