@@ -42,8 +42,8 @@ OUT = ROOT / "artifacts" / "text_aware"
 BEAUTY = ROOT.parent / "shared" / "data" / "amazon-beauty"
 
 #: SASRec's regularisation on Beauty before 2026-12-08, when `auto_shape`'s sparse shape took
-#: the SASRec authors' block with RecTools' dropout: pre-LN blocks, no item-vector dropout and
-#: `auto_dropout`'s 0.5 (on Beauty; the labels below that reproduce older rows keep it).
+#: the SASRec authors' block with item-vector dropout: pre-LN blocks, no item-vector dropout
+#: and `auto_dropout`'s 0.5 (on Beauty; the labels below that reproduce older rows keep it).
 LEGACY = {"block": "pre_ln", "item_dropout": 0.0, "dropout": 0.5}
 
 #: The published SASRec-SS setting on this preprocessing (blondered/transformer_benchmark,
@@ -142,7 +142,7 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     "sasrec-neg4k": ("sasrec", {**SHARED, **LEGACY, "negatives": 4096}),
     # Dropout on the item vectors too (input and softmax), as RecTools' item network has.
     "sasrec-idrop2": ("sasrec", {**SHARED, **LEGACY, "item_dropout": 0.2}),
-    # Today's shape with the full softmax (SASRec's default on Beauty since 2026-12-07).
+    # The sparse shape with the full softmax (SASRec's default on Beauty on 2026-12-07).
     "sasrec-shape-ce": ("sasrec", {**LEGACY, "loss": "ce"}),
     "sasrec-neg4k-idrop2": ("sasrec", {**SHARED, **LEGACY, "negatives": 4096, "item_dropout": 0.2}),
     # 2026-12-07 (night): the SASRec authors' block (RecTools' SASRecTransformerLayer) under
